@@ -1,0 +1,51 @@
+"""Shared fixtures: where the real data lives, and which optional servers are reachable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("REID_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _shared(sub: str) -> Path:
+    p = SHARED_DATA / sub
+    if not p.exists():
+        pytest.skip(f"real data {p} is absent (set REID_SHARED_DATA or place ../shared/data beside the repo)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _shared("")
+
+
+@pytest.fixture(scope="session")
+def cuhk03_root() -> Path:
+    return _shared("cuhk03-np")
+
+
+@pytest.fixture(scope="session")
+def lfw_root() -> Path:
+    return _shared("lfw")
+
+
+@pytest.fixture(scope="session")
+def celeba_root() -> Path:
+    return _shared("celeba-faces")
+
+
+@pytest.fixture(scope="session")
+def camera_feeds_root() -> Path:
+    return _shared("camera-feeds")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ.get("REID_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("REID_TEST_POSTGRES_URL is not set (CI sets it to the local PostgreSQL)")
+    return url

@@ -1,0 +1,1 @@
+"""Layer 2: the config-driven trainer. Imports reid only."""
