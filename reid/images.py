@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from reid.errors import ImageReadError
 
-ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
+ImageLike = str | os.PathLike | np.ndarray | Image.Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -80,4 +79,6 @@ def to_rgb_array(image: ImageLike, where: str = "image") -> np.ndarray:
                 arr = arr * 255.0
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(arr)
-    raise ImageReadError(f"{where}: unsupported image type {type(image).__name__} (use a path, PIL image or array)")
+    raise ImageReadError(
+        f"{where}: unsupported image type {type(image).__name__} (use a path, PIL image or array)"
+    )

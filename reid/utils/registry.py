@@ -37,7 +37,9 @@ class Registry(Generic[T]):
     def get(self, name: str) -> Callable[..., T]:
         key = name.lower()
         if key not in self._items:
-            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}")
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}"
+            )
         return self._items[key]
 
     def build(self, name: str, **kwargs: Any) -> T:
