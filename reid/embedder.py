@@ -36,3 +36,77 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(n, eps)).astype(np.float32)
+
+
+def _resolve_device(device: str | None):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Embedder(BaseEmbedder):
+    """A torch checkpoint as an embedder.
+
+    Images (paths, PIL images or RGB arrays) are resized to the checkpoint's input size with OpenCV's bilinear
+    interpolation (``INTER_LINEAR``, as the test transform), normalised with its mean/std, and embedded in
+    batches under ``torch.inference_mode``. With ``flip`` the features of the image and its mirror are averaged
+    before L2 normalisation.
+    """
+
+    def __init__(self, model, meta, device: str | None = None, flip: bool = False) -> None:
+        import torch
+
+        self.device = _resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.model_id = meta.model_id
+        self.dim = int(meta.embedding_dim)
+        self.modality = meta.modality
+        self.input_size = tuple(meta.input_size)
+        self.flip = flip
+        self._mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str | None = None, flip: bool = False) -> Embedder:
+        from reid.models.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(path)
+        return cls(model, meta, device=device, flip=flip)
+
+    def preprocess(self, images: Sequence[ImageLike], offset: int = 0):
+        """RGB images -> normalised float tensor ``(N, 3, H, W)`` on the CPU."""
+        import cv2
+        import torch
+
+        from reid.images import to_rgb_array
+
+        h, w = self.input_size
+        arrs = [
+            cv2.resize(
+                to_rgb_array(im, where=f"images[{offset + i}]"), (w, h), interpolation=cv2.INTER_LINEAR
+            )
+            for i, im in enumerate(images)
+        ]
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
+        return (x - self._mean) / self._std
+
+    def embed(self, images, batch_size: int = 64, flip: bool | None = None) -> np.ndarray:
+        import torch
+
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        flip = self.flip if flip is None else flip
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = self.preprocess(images[start : start + batch_size], offset=start).to(self.device)
+                f = self.model(x).float()
+                if flip:
+                    f = f + self.model(torch.flip(x, dims=[3])).float()
+                out[start : start + len(x)] = torch.nn.functional.normalize(f, dim=1).cpu().numpy()
+        return out
