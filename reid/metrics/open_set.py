@@ -1,0 +1,76 @@
+"""Open-set identification: "is this anyone we know, and who?" (the gallery's question).
+
+Given probe x gallery-identity similarities, probes of enrolled people (mated) and of strangers (non-mated):
+- FAR (false alarm rate) at threshold t: fraction of non-mated probes whose best score is >= t;
+- DIR (detection and identification rate) at t: fraction of mated probes whose best-scoring identity is the
+  right one *and* scores >= t (rank-1 DIR, as in NIST FRVT 1:N and Phillips et al.).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reid.metrics.rank import EvaluationError
+
+
+def threshold_at_far(impostor_scores, far: float) -> float:
+    """Smallest threshold ``t`` with at most ``floor(far * N)`` of the N impostor scores ``>= t``."""
+    imp = np.sort(np.asarray(impostor_scores, dtype=np.float64).reshape(-1))[::-1]
+    if imp.size == 0:
+        raise EvaluationError("threshold_at_far needs at least one impostor score")
+    if not 0.0 <= far <= 1.0:
+        raise EvaluationError(f"far must be in [0, 1], got {far}")
+    allowed = int(np.floor(far * imp.size + 1e-9))
+    return float(np.nextafter(imp[allowed], np.inf)) if allowed < imp.size else float("-inf")
+
+
+@dataclass
+class OpenSetResult:
+    far_targets: list[float]
+    thresholds: list[float]
+    dir: list[float]  # detection-and-identification rate at each threshold
+    far_actual: list[float]
+    rank1: float  # closed-set rank-1 of mated probes (no threshold)
+
+    def as_dict(self) -> dict:
+        return {
+            "rank1_closed_set": self.rank1,
+            "points": [
+                {"far_target": f, "threshold": t, "dir": d, "far": a}
+                for f, t, d, a in zip(self.far_targets, self.thresholds, self.dir, self.far_actual)
+            ],
+        }
+
+
+def open_set_identification(
+    similarity: np.ndarray,
+    probe_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    fars: tuple[float, ...] = (1e-3, 1e-2, 1e-1),
+) -> OpenSetResult:
+    """``similarity`` is probes x gallery identities (aggregate templates per person first).
+
+    A probe is mated when its label is among ``gallery_labels``; the others are strangers.
+    """
+    sim = np.asarray(similarity, dtype=np.float64)
+    p = np.asarray(probe_labels).reshape(-1)
+    g = np.asarray(gallery_labels).reshape(-1)
+    if sim.shape != (p.size, g.size):
+        raise EvaluationError(f"similarity has shape {sim.shape}, expected ({p.size}, {g.size})")
+    if len(np.unique(g)) != g.size:
+        raise EvaluationError("gallery_labels must be unique (one column per identity)")
+    mated = np.isin(p, g)
+    if not mated.any() or mated.all():
+        raise EvaluationError("open-set evaluation needs both mated probes and strangers")
+    best = sim.argmax(axis=1)
+    best_score = sim[np.arange(p.size), best]
+    correct = g[best] == p
+    thresholds, dirs, actual = [], [], []
+    for far in fars:
+        t = threshold_at_far(best_score[~mated], far)
+        thresholds.append(t)
+        dirs.append(float((correct[mated] & (best_score[mated] >= t)).mean()))
+        actual.append(float((best_score[~mated] >= t).mean()))
+    return OpenSetResult(list(fars), thresholds, dirs, actual, float(correct[mated].mean()))

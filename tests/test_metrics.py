@@ -1,0 +1,207 @@
+"""reid.metrics against oracles: torchreid (test extra), scikit-learn, and slow references from the definitions."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reid.metrics import (
+    EvaluationError,
+    compute_distance_matrix,
+    evaluate_rank,
+    k_reciprocal_rerank,
+    kfold_verification,
+    open_set_identification,
+    query_expansion,
+    roc_auc,
+    tar_at_far,
+    threshold_at_far,
+)
+
+
+def _torchreid_module(relative: str, name: str):
+    """Load one torchreid source file without importing the package (its __init__ pulls in training code)."""
+    spec = importlib.util.find_spec("torchreid")
+    if spec is None:
+        pytest.skip("torchreid (test extra) is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    s = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Cython evaluation is unavailable": the Python path is the oracle
+        s.loader.exec_module(mod)
+    return mod
+
+
+def slow_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    """Straight from the Market-1501 protocol definition, one query at a time."""
+    cmcs, aps, inps = [], [], []
+    for i in range(distmat.shape[0]):
+        order = sorted(range(distmat.shape[1]), key=lambda j: (distmat[i, j], j))
+        ranked = [j for j in order if not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
+        rel = [g_pids[j] == q_pids[i] for j in ranked]
+        if not any(rel):
+            continue
+        hits, precs = 0, []
+        for r, is_rel in enumerate(rel, start=1):
+            if is_rel:
+                hits += 1
+                precs.append(hits / r)
+        aps.append(np.mean(precs))
+        first = rel.index(True)
+        cmcs.append([1.0 if r >= first else 0.0 for r in range(max_rank)])
+        last = len(rel) - 1 - rel[::-1].index(True)
+        inps.append(sum(rel) / (last + 1))
+    return np.mean(cmcs, axis=0), np.mean(aps), np.mean(inps), len(aps)
+
+
+def random_problem(seed, nq, ng, nid, ncam, ties=False):
+    rng = np.random.default_rng(seed)
+    q_pids = rng.integers(0, nid, nq)
+    g_pids = rng.integers(0, nid, ng)
+    q_cams = rng.integers(0, ncam, nq)
+    g_cams = rng.integers(0, ncam, ng)
+    d = rng.random((nq, ng)).astype(np.float32)
+    if ties:
+        d = np.round(d * 5) / 5
+    return d, q_pids, g_pids, q_cams, g_cams
+
+
+@pytest.mark.parametrize("seed,nq,ng,nid,ncam", [(0, 30, 80, 10, 2), (1, 50, 200, 40, 6), (2, 7, 9, 3, 2)])
+def test_rank_equals_slow_reference(seed, nq, ng, nid, ncam) -> None:
+    d, qp, gp, qc, gc = random_problem(seed, nq, ng, nid, ncam)
+    res = evaluate_rank(d, qp, gp, qc, gc, max_rank=20, chunk=8)
+    cmc, mAP, mINP, n = slow_rank(d, qp, gp, qc, gc, min(20, ng))
+    np.testing.assert_allclose(res.cmc, cmc, atol=1e-6)
+    assert res.mAP == pytest.approx(mAP, abs=1e-9)
+    assert res.mINP == pytest.approx(mINP, abs=1e-9)
+    assert res.num_valid_queries == n
+
+
+def test_rank_with_ties_equals_slow_reference_with_gallery_order_tiebreak() -> None:
+    d, qp, gp, qc, gc = random_problem(5, 40, 120, 15, 3, ties=True)
+    res = evaluate_rank(d, qp, gp, qc, gc, max_rank=10)
+    cmc, mAP, mINP, _ = slow_rank(d, qp, gp, qc, gc, 10)
+    np.testing.assert_allclose(res.cmc, cmc, atol=1e-6)
+    assert res.mAP == pytest.approx(mAP, abs=1e-9)
+    assert res.mINP == pytest.approx(mINP, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rank_equals_torchreid(seed: int) -> None:
+    tr = _torchreid_module("reid/metrics/rank.py", "torchreid_rank")
+    d, qp, gp, qc, gc = random_problem(seed, 100, 600, 60, 6)
+    cmc_ref, map_ref = tr.evaluate_rank(d, qp, gp, qc, gc, max_rank=50, use_cython=False)
+    res = evaluate_rank(d, qp, gp, qc, gc, max_rank=50)
+    np.testing.assert_allclose(res.cmc, cmc_ref, atol=1e-6)
+    assert res.mAP == pytest.approx(map_ref, abs=1e-9)
+
+
+def test_rank_skips_queries_without_match_and_errors() -> None:
+    d = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    # query 0 (pid 1, cam 0): its only same-pid gallery item is in the same camera -> junk -> skipped
+    res = evaluate_rank(d, [1, 2], [1, 2, 3], [0, 0], [0, 1, 1], max_rank=3)
+    assert res.num_valid_queries == 1 and res.num_queries == 2
+    np.testing.assert_allclose(res.cmc, [0.0, 1.0, 1.0])  # query 1's match at rank 2
+    assert res.mAP == pytest.approx(0.5) and res.mINP == pytest.approx(0.5)
+    with pytest.raises(EvaluationError, match="no query has a true match"):
+        evaluate_rank(d, [1, 9], [1, 2, 3], [0, 0], [0, 1, 1])
+    with pytest.raises(EvaluationError, match="g_pids has 2 entries"):
+        evaluate_rank(d, [1, 2], [1, 2], [0, 0], [0, 1, 1])
+
+
+def test_distance_matrix() -> None:
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(5, 8)), rng.normal(size=(7, 8))
+    ref = ((q[:, None, :] - g[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(compute_distance_matrix(q, g), ref, rtol=1e-4, atol=1e-4)
+    qn, gn = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
+    np.testing.assert_allclose(compute_distance_matrix(q, g, "cosine"), 1 - qn @ gn.T, atol=1e-5)
+
+
+def test_reranking_equals_torchreid() -> None:
+    rr = _torchreid_module("reid/utils/rerank.py", "torchreid_rerank")
+    rng = np.random.default_rng(3)
+    q, g = rng.normal(size=(12, 16)), rng.normal(size=(40, 16))
+    qg, qq, gg = (compute_distance_matrix(a, b) for a, b in ((q, g), (q, q), (g, g)))
+    ours = k_reciprocal_rerank(qg, qq, gg, k1=8, k2=3, lambda_value=0.3)
+    ref = rr.re_ranking(qg, qq, gg, k1=8, k2=3, lambda_value=0.3)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_query_expansion_moves_query_towards_neighbours() -> None:
+    q = np.array([[1.0, 0.0, 0.0]])
+    g = np.array([[0.0, 1.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    eq, _ = query_expansion(q, g, top_k=1)
+    expected = (q[0] + g[1]) / np.linalg.norm(q[0] + g[1])
+    np.testing.assert_allclose(eq[0], expected, atol=1e-6)
+
+
+def test_auc_and_tar_against_oracles() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.random(2000) < 0.5
+    s = rng.normal(size=2000) + 1.5 * y
+    s[:50] = np.round(s[:50])  # some ties
+    assert roc_auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    for far in (1e-2, 1e-3, 0.1):
+        tar, thr = tar_at_far(s, y, far)
+        imp = s[~y]
+        assert (imp >= thr).mean() <= far + 1e-12
+        # the definition: among all thresholds with FAR <= target, the one with the highest TAR
+        best = max((s[y] >= t).mean() for t in np.r_[s, np.inf] if (imp >= t).mean() <= far)
+        assert tar == pytest.approx(best)
+
+
+def test_kfold_verification() -> None:
+    rng = np.random.default_rng(1)
+    y = np.tile(np.r_[np.ones(30, bool), np.zeros(30, bool)], 10)
+    folds = np.repeat(np.arange(10), 60)
+    separable = np.where(y, 0.8, 0.2) + rng.normal(scale=0.05, size=y.size)
+    res = kfold_verification(separable, y, folds)
+    assert res.accuracy_mean == 1.0 and res.accuracy_std == 0.0 and res.auc == 1.0
+    noisy = np.where(y, 0.6, 0.4) + rng.normal(scale=0.2, size=y.size)
+    res = kfold_verification(noisy, y, folds)
+    # oracle: for each fold, brute-force the best threshold on the other folds
+    accs = []
+    for k in range(10):
+        tr, te = folds != k, folds == k
+        cands = np.sort(noisy[tr])
+        mids = np.r_[cands[0] - 1e-6, (cands[1:] + cands[:-1]) / 2, cands[-1] + 1e-6]
+        train_acc = [((noisy[tr] >= t) == y[tr]).mean() for t in mids]
+        t = mids[int(np.argmax(train_acc))]
+        accs.append(((noisy[te] >= t) == y[te]).mean())
+    assert res.accuracy_mean == pytest.approx(np.mean(accs))
+    assert 0.6 < res.accuracy_mean < 0.9
+
+
+def test_open_set_identification_against_slow_reference() -> None:
+    rng = np.random.default_rng(2)
+    gallery = np.arange(20)
+    probes = np.r_[rng.integers(0, 20, 150), np.arange(100, 150)]  # 150 mated, 50 strangers
+    sim = rng.normal(size=(200, 20))
+    sim[np.arange(150), probes[:150]] += 2.0
+    res = open_set_identification(sim, probes, gallery, fars=(0.02, 0.1, 0.5))
+    for far, t, d in zip(res.far_targets, res.thresholds, res.dir):
+        best = sim.max(axis=1)
+        stranger_best = best[150:]
+        assert (stranger_best >= t).mean() <= far
+        assert t == threshold_at_far(stranger_best, far)
+        hits = [sim[i].argmax() == probes[i] and best[i] >= t for i in range(150)]
+        assert d == pytest.approx(np.mean(hits))
+    assert res.dir[0] <= res.dir[1] <= res.dir[2] <= res.rank1
+
+
+@pytest.mark.slow
+def test_market_sized_problem_runs() -> None:
+    d, qp, gp, qc, gc = random_problem(0, 3368, 15913, 751, 6)
+    t = time.perf_counter()
+    res = evaluate_rank(d, qp, gp, qc, gc)
+    assert time.perf_counter() - t < 60  # sanity only; speed is measured in benchmarks/eval_speed.py
+    assert 0 < res.mAP < 0.05
