@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.machine import describe  # noqa: E402
-from reid.metrics import evaluate_rank  # noqa: E402
+from benchmarks.machine import describe
+from reid.metrics import evaluate_rank
 
 
 def torchreid_rank():

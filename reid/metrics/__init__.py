@@ -3,8 +3,8 @@
 from reid.metrics.distance import compute_distance_matrix
 from reid.metrics.open_set import OpenSetResult, open_set_identification, threshold_at_far
 from reid.metrics.rank import EvaluationError, RankResult, evaluate_rank
-from reid.metrics.reranking import k_reciprocal_rerank, query_expansion
 from reid.metrics.report import plot_cmc, plot_roc, write_json
+from reid.metrics.reranking import k_reciprocal_rerank, query_expansion
 from reid.metrics.verification import (
     VerificationResult,
     best_threshold,

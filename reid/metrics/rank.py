@@ -60,7 +60,9 @@ def _check(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, ...
     expected = (d.shape[0], d.shape[1], d.shape[0], d.shape[1])
     for name, a, n in zip(names, arrays, expected):
         if len(a) != n:
-            raise EvaluationError(f"{name} has {len(a)} entries but distmat has shape {d.shape} (expected {n})")
+            raise EvaluationError(
+                f"{name} has {len(a)} entries but distmat has shape {d.shape} (expected {n})"
+            )
     if np.isnan(d).any():
         raise EvaluationError("distmat contains NaN")
     return (d, *arrays)

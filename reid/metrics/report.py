@@ -52,7 +52,9 @@ def plot_roc(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]])
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, (far, tar) in curves.items():
         ax.plot(np.maximum(far, 1e-5), tar * 100, label=name)
-    ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate (%)", title="ROC", ylim=(0, 100))
+    ax.set(
+        xscale="log", xlabel="false accept rate", ylabel="true accept rate (%)", title="ROC", ylim=(0, 100)
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()

@@ -103,9 +103,7 @@ class VerificationResult:
         return f"accuracy {self.accuracy_mean:.2%} ± {self.accuracy_std:.2%} | AUC {self.auc:.4f} | {tars}"
 
 
-def kfold_verification(
-    scores, labels, folds, fars: tuple[float, ...] = (1e-2, 1e-3)
-) -> VerificationResult:
+def kfold_verification(scores, labels, folds, fars: tuple[float, ...] = (1e-2, 1e-3)) -> VerificationResult:
     """LFW protocol: for each fold, the threshold that maximises accuracy on the other folds is applied to it.
 
     Accuracy std is the population std over folds (numpy default), as most LFW reports.

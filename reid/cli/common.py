@@ -1,0 +1,29 @@
+"""Shared CLI plumbing: logging set-up and turning user errors into a message and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from reid.errors import ReidError
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run ``main``; a :class:`ReidError` prints ``error: <message>`` and returns 2 instead of a traceback."""
+    try:
+        return int(main(argv) or 0)
+    except ReidError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
