@@ -29,3 +29,7 @@ class CheckpointError(ReidError):
 
 class ModelMismatchError(ReidError):
     """Embeddings of one model (or dimension) were mixed with those of another."""
+
+
+class LossInputError(ReidError):
+    """Embeddings, labels or mined indices given to a loss or miner do not fit together."""
