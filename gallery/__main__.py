@@ -1,0 +1,3 @@
+from gallery.cli import cli
+
+cli()

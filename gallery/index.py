@@ -1,0 +1,272 @@
+"""FAISS indexes derived from the templates table: one per (modality, model_id), ids = template ids.
+
+Kinds: ``flat`` (exact inner product), ``hnsw`` (graph, approximate; deletions are tombstones filtered at search
+and dropped at the next rebuild) and ``ivf`` (inverted lists; trained on the vectors present when built).
+``auto`` picks flat below ``hnsw_threshold`` vectors and HNSW above. Vectors are unit length, so inner product
+is cosine similarity.
+
+Snapshots (``save``) are written atomically with a manifest: the DB state they reflect (count, max and sum of
+template ids) and the SHA-256 of the index file. ``load`` refuses a file whose checksum or state does not match
+the database, so a stale or corrupt snapshot is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from gallery.errors import EmbeddingError, IndexMismatchError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexConfig:
+    kind: str = "auto"  # auto | flat | hnsw | ivf
+    hnsw_threshold: int = 50_000
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    ivf_nlist: int = 0  # 0: about 4 * sqrt(n)
+    ivf_nprobe: int = 32
+
+
+@dataclass(frozen=True)
+class DBState:
+    """What the database holds for one key; a snapshot is valid only for exactly this state."""
+
+    count: int
+    max_id: int
+    id_sum: int
+
+
+def check_vectors(vectors: np.ndarray, dim: int | None, where: str) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim == 1:
+        v = v[None]
+    if v.ndim != 2 or v.shape[0] == 0:
+        raise EmbeddingError(
+            f"{where}: expected an (N, D) array of embeddings, got shape {np.shape(vectors)}"
+        )
+    if dim is not None and v.shape[1] != dim:
+        raise IndexMismatchError(
+            f"{where}: embeddings have dimension {v.shape[1]}, this model's index has {dim}"
+        )
+    if not np.isfinite(v).all():
+        raise EmbeddingError(f"{where}: embeddings contain NaN or infinity")
+    norms = np.linalg.norm(v, axis=1)
+    bad = np.where(np.abs(norms - 1.0) > 1e-3)[0]
+    if bad.size:
+        raise EmbeddingError(
+            f"{where}: embeddings must be L2-normalised; row {int(bad[0])} has norm {norms[bad[0]]:.4f}"
+        )
+    return np.ascontiguousarray(v)
+
+
+class VectorIndex:
+    """Thread-safe FAISS index of one (modality, model_id)."""
+
+    def __init__(self, modality: str, model_id: str, dim: int, config: IndexConfig | None = None) -> None:
+        self.modality, self.model_id, self.dim = modality, model_id, dim
+        self.config = config or IndexConfig()
+        self.lock = threading.RLock()
+        self.kind = "flat"
+        self.index = self._new_flat()
+        self.tombstones: set[int] = set()
+        self.max_id = 0
+
+    # -- construction -------------------------------------------------------------------------------------
+    def _new_flat(self) -> faiss.Index:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def _choose_kind(self, n: int) -> str:
+        kind = self.config.kind
+        if kind == "auto":
+            return "hnsw" if n >= self.config.hnsw_threshold else "flat"
+        if kind not in ("flat", "hnsw", "ivf"):
+            raise EmbeddingError(f"index kind must be auto, flat, hnsw or ivf, got {kind!r}")
+        return kind
+
+    def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the content with exactly these vectors (used at start-up and by rebuild)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        kind = self._choose_kind(len(ids))
+        if kind == "hnsw":
+            base = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = self.config.ef_construction
+            base.hnsw.efSearch = self.config.ef_search
+            index = faiss.IndexIDMap2(base)
+        elif kind == "ivf" and len(ids) >= 1000:
+            nlist = self.config.ivf_nlist or max(16, int(4 * np.sqrt(len(ids))))
+            quantizer = faiss.IndexFlatIP(self.dim)
+            ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            train = vectors[
+                np.random.default_rng(0).choice(len(vectors), min(len(vectors), 50 * nlist), replace=False)
+            ]
+            ivf.train(train)
+            ivf.nprobe = self.config.ivf_nprobe
+            index = faiss.IndexIDMap2(ivf)
+        else:
+            kind = "flat"
+            index = self._new_flat()
+        if len(ids):
+            index.add_with_ids(vectors, ids)
+        with self.lock:
+            self.index, self.kind = index, kind
+            self.tombstones = set()
+            self.max_id = int(ids.max()) if len(ids) else 0
+
+    # -- mutation -----------------------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = check_vectors(vectors, self.dim, f"index {self.modality}/{self.model_id}")
+        with self.lock:
+            self.index.add_with_ids(vectors, ids)
+            if len(ids):
+                self.max_id = max(self.max_id, int(ids.max()))
+
+    def remove(self, ids) -> None:
+        ids = np.asarray(list(ids), dtype=np.int64)
+        if ids.size == 0:
+            return
+        with self.lock:
+            if self.kind == "hnsw":
+                self.tombstones.update(int(i) for i in ids)
+                if len(self.tombstones) > 0.2 * max(self.index.ntotal, 1):
+                    self._compact()
+            else:
+                self.index.remove_ids(ids)
+
+    def _compact(self) -> None:
+        ids, vecs = self.export()
+        self.build(ids, vecs)
+
+    # -- queries --------------------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal) - len(self.tombstones)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, template ids) of shape (Q, k'), best first; missing entries have id -1."""
+        q = check_vectors(queries, self.dim, f"query for {self.modality}/{self.model_id}")
+        with self.lock:
+            n = int(self.index.ntotal)
+            if n == 0:
+                return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+            extra = len(self.tombstones)
+            kk = min(k + extra, n)
+            sims, ids = self.index.search(q, kk)
+            if extra:
+                dead = np.isin(ids, np.fromiter(self.tombstones, dtype=np.int64))
+                ids = np.where(dead, -1, ids)
+                sims = np.where(dead, -np.inf, sims)
+                order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+                sims, ids = np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+            return sims[:, :k], ids[:, :k]
+
+    def reconstruct(self, ids) -> np.ndarray:
+        with self.lock:
+            return (
+                np.stack([self.index.reconstruct(int(i)) for i in ids])
+                if len(ids)
+                else np.zeros((0, self.dim))
+            )
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """All live (ids, vectors)."""
+        with self.lock:
+            n = int(self.index.ntotal)
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64) if n else np.zeros(0, np.int64)
+            alive = np.array([i not in self.tombstones for i in ids], dtype=bool) if self.tombstones else None
+            if alive is not None:
+                ids = ids[alive]
+            return ids, self.reconstruct(ids).astype(np.float32)
+
+    # -- snapshots ------------------------------------------------------------------------------------------
+    def state(self) -> DBState:
+        ids, _ = self.export() if self.tombstones else (None, None)
+        with self.lock:
+            if ids is None:
+                n = int(self.index.ntotal)
+                ids = (
+                    faiss.vector_to_array(self.index.id_map).astype(np.int64) if n else np.zeros(0, np.int64)
+                )
+            return DBState(len(ids), int(ids.max()) if len(ids) else 0, int(ids.sum()) if len(ids) else 0)
+
+    def save(self, folder: Path, key: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            state = self.state()
+            data = faiss.serialize_index(self.index).tobytes() if not self.tombstones else None
+            if data is None:
+                ids, vecs = self.export()
+                tmp = VectorIndex(self.modality, self.model_id, self.dim, self.config)
+                tmp.build(ids, vecs)
+                data = faiss.serialize_index(tmp.index).tobytes()
+        path = folder / f"{key}.faiss"
+        manifest = {
+            "modality": self.modality,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "kind": self.kind,
+            "state": asdict(state),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        _atomic_write(path, data)
+        _atomic_write(folder / f"{key}.json", json.dumps(manifest).encode())
+        return path
+
+    def load(self, folder: Path, key: str, expected: DBState) -> bool:
+        """Load a snapshot if, and only if, it is intact and reflects ``expected``; else return False."""
+        path, mpath = folder / f"{key}.faiss", folder / f"{key}.json"
+        if not path.is_file() or not mpath.is_file():
+            return False
+        try:
+            manifest = json.loads(mpath.read_text())
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+                logger.warning("index snapshot %s is corrupt (checksum mismatch): rebuilding", path)
+                return False
+            if DBState(**manifest["state"]) != expected or manifest["dim"] != self.dim:
+                logger.info(
+                    "index snapshot %s is stale (%s, database has %s): rebuilding",
+                    path,
+                    manifest["state"],
+                    asdict(expected),
+                )
+                return False
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except Exception as e:  # any unreadable snapshot is rebuilt from the database
+            logger.warning("index snapshot %s unreadable (%s): rebuilding", path, e)
+            return False
+        with self.lock:
+            self.index, self.kind, self.tombstones = index, manifest["kind"], set()
+            if self.kind == "hnsw":
+                faiss.downcast_index(index.index).hnsw.efSearch = self.config.ef_search
+            elif self.kind == "ivf":
+                faiss.extract_index_ivf(index).nprobe = self.config.ivf_nprobe
+            self.max_id = expected.max_id
+        return self.state() == expected
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,90 @@
+"""Typed results of gallery operations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass
+class Duplicate:
+    index: int  # position in the enrolled batch
+    template_id: int
+    person_id: int
+
+
+@dataclass
+class EnrollResult:
+    person_id: int
+    modality: str
+    model_id: str
+    template_ids: list[int] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    created_person: bool = False
+
+
+@dataclass
+class PersonMatch:
+    person_id: int
+    score: float
+    template_id: int  # the best-matching template
+    display_name: str | None = None
+    external_id: str | None = None
+
+
+@dataclass
+class IdentifyResult:
+    modality: str
+    model_id: str
+    matches: list[PersonMatch]
+    threshold: float | None
+    known: bool | None  # None when no threshold is set for this model
+
+    @property
+    def best(self) -> PersonMatch | None:
+        return self.matches[0] if self.matches else None
+
+
+@dataclass
+class IdentifyOrEnrollResult:
+    person_id: int
+    created: bool
+    score: float | None
+    identify: IdentifyResult
+    enroll: EnrollResult | None = None
+
+
+@dataclass
+class PersonInfo:
+    id: int
+    external_id: str | None
+    display_name: str | None
+    kind: str
+    created_at: datetime
+    consent: dict | None
+    metadata: dict | None
+    templates: dict[str, int] = field(default_factory=dict)  # "modality/model_id" -> count
+    sightings: int = 0
+
+
+@dataclass
+class SightingInfo:
+    id: int
+    person_id: int
+    camera_id: str
+    seen_at: datetime
+    score: float | None
+    modality: str | None
+    track_id: str | None
+
+
+@dataclass
+class CalibrationResult:
+    modality: str
+    model_id: str
+    threshold: float
+    target_far: float
+    measured_far: float
+    measured_tar: float
+    n_genuine: int
+    n_impostor: int

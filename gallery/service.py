@@ -1,0 +1,741 @@
+"""The ``Gallery`` facade: enroll, identify, identify-or-enroll, merge, delete, calibrate.
+
+Write path: validate -> one database transaction (the truth) -> commit -> add to the in-memory FAISS index.
+A crash between commit and index update loses nothing: at start-up the index is checked against the database
+and rebuilt when it does not match. Read path: FAISS search over templates -> aggregate per person -> decide
+known/unknown against the threshold of that (modality, model_id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gallery.db import make_engine, make_sessionmaker, migrate
+from gallery.errors import (
+    DuplicatePersonError,
+    EmbeddingError,
+    GalleryError,
+    IndexMismatchError,
+    NoEmbedderError,
+    UnknownPersonError,
+)
+from gallery.index import DBState, IndexConfig, VectorIndex, check_vectors
+from gallery.models import MODALITIES, Person, Sighting, Template, Threshold, utcnow
+from gallery.results import (
+    CalibrationResult,
+    Duplicate,
+    EnrollResult,
+    IdentifyOrEnrollResult,
+    IdentifyResult,
+    PersonInfo,
+    PersonMatch,
+    SightingInfo,
+)
+from reid.embedder import BaseEmbedder
+from reid.images import ImageLike
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (modality, model_id)
+
+
+def image_hash(image: ImageLike) -> str:
+    """SHA-256 of the file bytes for paths, of the pixels (with shape) for arrays and PIL images."""
+    if isinstance(image, (str, os.PathLike)):
+        return hashlib.sha256(Path(image).read_bytes()).hexdigest()
+    arr = np.ascontiguousarray(np.asarray(image))
+    h = hashlib.sha256(str(arr.shape).encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _lock_key(key: Key) -> int:
+    return int.from_bytes(hashlib.sha256(f"{key[0]}/{key[1]}".encode()).digest()[:8], "big", signed=True)
+
+
+class Gallery:
+    """Identity store over SQL (truth) and FAISS (derived).
+
+    Args:
+        url: SQLAlchemy URL or a file path for SQLite (``"gallery.db"``), or ``postgresql://...``.
+        index_dir: folder for index snapshots (default: beside an SQLite file, else no snapshots).
+        embedders: ``{"face": BaseEmbedder, "body": BaseEmbedder}`` used when images are given.
+        aggregation: ``"max"`` or ``"mean"`` of a person's template similarities.
+        thresholds: default decision thresholds per modality, used when none is calibrated for a model.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        index_dir: str | os.PathLike | None = None,
+        embedders: dict[str, BaseEmbedder] | None = None,
+        index_config: IndexConfig | None = None,
+        aggregation: str = "max",
+        thresholds: dict[str, float] | None = None,
+    ) -> None:
+        if aggregation not in ("max", "mean"):
+            raise GalleryError(f"aggregation must be 'max' or 'mean', got {aggregation!r}")
+        self.engine = make_engine(url)
+        migrate(self.engine)
+        self.Session = make_sessionmaker(self.engine)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if index_dir is None and self.is_sqlite and self.engine.url.database not in (None, "", ":memory:"):
+            index_dir = Path(self.engine.url.database).with_suffix(".indexes")
+        self.index_dir = Path(index_dir) if index_dir else None
+        self.embedders = dict(embedders or {})
+        self.index_config = index_config or IndexConfig()
+        self.aggregation = aggregation
+        self.default_thresholds = dict(thresholds or {})
+        self.indexes: dict[Key, VectorIndex] = {}
+        self.person_of: dict[int, int] = {}  # template id -> person id
+        self.key_of: dict[int, Key] = {}  # template id -> (modality, model_id)
+        self.templates_of: dict[int, set[int]] = defaultdict(set)  # person id -> template ids
+        self._lock = threading.RLock()
+        self._key_locks: dict[Key, threading.Lock] = defaultdict(threading.Lock)
+        self._load_indexes()
+
+    @classmethod
+    def open(cls, url: str, **kwargs: Any) -> Gallery:
+        return cls(url, **kwargs)
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.snapshot()
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------------------------------------ index
+    @staticmethod
+    def _key_name(key: Key) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key[1])
+        return f"{key[0]}__{safe}__{hashlib.sha256(key[1].encode()).hexdigest()[:8]}"
+
+    def _db_state(self, s: Session, key: Key) -> DBState:
+        row = s.execute(
+            select(func.count(Template.id), func.max(Template.id), func.sum(Template.id)).where(
+                Template.modality == key[0], Template.model_id == key[1]
+            )
+        ).one()
+        return DBState(int(row[0] or 0), int(row[1] or 0), int(row[2] or 0))
+
+    def _load_indexes(self) -> None:
+        with self.Session() as s:
+            keys = s.execute(select(Template.modality, Template.model_id, Template.dim).distinct()).all()
+            for tid, pid, modality, model_id in s.execute(
+                select(Template.id, Template.person_id, Template.modality, Template.model_id)
+            ):
+                self._track(tid, pid, (modality, model_id))
+            for modality, model_id, dim in keys:
+                key = (modality, model_id)
+                index = VectorIndex(modality, model_id, dim, self.index_config)
+                expected = self._db_state(s, key)
+                loaded = self.index_dir is not None and index.load(
+                    self.index_dir, self._key_name(key), expected
+                )
+                if not loaded:
+                    self._rebuild(s, index)
+                self.indexes[key] = index
+                logger.info(
+                    "index %s/%s: %d templates (%s, %s)",
+                    modality,
+                    model_id,
+                    index.ntotal,
+                    index.kind,
+                    "snapshot" if loaded else "rebuilt from database",
+                )
+
+    def _rebuild(self, s: Session, index: VectorIndex) -> None:
+        ids, vecs = [], []
+        q = (
+            select(Template.id, Template.vector)
+            .where(Template.modality == index.modality, Template.model_id == index.model_id)
+            .order_by(Template.id)
+            .execution_options(yield_per=10_000)
+        )
+        for tid, blob in s.execute(q):
+            ids.append(tid)
+            vecs.append(np.frombuffer(blob, dtype=np.float32))
+        index.build(
+            np.array(ids, dtype=np.int64), np.stack(vecs) if vecs else np.zeros((0, index.dim), np.float32)
+        )
+
+    def _track(self, tid: int, pid: int, key: Key) -> None:
+        old = self.person_of.get(tid)
+        if old is not None and old != pid:
+            self.templates_of[old].discard(tid)
+        self.person_of[tid] = pid
+        self.key_of[tid] = key
+        self.templates_of[pid].add(tid)
+
+    def _untrack(self, tid: int) -> None:
+        pid = self.person_of.pop(tid, None)
+        self.key_of.pop(tid, None)
+        if pid is not None:
+            self.templates_of[pid].discard(tid)
+
+    def rebuild_index(self, modality: str | None = None, model_id: str | None = None) -> list[Key]:
+        """Rebuild indexes from the database (all, or those matching the filters)."""
+        done = []
+        with self.Session() as s:
+            for key, index in list(self.indexes.items()):
+                if (modality is None or key[0] == modality) and (model_id is None or key[1] == model_id):
+                    self._rebuild(s, index)
+                    done.append(key)
+        return done
+
+    def snapshot(self) -> None:
+        """Write every index to ``index_dir`` (atomic, with a manifest checked at the next start)."""
+        if self.index_dir is None:
+            return
+        for key, index in list(self.indexes.items()):
+            index.save(self.index_dir, self._key_name(key))
+
+    def _index_for(self, key: Key, dim: int, create: bool) -> VectorIndex | None:
+        with self._lock:
+            index = self.indexes.get(key)
+            if index is None:
+                if not create:
+                    return None
+                index = VectorIndex(key[0], key[1], dim, self.index_config)
+                self.indexes[key] = index
+            elif index.dim != dim:
+                raise IndexMismatchError(
+                    f"model {key[1]!r} ({key[0]}) has {index.dim}-d templates; refusing a {dim}-d embedding"
+                )
+            return index
+
+    def _catch_up(self, s: Session, key: Key, index: VectorIndex) -> None:
+        """Add templates committed by other processes since this index was last updated."""
+        rows = s.execute(
+            select(Template.id, Template.person_id, Template.vector)
+            .where(Template.modality == key[0], Template.model_id == key[1], Template.id > index.max_id)
+            .order_by(Template.id)
+        ).all()
+        if rows:
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            index.add(ids, np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows]))
+            for r in rows:
+                self._track(r[0], r[1], key)
+
+    # -------------------------------------------------------------------------------------------- embedding
+    def _check_modality(self, modality: str) -> None:
+        if modality not in MODALITIES:
+            raise GalleryError(f"modality must be one of {MODALITIES}, got {modality!r}")
+
+    def _vectors(
+        self,
+        modality: str,
+        images: Sequence[ImageLike] | None,
+        embeddings: np.ndarray | None,
+        model_id: str | None,
+        where: str,
+    ) -> tuple[np.ndarray, str, list[str | None]]:
+        """(unit vectors, model_id, image hashes) from either images (embedded here) or embeddings."""
+        self._check_modality(modality)
+        if (images is None) == (embeddings is None):
+            raise GalleryError(f"{where}: give either images or embeddings (exactly one)")
+        if images is not None:
+            if isinstance(images, (str, os.PathLike, np.ndarray)) and not (
+                isinstance(images, np.ndarray) and images.ndim == 4
+            ):
+                images = [images]
+            images = list(images)
+            if not images:
+                raise GalleryError(f"{where}: the image list is empty")
+            embedder = self.embedders.get(modality)
+            if embedder is None:
+                raise NoEmbedderError(
+                    f"{where}: no {modality} embedder is configured; pass embeddings instead"
+                )
+            if model_id is not None and model_id != embedder.model_id:
+                raise IndexMismatchError(
+                    f"{where}: model_id {model_id!r} differs from the {modality} embedder's {embedder.model_id!r}"
+                )
+            vecs = embedder.embed(images)
+            hashes: list[str | None] = [image_hash(im) for im in images]
+            return check_vectors(vecs, embedder.dim, where), embedder.model_id, hashes
+        if model_id is None:
+            embedder = self.embedders.get(modality)
+            if embedder is None:
+                raise GalleryError(
+                    f"{where}: model_id is required with raw embeddings (which model made them?)"
+                )
+            model_id = embedder.model_id
+        vecs = check_vectors(embeddings, None, where)
+        return vecs, model_id, [None] * len(vecs)
+
+    # ------------------------------------------------------------------------------------------------ persons
+    def create_person(
+        self,
+        display_name: str | None = None,
+        external_id: str | None = None,
+        kind: str = "enrolled",
+        consent: dict | None = None,
+        metadata: dict | None = None,
+    ) -> int:
+        with self.Session.begin() as s:
+            return self._create_person(s, display_name, external_id, kind, consent, metadata)
+
+    def _create_person(self, s, display_name, external_id, kind, consent=None, metadata=None) -> int:
+        if kind not in ("enrolled", "anonymous"):
+            raise GalleryError(f"person kind must be 'enrolled' or 'anonymous', got {kind!r}")
+        if external_id is not None and s.scalar(select(Person.id).where(Person.external_id == external_id)):
+            raise DuplicatePersonError(f"external id {external_id!r} is already used by another person")
+        p = Person(
+            display_name=display_name, external_id=external_id, kind=kind, consent=consent, meta=metadata
+        )
+        s.add(p)
+        s.flush()
+        return p.id
+
+    def _require_person(self, s: Session, person_id: int) -> Person:
+        p = s.get(Person, person_id)
+        if p is None:
+            raise UnknownPersonError(person_id)
+        return p
+
+    def get_person(self, person_id: int) -> PersonInfo:
+        with self.Session() as s:
+            p = self._require_person(s, person_id)
+            return self._info(s, p)
+
+    def _info(self, s: Session, p: Person) -> PersonInfo:
+        counts = s.execute(
+            select(Template.modality, Template.model_id, func.count())
+            .where(Template.person_id == p.id)
+            .group_by(Template.modality, Template.model_id)
+        ).all()
+        n_sight = s.scalar(select(func.count()).select_from(Sighting).where(Sighting.person_id == p.id)) or 0
+        return PersonInfo(
+            p.id,
+            p.external_id,
+            p.display_name,
+            p.kind,
+            p.created_at,
+            p.consent,
+            p.meta,
+            {f"{m}/{mid}": int(c) for m, mid, c in counts},
+            int(n_sight),
+        )
+
+    def list_persons(self, offset: int = 0, limit: int = 100, kind: str | None = None) -> list[PersonInfo]:
+        with self.Session() as s:
+            q = select(Person).order_by(Person.id).offset(offset).limit(limit)
+            if kind:
+                q = q.where(Person.kind == kind)
+            return [self._info(s, p) for p in s.scalars(q)]
+
+    def count_persons(self) -> int:
+        with self.Session() as s:
+            return int(s.scalar(select(func.count()).select_from(Person)) or 0)
+
+    # ------------------------------------------------------------------------------------------------- enroll
+    def enroll(
+        self,
+        person_id: int | None = None,
+        *,
+        images: Sequence[ImageLike] | None = None,
+        embeddings: np.ndarray | None = None,
+        modality: str = "face",
+        model_id: str | None = None,
+        display_name: str | None = None,
+        external_id: str | None = None,
+        kind: str = "enrolled",
+        quality: Sequence[float] | None = None,
+        sources: Sequence[str] | None = None,
+        image_hashes: Sequence[str | None] | None = None,
+    ) -> EnrollResult:
+        """Add templates to a person (a new one when ``person_id`` is None). Images already stored for this
+        model (same SHA-256) are not stored twice: they come back in ``duplicates``."""
+        vecs, model_id, hashes = self._vectors(modality, images, embeddings, model_id, "enroll")
+        if image_hashes is not None:
+            if len(image_hashes) != len(vecs):
+                raise GalleryError(f"enroll: {len(image_hashes)} image_hashes for {len(vecs)} embeddings")
+            hashes = list(image_hashes)
+        for name, seq in (("quality", quality), ("sources", sources)):
+            if seq is not None and len(seq) != len(vecs):
+                raise GalleryError(f"enroll: {len(seq)} {name} values for {len(vecs)} embeddings")
+        key = (modality, model_id)
+        index = self._index_for(key, vecs.shape[1], create=True)
+        for attempt in range(3):
+            try:
+                with self.Session.begin() as s:
+                    result = self._enroll_tx(
+                        s, person_id, vecs, key, hashes, quality, sources, display_name, external_id, kind
+                    )
+                break
+            except IntegrityError:  # a concurrent enroll stored the same image first: recompute duplicates
+                if attempt == 2:
+                    raise
+        self._index_add(index, result.template_ids, vecs, result, hashes)
+        return result
+
+    def _enroll_tx(self, s, person_id, vecs, key, hashes, quality, sources, display_name, external_id, kind):
+        created = False
+        if person_id is None:
+            person_id = self._create_person(s, display_name, external_id, kind)
+            created = True
+        else:
+            self._require_person(s, person_id)
+        result = EnrollResult(person_id, key[0], key[1], created_person=created)
+        known = {h for h in hashes if h}
+        existing = {}
+        if known:
+            existing = {
+                h: (tid, pid)
+                for h, tid, pid in s.execute(
+                    select(Template.image_sha256, Template.id, Template.person_id).where(
+                        Template.modality == key[0],
+                        Template.model_id == key[1],
+                        Template.image_sha256.in_(known),
+                    )
+                )
+            }
+        rows, seen = [], {}
+        for i, v in enumerate(vecs):
+            h = hashes[i]
+            if h and h in existing:
+                result.duplicates.append(Duplicate(i, existing[h][0], existing[h][1]))
+                continue
+            if h and h in seen:
+                continue  # repeated inside this batch: resolved after insert
+            t = Template(
+                person_id=person_id,
+                modality=key[0],
+                model_id=key[1],
+                dim=int(v.shape[0]),
+                vector=v.astype("<f4").tobytes(),
+                image_sha256=h,
+                quality=None if quality is None else float(quality[i]),
+                source=None if sources is None else str(sources[i])[:500],
+            )
+            rows.append((i, t))
+            if h:
+                seen[h] = t
+        s.add_all([t for _, t in rows])
+        s.flush()
+        result.template_ids = [t.id for _, t in rows]
+        result._rows = [i for i, _ in rows]  # type: ignore[attr-defined]  # batch positions of stored rows
+        for i, h in enumerate(hashes):
+            if h and h in seen and all(i != j for j, _ in rows):
+                result.duplicates.append(Duplicate(i, seen[h].id, person_id))
+        return result
+
+    def _index_add(
+        self, index: VectorIndex, ids: list[int], vecs: np.ndarray, result: EnrollResult, hashes
+    ) -> None:
+        if not ids:
+            return
+        positions = result.__dict__.pop("_rows")
+        index.add(np.array(ids, dtype=np.int64), vecs[positions])
+        for tid in ids:
+            self._track(tid, result.person_id, (result.modality, result.model_id))
+
+    # ----------------------------------------------------------------------------------------------- identify
+    def threshold_for(self, modality: str, model_id: str) -> float | None:
+        with self.Session() as s:
+            t = s.get(Threshold, (modality, model_id))
+        if t is not None:
+            return float(t.value)
+        return self.default_thresholds.get(modality)
+
+    def _rank_persons(self, index: VectorIndex, q: np.ndarray, k: int) -> list[tuple[int, float, int]]:
+        """[(person_id, score, best template id)] best first."""
+        n = index.ntotal
+        if n == 0:
+            return []
+        kk = min(n, max(k * 10, 64))
+        sims, ids = index.search(q, kk)
+        best: dict[int, tuple[float, int]] = {}
+        for sim, tid in zip(sims[0].tolist(), ids[0].tolist()):
+            if tid < 0:
+                continue
+            pid = self.person_of.get(tid)
+            if pid is None:
+                continue
+            if pid not in best or sim > best[pid][0]:
+                best[pid] = (sim, tid)
+        if self.aggregation == "mean" and best:
+            for pid in best:
+                tids = [
+                    t
+                    for t in self.templates_of.get(pid, ())
+                    if self.key_of.get(t) == (index.modality, index.model_id)
+                ]
+                tids = [t for t in tids if t not in index.tombstones]
+                if tids:
+                    best[pid] = (float((index.reconstruct(tids) @ q[0]).mean()), best[pid][1])
+        ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
+        return [(pid, float(score), tid) for pid, (score, tid) in ranked]
+
+    def identify(
+        self,
+        image: ImageLike | None = None,
+        *,
+        embedding: np.ndarray | None = None,
+        modality: str = "face",
+        model_id: str | None = None,
+        k: int = 5,
+        threshold: float | None = None,
+    ) -> IdentifyResult:
+        """Ranked persons for one query, and known/unknown against the threshold of this model."""
+        if k < 1:
+            raise GalleryError(f"identify: k must be >= 1, got {k}")
+        vecs, model_id, _ = self._vectors(
+            modality, None if image is None else [image], embedding, model_id, "identify"
+        )
+        if len(vecs) != 1:
+            raise EmbeddingError(f"identify: expected one embedding, got {len(vecs)}")
+        return self._identify_vec(vecs, modality, model_id, k, threshold)
+
+    def _identify_vec(self, q, modality, model_id, k, threshold) -> IdentifyResult:
+        key = (modality, model_id)
+        index = self._index_for(key, q.shape[1], create=False)
+        ranked = self._rank_persons(index, q, k) if index is not None else []
+        thr = threshold if threshold is not None else self.threshold_for(modality, model_id)
+        matches = []
+        if ranked:
+            with self.Session() as s:
+                persons = {
+                    p.id: p for p in s.scalars(select(Person).where(Person.id.in_([r[0] for r in ranked])))
+                }
+            for pid, score, tid in ranked:
+                p = persons.get(pid)
+                if p is None:  # deleted by another process meanwhile
+                    continue
+                matches.append(PersonMatch(pid, score, tid, p.display_name, p.external_id))
+        known = None if thr is None else bool(matches and matches[0].score >= thr)
+        return IdentifyResult(modality, model_id, matches, thr, known)
+
+    @contextmanager
+    def _key_transaction(self, key: Key):
+        """A write transaction that holds the (modality, model_id) lock across threads and processes."""
+        with self._key_locks[key], self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn.info["begin_statement"] = "BEGIN IMMEDIATE"  # take SQLite's write lock up front
+            with conn.begin():
+                if self.engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_key(key),))
+                with Session(bind=conn, expire_on_commit=False) as s:
+                    yield s
+                    s.flush()
+
+    def identify_or_enroll(
+        self,
+        image: ImageLike | None = None,
+        *,
+        embedding: np.ndarray | None = None,
+        modality: str = "face",
+        model_id: str | None = None,
+        threshold: float | None = None,
+        display_name: str | None = None,
+        kind: str = "anonymous",
+        k: int = 5,
+    ) -> IdentifyOrEnrollResult:
+        """Return the known person, or create one with the query as its first template. The search is redone
+        under a per-model lock, so concurrent calls with the same new face create one person only."""
+        vecs, model_id, hashes = self._vectors(
+            modality, None if image is None else [image], embedding, model_id, "identify_or_enroll"
+        )
+        thr = threshold if threshold is not None else self.threshold_for(modality, model_id)
+        if thr is None:
+            raise GalleryError(
+                f"identify_or_enroll: no threshold for {modality}/{model_id}; calibrate one or pass threshold="
+            )
+        first = self._identify_vec(vecs, modality, model_id, k, thr)
+        if first.known:
+            return IdentifyOrEnrollResult(first.best.person_id, False, first.best.score, first)
+        key = (modality, model_id)
+        index = self._index_for(key, vecs.shape[1], create=True)
+        with self._key_transaction(key) as s:
+            self._catch_up(s, key, index)
+            again = self._identify_vec(vecs, modality, model_id, k, thr)
+            if again.known:
+                return IdentifyOrEnrollResult(again.best.person_id, False, again.best.score, again)
+            result = self._enroll_tx(s, None, vecs, key, hashes, None, None, display_name, None, kind)
+        self._index_add(index, result.template_ids, vecs, result, hashes)
+        score = again.best.score if again.best else None
+        return IdentifyOrEnrollResult(result.person_id, True, score, again, result)
+
+    # ----------------------------------------------------------------------------------------- merge, delete
+    def merge(self, keep: int, remove: int) -> PersonInfo:
+        """Move ``remove``'s templates and sightings to ``keep`` and delete ``remove``."""
+        if keep == remove:
+            raise GalleryError(f"merge: cannot merge person {keep} into itself")
+        with self.Session.begin() as s:
+            self._require_person(s, keep)
+            self._require_person(s, remove)
+            moved = list(s.scalars(select(Template.id).where(Template.person_id == remove)))
+            s.execute(update(Template).where(Template.person_id == remove).values(person_id=keep))
+            s.execute(update(Sighting).where(Sighting.person_id == remove).values(person_id=keep))
+            s.execute(delete(Person).where(Person.id == remove))
+        for tid in moved:
+            self._track(tid, keep, self.key_of[tid])
+        self.templates_of.pop(remove, None)
+        return self.get_person(keep)
+
+    def delete_person(self, person_id: int) -> int:
+        """Erase a person: templates, sightings and index entries. Returns the number of templates removed."""
+        with self.Session.begin() as s:
+            self._require_person(s, person_id)
+            rows = s.execute(
+                select(Template.id, Template.modality, Template.model_id).where(
+                    Template.person_id == person_id
+                )
+            ).all()
+            s.execute(delete(Sighting).where(Sighting.person_id == person_id))
+            s.execute(delete(Template).where(Template.person_id == person_id))
+            s.execute(delete(Person).where(Person.id == person_id))
+        by_key = defaultdict(list)
+        for tid, modality, model_id in rows:
+            by_key[(modality, model_id)].append(tid)
+            self._untrack(tid)
+        self.templates_of.pop(person_id, None)
+        for key, tids in by_key.items():
+            if key in self.indexes:
+                self.indexes[key].remove(tids)
+        return len(rows)
+
+    # --------------------------------------------------------------------------------------------- sightings
+    def record_sighting(
+        self,
+        person_id: int,
+        camera_id: str,
+        score: float | None = None,
+        modality: str | None = None,
+        seen_at: datetime | None = None,
+        track_id: str | None = None,
+    ) -> int:
+        if not camera_id:
+            raise GalleryError("record_sighting: camera_id is required")
+        with self.Session.begin() as s:
+            self._require_person(s, person_id)
+            row = Sighting(
+                person_id=person_id,
+                camera_id=camera_id,
+                score=score,
+                modality=modality,
+                seen_at=seen_at or utcnow(),
+                track_id=track_id,
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def sightings(
+        self,
+        person_id: int | None = None,
+        camera_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[SightingInfo]:
+        with self.Session() as s:
+            q = select(Sighting).order_by(Sighting.seen_at, Sighting.id).limit(limit)
+            if person_id is not None:
+                q = q.where(Sighting.person_id == person_id)
+            if camera_id is not None:
+                q = q.where(Sighting.camera_id == camera_id)
+            if since is not None:
+                q = q.where(Sighting.seen_at >= since)
+            if until is not None:
+                q = q.where(Sighting.seen_at < until)
+            return [
+                SightingInfo(r.id, r.person_id, r.camera_id, r.seen_at, r.score, r.modality, r.track_id)
+                for r in s.scalars(q)
+            ]
+
+    # -------------------------------------------------------------------------------------------- thresholds
+    def set_threshold(self, modality: str, model_id: str, value: float, **measured: Any) -> None:
+        self._check_modality(modality)
+        if not np.isfinite(value):
+            raise GalleryError(f"threshold must be a finite number, got {value}")
+        with self.Session.begin() as s:
+            t = s.get(Threshold, (modality, model_id)) or Threshold(modality=modality, model_id=model_id)
+            t.value = float(value)
+            for k, v in measured.items():
+                setattr(t, k, v)
+            s.add(t)
+
+    def calibrate_threshold(
+        self,
+        modality: str,
+        model_id: str,
+        embeddings: np.ndarray,
+        labels: Sequence[int | str],
+        target_far: float = 1e-3,
+        store: bool = True,
+    ) -> CalibrationResult:
+        """Open-set calibration on a labelled set: every identity plays the stranger once.
+
+        For each sample, the impostor score is its best similarity to any sample of *another* identity (what a
+        stranger scores against a gallery holding everyone else); the genuine score is its best similarity to
+        another sample of its own identity. The threshold is the smallest value at which at most
+        ``target_far`` of the impostor scores pass; the true-accept rate at it is reported with it.
+        """
+        from reid.metrics import threshold_at_far
+
+        vecs = check_vectors(embeddings, None, "calibrate")
+        labels = np.asarray(labels)
+        if len(labels) != len(vecs):
+            raise GalleryError(f"calibrate: {len(vecs)} embeddings but {len(labels)} labels")
+        if len(np.unique(labels)) < 2:
+            raise GalleryError("calibrate: needs at least two identities")
+        if not 0 < target_far < 1:
+            raise GalleryError(f"calibrate: target_far must be in (0, 1), got {target_far}")
+        impostor = np.full(len(vecs), -np.inf, dtype=np.float64)
+        genuine = np.full(len(vecs), -np.inf, dtype=np.float64)
+        for s in range(0, len(vecs), 1024):
+            sims = vecs[s : s + 1024] @ vecs.T
+            same = labels[s : s + 1024, None] == labels[None, :]
+            rows = np.arange(sims.shape[0])
+            sims_g = np.where(same, sims, -np.inf)
+            sims_g[rows, rows + s] = -np.inf
+            genuine[s : s + 1024] = sims_g.max(1)
+            impostor[s : s + 1024] = np.where(same, -np.inf, sims).max(1)
+        genuine = genuine[np.isfinite(genuine)]
+        thr = threshold_at_far(impostor, target_far)
+        far = float((impostor >= thr).mean())
+        tar = float((genuine >= thr).mean()) if genuine.size else float("nan")
+        result = CalibrationResult(
+            modality, model_id, float(thr), target_far, far, tar, int(genuine.size), int(impostor.size)
+        )
+        if store:
+            self.set_threshold(
+                modality,
+                model_id,
+                float(thr),
+                target_far=target_far,
+                measured_far=far,
+                measured_tar=tar,
+                n_genuine=int(genuine.size),
+                n_impostor=int(impostor.size),
+            )
+        return result
+
+    # ------------------------------------------------------------------------------------------- consistency
+    def check_consistency(self) -> dict[str, dict[str, int]]:
+        """Database vs index template counts per key (they must agree)."""
+        out = {}
+        with self.Session() as s:
+            for key, index in self.indexes.items():
+                out[f"{key[0]}/{key[1]}"] = {"database": self._db_state(s, key).count, "index": index.ntotal}
+        return out
