@@ -407,7 +407,7 @@ def test_hnsw_and_ivf_indexes_delete_and_recall() -> None:
         index = VectorIndex("face", "m", 32, IndexConfig(kind=kind, ivf_nprobe=64))
         index.build(ids, vecs)
         assert index.kind == kind
-        sims, got = index.search(vecs[:50], 1)
+        _, got = index.search(vecs[:50], 1)
         assert (got[:, 0] == ids[:50]).mean() >= 0.96
         index.remove(ids[:10])
         _sims, got = index.search(vecs[:10], 5)
