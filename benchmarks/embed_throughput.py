@@ -59,7 +59,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(describe())
-    print(f"input {args.height}x{args.width}, batch {args.batch}, float32, torch.inference_mode, median of {args.iters}")
+    print(
+        f"input {args.height}x{args.width}, batch {args.batch}, float32, torch.inference_mode, median of {args.iters}"
+    )
     print(f"{'model':<20} {'params (M)':>10} {'images/s':>10} {'ms/image':>9}")
     for name in args.models:
         ips, ms, params = measure(name, args.batch, args.height, args.width, args.warmup, args.iters)

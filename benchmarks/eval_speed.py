@@ -64,7 +64,9 @@ def main() -> None:
         rows.append(("torchreid evaluate_rank (Python)", dt, dt, mAP, cmc[0]))
 
     print(describe())
-    print(f"problem: {args.queries} x {args.gallery}, {args.ids} ids, {args.cameras} cameras, random distances")
+    print(
+        f"problem: {args.queries} x {args.gallery}, {args.ids} ids, {args.cameras} cameras, random distances"
+    )
     print(f"{'evaluator':<36} {'best s':>8} {'median s':>9} {'mAP':>9} {'rank-1':>8}")
     for name, best, med, mAP, r1 in rows:
         print(f"{name:<36} {best:8.2f} {med:9.2f} {mAP:9.5f} {r1:8.4f}")

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -78,6 +79,10 @@ class Gallery:
         thresholds: default decision thresholds per modality, used when none is calibrated for a model.
     """
 
+    THRESHOLD_TTL = (
+        5.0  # seconds a threshold read from the database is reused (other processes may change it)
+    )
+
     def __init__(
         self,
         url: str,
@@ -106,6 +111,7 @@ class Gallery:
         self.templates_of: dict[int, set[int]] = defaultdict(set)  # person id -> template ids
         self._lock = threading.RLock()
         self._key_locks: dict[Key, threading.Lock] = defaultdict(threading.Lock)
+        self._threshold_cache: dict[Key, tuple[float | None, float]] = {}
         self._load_indexes()
 
     @classmethod
@@ -451,11 +457,16 @@ class Gallery:
 
     # ----------------------------------------------------------------------------------------------- identify
     def threshold_for(self, modality: str, model_id: str) -> float | None:
-        with self.Session() as s:
-            t = s.get(Threshold, (modality, model_id))
-        if t is not None:
-            return float(t.value)
-        return self.default_thresholds.get(modality)
+        """The calibrated threshold of this model (cached for a few seconds), else the modality's default."""
+        key = (modality, model_id)
+        cached = self._threshold_cache.get(key)
+        now = time.monotonic()
+        if cached is None or now - cached[1] > self.THRESHOLD_TTL:
+            with self.Session() as s:
+                t = s.get(Threshold, key)
+            cached = (None if t is None else float(t.value), now)
+            self._threshold_cache[key] = cached
+        return cached[0] if cached[0] is not None else self.default_thresholds.get(modality)
 
     def _rank_persons(self, index: VectorIndex, q: np.ndarray, k: int) -> list[tuple[int, float, int]]:
         """[(person_id, score, best template id)] best first."""
@@ -674,6 +685,7 @@ class Gallery:
             for k, v in measured.items():
                 setattr(t, k, v)
             s.add(t)
+        self._threshold_cache[(modality, model_id)] = (float(value), time.monotonic())
 
     def calibrate_threshold(
         self,

@@ -1,0 +1,132 @@
+"""Identify latency (p50/p99) and recall@1 against exact search, at 10k / 100k / 1M templates of dimension 512.
+
+The database is filled with random unit vectors (one person per 2 templates) by bulk insert, then a Gallery is
+opened the normal way (index built from the database, or loaded from its snapshot on a re-run) and
+``Gallery.identify`` is timed end to end: FAISS search, per-person aggregation and the person lookup in SQL.
+
+Two query sets: "re-take" queries are noisy copies of stored templates (cosine ~0.7 to their source, like a new
+photo of an enrolled person); "random" queries are fresh random vectors (no true match, the hardest case for an
+approximate index). recall@1 = the approximate index's best person equals exact search's best person.
+
+Examples:
+    python benchmarks/gallery_search.py --sizes 10000 100000
+    python benchmarks/gallery_search.py --sizes 1000000 --workdir /tmp/gallery_bench   # about 2 GB per copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import describe
+from gallery import Gallery, IndexConfig
+from gallery.models import Person, Template
+
+DIM = 512
+
+
+def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def populate(db: Path, n: int, seed: int = 0) -> None:
+    from sqlalchemy import insert
+
+    g = Gallery(str(db), index_dir=None)
+    rng = np.random.default_rng(seed)
+    chunk = 20_000
+    with g.engine.begin() as conn:
+        conn.execute(insert(Person), [{"kind": "enrolled", "display_name": f"p{i}"} for i in range(n // 2)])
+    for s in range(0, n, chunk):
+        v = unit_rows(rng, min(chunk, n - s))
+        rows = [
+            {
+                "person_id": (s + i) // 2 + 1,
+                "modality": "body",
+                "model_id": "bench-512",
+                "dim": DIM,
+                "vector": v[i].tobytes(),
+                "image_sha256": None,
+            }
+            for i in range(len(v))
+        ]
+        with g.engine.begin() as conn:
+            conn.execute(insert(Template), rows)
+    g.engine.dispose()
+
+
+def run_size(n: int, workdir: Path, queries: int, cfg: IndexConfig) -> list[tuple]:
+    db = workdir / f"g{n}.db"
+    if not db.exists():
+        t = time.perf_counter()
+        populate(db, n)
+        logging.info("populated %d templates in %.0f s", n, time.perf_counter() - t)
+    t = time.perf_counter()
+    g = Gallery(str(db), index_config=cfg)
+    open_s = time.perf_counter() - t
+    index = g.indexes[("body", "bench-512")]
+    ids, vecs = index.export()
+    exact = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    exact.add_with_ids(vecs, ids)
+    rng = np.random.default_rng(1)
+    pick = rng.choice(len(ids), queries, replace=False)
+    noisy = vecs[pick] + 0.034 * rng.standard_normal((queries, DIM), dtype=np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    rows = []
+    for name, qs in (("re-take", noisy), ("random", unit_rows(rng, queries))):
+        g.identify(embedding=qs[0], modality="body", model_id="bench-512", k=5)  # warm-up
+        lat, hits = [], 0
+        _, ex = exact.search(qs, 1)
+        for i, q in enumerate(qs):
+            t = time.perf_counter()
+            res = g.identify(embedding=q, modality="body", model_id="bench-512", k=5)
+            lat.append((time.perf_counter() - t) * 1000)
+            hits += res.matches[0].person_id == g.person_of[int(ex[i, 0])]
+        lat = np.array(lat)
+        rows.append(
+            (n, index.kind, name, np.percentile(lat, 50), np.percentile(lat, 99), hits / len(qs), open_s)
+        )
+    del vecs, exact
+    g.close()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--workdir", default="/tmp/gallery_bench")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--ef-search", type=int, default=128)
+    ap.add_argument("--ef-construction", type=int, default=80)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = IndexConfig(hnsw_m=args.hnsw_m, ef_search=args.ef_search, ef_construction=args.ef_construction)
+    rows = []
+    for n in args.sizes:
+        rows += run_size(n, workdir, args.queries, cfg)
+    print(describe() + f", faiss {faiss.__version__}")
+    print(
+        f"Gallery.identify end to end (k=5 persons, max aggregation, SQLite), dim {DIM}, {args.queries} queries; "
+        f"HNSW M={args.hnsw_m} efSearch={args.ef_search} efConstruction={args.ef_construction}"
+    )
+    print(
+        f"{'templates':>10} {'index':>6} {'queries':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@1':>9} {'open s':>8}"
+    )
+    for n, kind, name, p50, p99, rec, open_s in rows:
+        print(f"{n:>10} {kind:>6} {name:>8} {p50:8.2f} {p99:8.2f} {rec:9.4f} {open_s:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
