@@ -68,7 +68,9 @@ class PKSampler(Sampler[int]):
             pids = [available[c] for c in chosen]
             batches.append(np.concatenate([chunks[pid].pop() for pid in pids]))
             available = [pid for pid in available if chunks[pid]]
-        return batches[self.rank :: self.num_replicas]
+        # every rank must take the same number of steps (DDP all-reduces each one): drop the remainder
+        usable = len(batches) - len(batches) % self.num_replicas
+        return batches[:usable][self.rank :: self.num_replicas]
 
     def num_batches(self) -> int:
         return len(self._epoch_batches())

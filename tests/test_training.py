@@ -1,0 +1,242 @@
+"""training: configs with _BASE_, schedules, a real tiny training run, exact resume, exports, DDP via torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reid.embedder import Embedder
+from reid.errors import ConfigError
+from training.config import load_config
+from training.engine import Trainer
+from training.optim import warmup_cosine, warmup_multistep
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_base_inheritance_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "model: {name: resnet18, embedding_dim: 64}\nlosses: [{name: triplet}]\n"
+    )
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\nmodel: {pooling: gem}\noptimizer: {lr: 0.01}\n")
+    cfg = load_config(tmp_path / "b.yaml", ["optimizer.lr=0.002", "train.epochs=3", "model.pretrained=null"])
+    assert cfg["model"] == {**cfg["model"], "name": "resnet18", "embedding_dim": 64, "pooling": "gem"}
+    assert cfg["optimizer"]["lr"] == 0.002 and cfg["train"]["epochs"] == 3
+    assert cfg["optimizer"]["name"] == "adam"  # default filled in
+
+
+def test_config_errors_name_key_and_file(tmp_path: Path) -> None:
+    (tmp_path / "typo.yaml").write_text("losses: [{name: triplet}]\noptimiser: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'optimiser' \(set in .*typo\.yaml\)"):
+        load_config(tmp_path / "typo.yaml")
+    (tmp_path / "x.yaml").write_text("_BASE_: y.yaml\n")
+    (tmp_path / "y.yaml").write_text("_BASE_: x.yaml\n")
+    with pytest.raises(ConfigError, match="_BASE_ cycle"):
+        load_config(tmp_path / "x.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "ok.yaml").write_text("losses: [{name: triplet}]\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.depth' \(command line\)"):
+        load_config(tmp_path / "ok.yaml", ["model.depth=50"])
+    with pytest.raises(ConfigError, match="must look like key.sub=value"):
+        load_config(tmp_path / "ok.yaml", ["model.name"])
+
+
+def test_schedules() -> None:
+    f = warmup_multistep(120, warmup_epochs=10, warmup_factor=0.01, milestones=[40, 70], gamma=0.1)
+    assert f(0) == pytest.approx(0.01) and f(5) == pytest.approx(0.505) and f(10) == 1.0
+    assert f(39.9) == 1.0 and f(40) == pytest.approx(0.1) and f(70) == pytest.approx(0.01)
+    c = warmup_cosine(20, warmup_epochs=0, min_lr_factor=0.0)
+    assert c(0) == pytest.approx(1.0) and c(10) == pytest.approx(0.5) and c(20) == pytest.approx(0.0)
+
+
+def make_market(root: Path, ids: int = 6, per_cam: int = 3, size=(32, 16)) -> Path:
+    rng = np.random.default_rng(0)
+    for sub in ("bounding_box_train", "query", "bounding_box_test"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for pid in range(1, ids * 2 + 1):
+        base = rng.integers(30, 220, 3)
+        for cam in (1, 2):
+            for k in range(per_cam):
+                img = np.clip(base + rng.integers(-25, 25, (*size, 3)), 0, 255).astype(np.uint8)
+                if pid <= ids:
+                    sub = "bounding_box_train"
+                else:
+                    sub = "query" if k == 0 and cam == 1 else "bounding_box_test"
+                Image.fromarray(img).save(root / sub / f"{pid:04d}_c{cam}_{k}.jpg")
+    return root
+
+
+def tiny_cfg(tmp_path: Path, data: Path, **over) -> dict:
+    cfg = load_config(
+        REPO / "configs" / "reid" / "light_mobilenetv2.yaml",
+        [
+            f"data.root={data}",
+            "data.p=3",
+            "data.k=2",
+            "data.workers=0",
+            f"output_dir={tmp_path / 'run'}",
+            "model.name=resnet18",
+            "model.pretrained=null",
+            "model.embedding_dim=32",
+            "transforms.input_size=[32, 16]",
+            "transforms.pad=2",
+            "train.epochs=2",
+            "train.max_minutes=null",
+            "eval.every=1",
+            "scheduler.warmup_epochs=1",
+            "losses=[{name: cross_entropy, input: bn_features}, {name: triplet, margin: 0.3, "
+            "miner: batch_hard, input: features}, {name: center, weight: 0.0005, lr: 0.5}]",
+        ],
+    )
+    for k, v in over.items():
+        cfg[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory) -> Path:
+    return make_market(tmp_path_factory.mktemp("market"))
+
+
+def test_train_evaluate_and_export(market: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path, market)
+    result = Trainer(cfg, device="cpu").train()
+    run = tmp_path / "run"
+    assert result["epoch"] == 2 and len(result["history"]) == 2
+    assert {"eval/mAP", "eval/rank1", "loss/cross_entropy", "loss/triplet", "loss/center", "lr"} <= set(
+        result["history"][-1]
+    )
+    assert (run / "metrics.csv").read_text().count("\n") == 3
+    assert any((run / "tb").iterdir())
+    emb = Embedder.from_checkpoint(run / "final.pt")
+    assert emb.input_size == (32, 16) and emb.dim == 32 and emb.modality == "body"
+    assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
+
+
+def test_resume_continues_exactly(market: Path, tmp_path: Path) -> None:
+    straight = Trainer(tiny_cfg(tmp_path / "a", market), device="cpu")
+    straight.train()
+    first = tiny_cfg(tmp_path / "b", market)
+    first["train"] = {**first["train"], "epochs": 1}
+    Trainer(first, device="cpu").train()
+    resumed = Trainer(
+        tiny_cfg(tmp_path / "b", market), resume=tmp_path / "b" / "run" / "last.pt", device="cpu"
+    )
+    assert resumed.epoch == 1
+    resumed.train()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs after resume")
+    torch.testing.assert_close(straight.loss.state_dict(), resumed.loss.state_dict())
+
+
+def test_resume_errors(market: Path, tmp_path: Path) -> None:
+    from reid.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Trainer(tiny_cfg(tmp_path, market), resume=tmp_path / "nope.pt", device="cpu")
+    torch.save({"x": 1}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="not a training state"):
+        Trainer(tiny_cfg(tmp_path, market), resume=tmp_path / "bad.pt", device="cpu")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_config_loads_and_builds(path: Path, market: Path, tmp_path: Path) -> None:
+    faces = tmp_path / "faces"
+    for person in range(4):
+        for i in range(3):
+            (faces / f"p{person}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((24, 24, 3), 40 * person + i, np.uint8)).save(
+                faces / f"p{person}" / f"{i}.jpg"
+            )
+    root = faces if "face" in str(path) else market
+    cfg = load_config(
+        path,
+        [
+            f"data.root={root}",
+            "model.pretrained=null",
+            f"output_dir={tmp_path / 'o'}",
+            "data.p=2",
+            "data.k=2",
+        ],
+    )
+    trainer = Trainer(cfg, device="cpu")
+    assert trainer.model.arch == cfg["model"]["name"] and len(trainer.loss.terms) == len(cfg["losses"])
+
+
+def test_exports_match_pytorch(market: Path, tmp_path: Path) -> None:
+    from training.export import compare_exports, export_onnx, export_torchscript
+
+    cfg = tiny_cfg(tmp_path, market)
+    cfg["train"] = {**cfg["train"], "epochs": 1}
+    Trainer(cfg, device="cpu").train()
+    ckpt = tmp_path / "run" / "final.pt"
+    ts = export_torchscript(ckpt, tmp_path / "m.ts")
+    onnx = export_onnx(ckpt, tmp_path / "m.onnx")
+    images = [str(p) for p in sorted((market / "query").glob("*.jpg"))[:4]]
+    diff = compare_exports(ckpt, ts, onnx, images)
+    assert diff["torchscript"] < 1e-4 and diff["onnx"] < 1e-4
+
+
+@pytest.mark.realdata
+def test_exports_match_pytorch_on_real_images(cuhk03_root: Path, tmp_path: Path) -> None:
+    from reid.models import build_model, save_checkpoint
+    from training.export import compare_exports, export_onnx, export_torchscript
+
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(
+        ckpt, build_model("mobilenetv2", pretrained="deepsort-mobilenetv2", embedding_dim=128).eval()
+    )
+    images = [str(p) for p in sorted((cuhk03_root / "query").glob("*.jpg"))[:4]]
+    diff = compare_exports(
+        ckpt, export_torchscript(ckpt, tmp_path / "m.ts"), export_onnx(ckpt, tmp_path / "m.onnx"), images
+    )
+    assert diff["torchscript"] < 1e-4 and diff["onnx"] < 1e-4
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_with_torchrun(market: Path, tmp_path: Path) -> None:
+    cfgfile = tmp_path / "ddp.yaml"
+    cfgfile.write_text(f"_BASE_: {REPO / 'configs/reid/light_mobilenetv2.yaml'}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "training",
+        "train",
+        "--config",
+        str(cfgfile),
+        "--device",
+        "cpu",
+        f"data.root={market}",
+        "data.p=2",
+        "data.k=2",
+        "data.workers=0",
+        f"output_dir={tmp_path / 'ddp'}",
+        "model.name=resnet18",
+        "model.pretrained=null",
+        "model.embedding_dim=16",
+        "transforms.input_size=[32,16]",
+        "train.epochs=1",
+        "train.max_minutes=null",
+        "eval.every=1",
+        "losses=[{name: cross_entropy, input: bn_features}, {name: triplet, miner: batch_hard}]",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout[r.stdout.index("{") :])
+    assert out["epochs"] == 1 and "eval/mAP" in out["last"]
+    assert (tmp_path / "ddp" / "final.pt").is_file()

@@ -1,0 +1,459 @@
+"""The trainer: config -> dataset + P x K sampler + transforms -> model -> losses (+ miners) -> optimiser steps,
+with per-epoch evaluation, checkpoints (every epoch, on interrupt), exact resume, and DDP under torchrun.
+
+Run folder (``output_dir``): ``config.yaml`` (resolved), ``last.pt`` (full training state), ``best.pt`` and
+``final.pt`` (embedding checkpoints that ``reid.embedder.Embedder.from_checkpoint`` loads), ``metrics.csv`` and
+TensorBoard events in ``tb/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import signal
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from reid.data import ImageDataset, PKSampler, ReidDataset, build_dataset, build_transforms, read_lfw
+from reid.embedder import Embedder
+from reid.errors import CheckpointError, ConfigError
+from reid.losses import build_combined_loss
+from reid.metrics import (
+    compute_distance_matrix,
+    evaluate_rank,
+    k_reciprocal_rerank,
+    kfold_verification,
+    pair_scores,
+)
+from reid.models import build_model, save_checkpoint
+from reid.models.checkpoint import CheckpointMeta, make_model_id
+from training.config import dump_config
+from training.optim import EpochScheduler, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = "reid-training-state"
+
+
+class TrainStep(nn.Module):
+    """Model + losses as one module, so DDP synchronises the losses' parameters (classifiers, centers) too."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        return self.loss(self.model(x), y)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Trainer:
+    def __init__(
+        self, cfg: Mapping[str, Any], resume: str | Path | None = None, device: str | None = None
+    ) -> None:
+        self.cfg = dict(cfg)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        if device is None:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        seed_everything(int(cfg["seed"]) + self.rank, bool(cfg["deterministic"]))
+        self.out = Path(cfg["output_dir"])
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(self.cfg, self.out / "config.yaml")
+        self._build()
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best = -float("inf")
+        self.history: list[dict] = []
+        self.train_seconds = 0.0
+        self._stop = False
+        if resume:
+            self.load_state(resume)
+
+    # ------------------------------------------------------------------------------------------------ build
+    def _build(self) -> None:
+        c = self.cfg
+        d = c["data"]
+        self.dataset: ReidDataset = build_dataset(d["dataset"], d["root"], **(d.get("kwargs") or {}))
+        if self.is_main:
+            logger.info("\n%s", self.dataset.summary())
+        tcfg = dict(c["transforms"])
+        self.input_size = tuple(tcfg.get("input_size", [256, 128]))
+        self.train_set = ImageDataset(self.dataset.train, build_transforms(tcfg, train=True))
+        self.test_transform = build_transforms(
+            {k: v for k, v in tcfg.items() if k in ("input_size", "mean", "std")}, train=False
+        )
+        self.sampler = PKSampler(
+            self.train_set.labels,
+            p=int(d["p"]),
+            k=int(d["k"]),
+            seed=int(c["seed"]),
+            num_replicas=self.world,
+            rank=self.rank,
+        )
+        self.batch_size = int(d["p"]) * int(d["k"])
+        self.model = build_model(
+            **{"name": c["model"]["name"]}, **{k: v for k, v in c["model"].items() if k != "name"}
+        )
+        self.loss = build_combined_loss(
+            c["losses"], num_classes=self.train_set.num_classes, embedding_size=self.model.embedding_dim
+        )
+        self.step_module = TrainStep(self.model, self.loss).to(self.device)
+        self.optimizer = build_optimizer(self.model, self.loss, c["optimizer"])
+        self.scheduler = EpochScheduler(self.optimizer, c["scheduler"], int(c["train"]["epochs"]))
+        self.scheduler.step_to(0.0)
+        self.ddp = (
+            nn.parallel.DistributedDataParallel(self.step_module, find_unused_parameters=False)
+            if self.distributed
+            else self.step_module
+        )
+        self.use_amp = bool(c["train"]["amp"]) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.mean = tuple(tcfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(tcfg.get("std", (0.229, 0.224, 0.225)))
+
+    def _loader(self) -> DataLoader:
+        workers = int(self.cfg["data"]["workers"])
+        seed = int(self.cfg["seed"]) * 100_003 + self.epoch * 1009 + self.rank
+
+        def init(
+            worker_id: int,
+        ) -> None:  # each worker's augmentation randomness depends on (seed, epoch, id)
+            self.train_set.transform.pipeline.set_random_seed(seed + worker_id)
+            np.random.seed((seed + worker_id) % 2**32)
+
+        if workers == 0:
+            self.train_set.transform.pipeline.set_random_seed(seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=workers,
+            worker_init_fn=init if workers else None,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # ------------------------------------------------------------------------------------------------- train
+    def _set_backbone_frozen(self, frozen: bool) -> None:
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(not frozen)
+
+    def train(self) -> dict:
+        c = self.cfg["train"]
+        epochs = int(c["epochs"])
+        max_minutes = c.get("max_minutes")
+        writer = self._writer()
+        handler = signal.signal(signal.SIGTERM, self._on_sigterm) if self.is_main else None
+        try:
+            while self.epoch < epochs and not self._stop:
+                self._set_backbone_frozen(self.epoch < int(c["freeze_backbone_epochs"]))
+                self.sampler.set_epoch(self.epoch)
+                if self.step_in_epoch:  # resuming inside an epoch: skip the batches already trained on
+                    self.sampler.load_state_dict(
+                        {"seed": self.sampler.seed, "epoch": self.epoch, "batches_done": self.step_in_epoch}
+                    )
+                t0 = time.perf_counter()
+                self._train_epoch(writer)
+                self.train_seconds += time.perf_counter() - t0
+                if self._stop:
+                    break
+                self.epoch += 1
+                self.step_in_epoch = 0
+                metrics = {}
+                if self.epoch % int(self.cfg["eval"]["every"]) == 0 or self.epoch == epochs:
+                    metrics = self.evaluate()
+                self._end_epoch(metrics, writer)
+                if max_minutes and self.train_seconds / 60 >= float(max_minutes):
+                    logger.info("time budget of %s minutes reached after epoch %d", max_minutes, self.epoch)
+                    break
+        except KeyboardInterrupt:
+            logger.warning("interrupted: saving %s", self.out / "last.pt")
+            self._stop = True
+        finally:
+            if self.is_main:
+                self.save_state(self.out / "last.pt")
+                if handler is not None:
+                    signal.signal(signal.SIGTERM, handler)
+            if writer is not None:
+                writer.close()
+        if self.is_main and not self._stop:
+            self.export(self.out / "final.pt")
+        return {"epoch": self.epoch, "best": self.best, "history": self.history}
+
+    def _on_sigterm(self, *_: Any) -> None:
+        logger.warning("SIGTERM: stopping after this step and saving the training state")
+        self._stop = True
+
+    def _train_epoch(self, writer) -> None:
+        c = self.cfg["train"]
+        self.step_module.train()
+        loader = self._loader()
+        n_batches = self.sampler.num_batches()
+        limit = c.get("iters_per_epoch")
+        total = min(n_batches, int(limit)) if limit else n_batches
+        bar = tqdm(
+            total=total,
+            initial=self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}",
+            disable=not self.is_main,
+            unit="it",
+            leave=False,
+        )
+        for x, y, *_ in loader:
+            if self.step_in_epoch >= total or self._stop:
+                break
+            self.scheduler.step_to(self.epoch + self.step_in_epoch / total)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                loss, values = self.ddp(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if c.get("grad_clip"):
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.step_module.parameters(), float(c["grad_clip"]))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step_in_epoch += 1
+            self.global_step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss/total']:.3f}")
+            if writer is not None and self.global_step % int(c["log_every"]) == 0:
+                for k, v in values.items():
+                    writer.add_scalar(k, v, self.global_step)
+                writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+            self._last_values = values
+        bar.close()
+
+    def _writer(self):
+        if not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency; stay usable without it
+            logger.warning("tensorboard is not installed: no TensorBoard logs")
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+    def _end_epoch(self, metrics: dict, writer) -> None:
+        if not self.is_main:
+            return
+        row = {
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "minutes": round(self.train_seconds / 60, 3),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{k: round(v, 6) for k, v in getattr(self, "_last_values", {}).items()},
+            **{f"eval/{k}": v for k, v in metrics.items()},
+        }
+        self.history.append(row)
+        self._write_csv()
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(f"eval/{k}", v, self.global_step)
+        key = self.cfg["eval"]["metric"]
+        if key in metrics and metrics[key] > self.best:
+            self.best = metrics[key]
+            self.export(self.out / "best.pt", extra={"metrics": metrics, "epoch": self.epoch})
+        logger.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if self.epoch % int(self.cfg["train"]["checkpoint_every"]) == 0:
+            self.save_state(self.out / "last.pt")
+
+    def _write_csv(self) -> None:
+        keys: list[str] = []
+        for r in self.history:
+            keys += [k for k in r if k not in keys]
+        with open(self.out / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.history)
+
+    # --------------------------------------------------------------------------------------------- evaluate
+    def embedder(self) -> Embedder:
+        state = self.model.state_dict()
+        meta = CheckpointMeta(
+            self.model.arch,
+            self.model.config,
+            self.input_size,
+            self.mean,
+            self.std,
+            self.model.embedding_dim,
+            self.cfg["modality"],
+            make_model_id(self.model.arch, self.model.embedding_dim, state),
+        )
+        e = Embedder(self.model, meta, device=str(self.device), flip=bool(self.cfg["eval"]["flip"]))
+        return e
+
+    def _embed_paths(self, embedder: Embedder, paths: list[str]) -> np.ndarray:
+        bs = int(self.cfg["data"]["eval_batch_size"])
+        out = [embedder.embed(paths[s : s + bs], batch_size=bs) for s in range(0, len(paths), bs)]
+        return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
+
+    def evaluate(self) -> dict[str, float]:
+        """Re-ID: CMC/mAP/mINP on query/gallery. Faces (``eval.type: lfw``): LFW 10-fold verification."""
+        if not self.is_main:
+            if self.distributed:
+                dist.barrier()
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            ev = self.cfg["eval"]
+            embedder = self.embedder()
+            if ev["type"] == "lfw":
+                if not ev.get("lfw_root"):
+                    raise ConfigError("eval.type is 'lfw' but eval.lfw_root is not set")
+                pairs = read_lfw(ev["lfw_root"])
+                paths = pairs.image_paths()
+                pos = {p: i for i, p in enumerate(paths)}
+                emb = self._embed_paths(embedder, paths)
+                scores = pair_scores(
+                    emb,
+                    np.array([pos[p.path_a] for p in pairs.pairs]),
+                    np.array([pos[p.path_b] for p in pairs.pairs]),
+                )
+                r = kfold_verification(scores, pairs.labels, pairs.folds)
+                metrics = {
+                    "accuracy": r.accuracy_mean,
+                    "accuracy_std": r.accuracy_std,
+                    "auc": r.auc,
+                    "tar@far1e-3": r.tar_at_far[1e-3],
+                }
+            elif ev["type"] == "rank":
+                q, g = self.dataset.query, self.dataset.gallery
+                if ev.get("max_queries"):
+                    q = q[: int(ev["max_queries"])]
+                if not q or not g:
+                    return {}
+                qf = self._embed_paths(embedder, [r.path for r in q])
+                gf = self._embed_paths(embedder, [r.path for r in g])
+                dm = compute_distance_matrix(qf, gf, ev["distance"])
+                if ev["rerank"]:
+                    dm = k_reciprocal_rerank(
+                        dm,
+                        compute_distance_matrix(qf, qf, ev["distance"]),
+                        compute_distance_matrix(gf, gf, ev["distance"]),
+                    )
+                res = evaluate_rank(
+                    dm,
+                    np.array([r.pid for r in q]),
+                    np.array([r.pid for r in g]),
+                    np.array([r.camid for r in q]),
+                    np.array([r.camid for r in g]),
+                )
+                metrics = {k: float(v) for k, v in res.as_dict().items() if k != "valid_queries"}
+            else:
+                raise ConfigError(f"eval.type must be 'rank' or 'lfw', got {ev['type']!r}")
+        finally:
+            self.model.train(was_training)
+            if self.distributed:
+                dist.barrier()
+        return metrics
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def export(self, path: Path, extra: dict | None = None) -> CheckpointMeta:
+        """An embedding checkpoint (weights + input size + normalisation + model_id) for ``Embedder``."""
+        return save_checkpoint(
+            path,
+            self.model,
+            input_size=self.input_size,
+            mean=self.mean,
+            std=self.std,
+            modality=self.cfg["modality"],
+            extra={"config": self.cfg, "epoch": self.epoch, **(extra or {})},
+        )
+
+    def save_state(self, path: Path) -> None:
+        state = {
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "config": self.cfg,
+        }
+        _atomic_save(state, path)
+
+    def load_state(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"--resume: {path} does not exist")
+        try:
+            state = torch.load(
+                path, map_location="cpu", weights_only=False
+            )  # our own file: includes RNG state
+        except Exception as e:
+            raise CheckpointError(f"--resume: {path} cannot be read ({type(e).__name__}: {e})") from e
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(
+                f"--resume: {path} is not a training state (last.pt) written by this trainer"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.loss.load_state_dict(state["loss"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"--resume: {path} does not fit this config's model/losses: {e}") from e
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step, self.best = int(state["global_step"]), float(state["best"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.history = list(state.get("history", []))
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step_in_epoch)

@@ -1,0 +1,101 @@
+"""Export an embedding checkpoint to TorchScript and ONNX (and INT8 ONNX for CPU), and check they agree.
+
+Exported graphs take a normalised float batch ``(N, 3, H, W)`` and return the raw ``(N, D)`` embedding (the
+same as the PyTorch model in eval mode); L2 normalisation stays outside, as in ``Embedder``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reid.embedder import Embedder
+from reid.errors import CheckpointError
+from reid.images import ImageLike
+from reid.models import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
+    model, meta = load_checkpoint(checkpoint)
+    h, w = meta.input_size
+    traced = torch.jit.trace(model.eval(), torch.randn(2, 3, h, w), check_trace=True)
+    traced.save(str(out))
+    return Path(out)
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
+    model, meta = load_checkpoint(checkpoint)
+    h, w = meta.input_size
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # the TorchScript-based exporter needs no onnxscript
+        torch.onnx.export(
+            model.eval(),
+            (torch.randn(1, 3, h, w),),
+            str(out),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["embeddings"],
+            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        )
+    return Path(out)
+
+
+def quantize_onnx_int8(onnx_path: str | Path, out: str | Path) -> Path:
+    """Dynamic INT8 quantisation (weights INT8, activations quantised at run time) with ONNX Runtime."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
+    return Path(out)
+
+
+class OnnxEmbedder(Embedder):
+    """``Embedder`` whose forward pass runs in ONNX Runtime (CPU): same preprocessing, same output."""
+
+    def __init__(self, onnx_path: str | Path, checkpoint: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        model, meta = load_checkpoint(checkpoint)
+        super().__init__(model, meta, device="cpu")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        if not Path(onnx_path).is_file():
+            raise CheckpointError(f"{onnx_path}: ONNX file does not exist")
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.model_id = meta.model_id + ("-int8" if "int8" in Path(onnx_path).name else "")
+
+    def embed(self, images, batch_size: int = 64, flip: bool | None = None) -> np.ndarray:
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        out = []
+        for s in range(0, len(images), batch_size):
+            x = self.preprocess(images[s : s + batch_size], offset=s).numpy()
+            f = self.session.run(None, {"images": x})[0]
+            out.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+
+def compare_exports(
+    checkpoint: str | Path, torchscript: str | Path, onnx_path: str | Path, images: list[ImageLike]
+) -> dict[str, float]:
+    """Max absolute difference of the raw embeddings of PyTorch vs TorchScript and vs ONNX Runtime."""
+    import onnxruntime as ort
+
+    emb = Embedder.from_checkpoint(checkpoint, device="cpu")
+    x = emb.preprocess(images)
+    with torch.inference_mode():
+        ref = emb.model(x).numpy()
+        ts = torch.jit.load(str(torchscript))(x).numpy()
+    onx = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()}
+    )[0]
+    return {"torchscript": float(np.abs(ts - ref).max()), "onnx": float(np.abs(onx - ref).max())}
