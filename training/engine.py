@@ -114,8 +114,6 @@ class Trainer:
         c = self.cfg
         d = c["data"]
         self.dataset: ReidDataset = build_dataset(d["dataset"], d["root"], **(d.get("kwargs") or {}))
-        if self.is_main:
-            logger.info("\n%s", self.dataset.summary())
         tcfg = dict(c["transforms"])
         self.input_size = tuple(tcfg.get("input_size", [256, 128]))
         self.train_set = ImageDataset(self.dataset.train, build_transforms(tcfg, train=True))
