@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -235,8 +236,23 @@ def test_ddp_two_processes_with_torchrun(market: Path, tmp_path: Path) -> None:
         "eval.every=1",
         "losses=[{name: cross_entropy, input: bn_features}, {name: triplet, miner: batch_hard}]",
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout[r.stdout.index("{") :])
+    # own process group: on a hang, kill torchrun *and* its workers, so nothing outlives the test
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun with 2 processes did not finish in 300 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout[stdout.index("{") :])
     assert out["epochs"] == 1 and "eval/mAP" in out["last"]
     assert (tmp_path / "ddp" / "final.pt").is_file()
