@@ -19,6 +19,17 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _decode(open_fn, source: str) -> np.ndarray:
+    try:
+        with open_fn() as im:
+            im.load()  # force full decode so truncated files fail here, not later in a worker
+            return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError as e:
+        raise ImageReadError(f"{source}: not a recognised image format") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{source}: corrupt or truncated image ({e})") from e
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to an RGB ``(H, W, 3)`` uint8 array.
 
@@ -29,14 +40,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"{p}: no such image file")
     if p.stat().st_size == 0:
         raise ImageReadError(f"{p}: file is empty (0 bytes)")
-    try:
-        with Image.open(p) as im:
-            im.load()  # force full decode so truncated files fail here, not later in a worker
-            return np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError as e:
-        raise ImageReadError(f"{p}: not a recognised image format") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{p}: corrupt or truncated image ({e})") from e
+    return _decode(lambda: Image.open(p), str(p))
 
 
 def decode_image_bytes(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -45,14 +49,7 @@ def decode_image_bytes(data: bytes, source: str = "<bytes>") -> np.ndarray:
 
     if not data:
         raise ImageReadError(f"{source}: empty image data")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError as e:
-        raise ImageReadError(f"{source}: not a recognised image format") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{source}: corrupt or truncated image ({e})") from e
+    return _decode(lambda: Image.open(io.BytesIO(data)), source)
 
 
 def to_rgb_array(image: ImageLike, where: str = "image") -> np.ndarray:

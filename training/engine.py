@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import signal
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +38,7 @@ from reid.metrics import (
 )
 from reid.models import build_model, save_checkpoint
 from reid.models.checkpoint import CheckpointMeta, make_model_id
+from reid.utils.io import atomic_torch_save
 from training.config import dump_config
 from training.optim import EpochScheduler, build_optimizer
 
@@ -66,17 +66,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class Trainer:
@@ -423,7 +412,7 @@ class Trainer:
             },
             "config": self.cfg,
         }
-        _atomic_save(state, path)
+        atomic_torch_save(state, path)
 
     def load_state(self, path: str | Path) -> None:
         path = Path(path)

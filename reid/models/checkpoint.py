@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from reid.errors import CheckpointError, ConfigError
 from reid.models.model import ReIDModel, build_model
+from reid.utils.io import atomic_torch_save
 
 FORMAT = "reid-embedding-checkpoint"
 VERSION = 1
@@ -81,16 +81,7 @@ def save_checkpoint(
     payload = {"format": FORMAT, "version": VERSION, **asdict(meta), "state_dict": state}
     payload["input_size"] = list(meta.input_size)
     payload["mean"], payload["std"] = list(meta.mean), list(meta.std)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save(payload, path)
     return meta
 
 
