@@ -57,6 +57,8 @@ def test_reid_eval_with_checkpoint(tiny_market: Path, tmp_path: Path) -> None:
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["valid_queries"] == 5 and 0.0 <= res["mAP"] <= 1.0
     assert (tmp_path / "out" / "cmc.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "ranked.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "cam_query0.png").is_file()
 
 
 def test_reid_eval_user_errors_exit_2(tmp_path: Path) -> None:

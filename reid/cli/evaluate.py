@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     p.add_argument("--flip", action="store_true", help="average features of the image and its mirror")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
-    p.add_argument("--output", help="folder for results.json and cmc.png")
+    p.add_argument("--output", help="folder for results.json, cmc.png, ranked.png and activation maps")
+    p.add_argument(
+        "--visualize", type=int, default=8, help="with --output: queries shown in ranked.png / cams"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -134,7 +137,29 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         plot_cmc(out / "cmc.png", {embedder.model_id: res.cmc})
-        print(f"wrote {out / 'results.json'} and {out / 'cmc.png'}")
+        if args.visualize:
+            from reid.metrics.visualize import activation_pair_png, ranked_grid
+
+            qp, gp = [r.path for r in ds.query], [r.path for r in ds.gallery]
+            shown = list(range(min(args.visualize, len(qp))))
+            ranked_grid(
+                out / "ranked.png",
+                distmat,
+                qp,
+                gp,
+                ids(ds.query),
+                ids(ds.gallery),
+                cams(ds.query),
+                cams(ds.gallery),
+                queries=shown,
+            )
+            for qi in shown[:4]:
+                activation_pair_png(
+                    out / f"cam_query{qi}.png", embedder, qp[qi], gp[int(np.argmin(distmat[qi]))]
+                )
+        print(
+            f"wrote results.json, cmc.png{', ranked.png and activation maps' if args.visualize else ''} to {out}"
+        )
     return 0
 
 
