@@ -1,0 +1,384 @@
+"""REST API over the gallery (FastAPI): persons, enroll, identify, identify-or-enroll, verify, sightings,
+health/readiness and Prometheus metrics. Every request but health needs an ``X-API-Key`` with the right scope.
+
+User mistakes are 4xx with a message that names the field or id: 400 bad request, 401 no/unknown key,
+403 key lacks the scope, 404 unknown person, 409 conflict, 413 upload too large, 415 image format, 422 image
+unreadable / no face / several faces. 5xx only for server faults.
+"""
+
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+from PIL import Image, UnidentifiedImageError
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from gallery import DuplicatePersonError, Gallery, GalleryError, IndexMismatchError, UnknownPersonError
+from reid.embedder import BaseEmbedder
+from reid.errors import ImageReadError, ReidError
+from services.settings import ApiKey, Settings
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP"}
+Modality = Literal["face", "body"]
+
+
+# ------------------------------------------------------------------------------------------------ schemas
+class PersonIn(BaseModel):
+    display_name: str | None = Field(None, max_length=200)
+    external_id: str | None = Field(None, max_length=200)
+    consent: dict | None = None
+    metadata: dict | None = None
+
+
+class PersonOut(BaseModel):
+    id: int
+    display_name: str | None
+    external_id: str | None
+    kind: str
+    created_at: datetime
+    templates: dict[str, int]
+    sightings: int
+
+
+class EnrollOut(BaseModel):
+    person_id: int
+    created_person: bool
+    model_id: str
+    template_ids: list[int]
+    duplicates: list[int] = Field(description="positions of uploaded images already stored")
+
+
+class MatchOut(BaseModel):
+    person_id: int
+    score: float
+    display_name: str | None
+    external_id: str | None
+
+
+class IdentifyOut(BaseModel):
+    modality: Modality
+    model_id: str
+    known: bool | None
+    threshold: float | None
+    person: MatchOut | None = Field(None, description="the best match when known")
+    matches: list[MatchOut]
+
+
+class IdentifyOrEnrollOut(BaseModel):
+    person_id: int
+    created: bool
+    score: float | None
+
+
+class VerifyOut(BaseModel):
+    same_person: bool | None
+    score: float
+    threshold: float | None
+    model_id: str
+
+
+class SightingOut(BaseModel):
+    id: int
+    person_id: int
+    camera_id: str
+    seen_at: datetime
+    score: float | None
+    modality: str | None
+
+
+class MergeIn(BaseModel):
+    remove: int = Field(description="the person folded into this one and deleted")
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+# --------------------------------------------------------------------------------------------- the app
+class ServiceState:
+    def __init__(self, settings: Settings, gallery: Gallery, embedders: dict[str, BaseEmbedder]) -> None:
+        self.settings, self.gallery, self.embedders = settings, gallery, embedders
+        self.keys = {k.key: k for k in settings.api_keys}
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "reid_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram("reid_request_seconds", "request latency", ["route"], registry=self.registry)
+
+
+STATUS = [
+    (UnknownPersonError, 404),
+    (DuplicatePersonError, 409),
+    (IndexMismatchError, 409),
+    (ImageReadError, 422),
+    (GalleryError, 400),
+    (ReidError, 422),  # FaceNotFoundError, MultipleFacesError, ...
+]
+
+
+def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = None) -> FastAPI:
+    """The API over a gallery opened from ``settings``. ``embedders`` default to dlib (faces) and
+    ``settings.body_checkpoint`` (bodies) when given."""
+    if embedders is None:
+        embedders = {}
+        from reid.face import DlibFaceEmbedder
+
+        embedders["face"] = DlibFaceEmbedder()
+        if settings.body_checkpoint:
+            from reid.embedder import Embedder
+
+            embedders["body"] = Embedder.from_checkpoint(settings.body_checkpoint, device="cpu")
+    thresholds = {
+        m: t for m, t in (("face", settings.face_threshold), ("body", settings.body_threshold)) if t
+    }
+    gallery = Gallery(
+        settings.database_url, index_dir=settings.index_dir, embedders=embedders, thresholds=thresholds
+    )
+    state = ServiceState(settings, gallery, embedders)
+    app = FastAPI(
+        title="reid-gallery",
+        version="0.1.0",
+        description="Who is in front of the camera: enroll, identify, identify-or-enroll.",
+        responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+    )
+    app.state.svc = state
+
+    @app.exception_handler(ReidError)
+    async def reid_error(_: Request, exc: ReidError) -> JSONResponse:
+        code = next(c for t, c in STATUS if isinstance(exc, t))
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state.requests.labels(path, str(response.status_code)).inc()
+        state.latency.labels(path).observe(time.perf_counter() - t)
+        return response
+
+    def svc() -> ServiceState:
+        return app.state.svc
+
+    def require(scope: str) -> Callable[..., ApiKey]:
+        def dep(x_api_key: Annotated[str | None, Header()] = None) -> ApiKey:
+            if not x_api_key:
+                raise HTTPException(401, "missing X-API-Key header")
+            key = state.keys.get(x_api_key)
+            if key is None:
+                raise HTTPException(401, "unknown API key")
+            if scope not in key.scopes and "admin" not in key.scopes:
+                raise HTTPException(403, f"API key {key.name!r} lacks the {scope!r} scope")
+            return key
+
+        return dep
+
+    Read = Annotated[ApiKey, Depends(require("read"))]
+    Enroll = Annotated[ApiKey, Depends(require("enroll"))]
+    Delete = Annotated[ApiKey, Depends(require("delete"))]
+
+    def read_upload(upload: UploadFile, field: str, hashes: list | None = None) -> np.ndarray:
+        limit = state.settings.max_upload_bytes
+        data = upload.file.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, f"{field} ({upload.filename}): larger than {limit} bytes")
+        if not data:
+            raise HTTPException(422, f"{field} ({upload.filename}): empty file")
+        if hashes is not None:
+            hashes.append(hashlib.sha256(data).hexdigest())
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise HTTPException(
+                415, f"{field} ({upload.filename}): not an image (JPEG, PNG, WebP or BMP)"
+            ) from None
+        if im.format not in ALLOWED_FORMATS:
+            raise HTTPException(415, f"{field} ({upload.filename}): format {im.format} is not accepted")
+        w, h = im.size
+        if w * h > state.settings.max_image_pixels:
+            raise HTTPException(
+                413, f"{field} ({upload.filename}): {w}x{h} exceeds {state.settings.max_image_pixels} pixels"
+            )
+        if min(w, h) < state.settings.min_image_side:
+            raise HTTPException(
+                422,
+                f"{field} ({upload.filename}): {w}x{h} is smaller than {state.settings.min_image_side} px",
+            )
+        try:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise HTTPException(422, f"{field} ({upload.filename}): corrupt image ({e})") from None
+
+    def embed_one(modality: str, image: np.ndarray, field: str) -> tuple[np.ndarray, str]:
+        embedder = state.embedders.get(modality)
+        if embedder is None:
+            raise HTTPException(400, f"modality {modality!r} is not enabled on this server")
+        if modality == "face":
+            _, vec = embedder.embed_single(image, where=field)
+            return vec, embedder.model_id
+        return embedder.embed([image])[0], embedder.model_id
+
+    def person_out(info) -> PersonOut:
+        return PersonOut(
+            id=info.id,
+            display_name=info.display_name,
+            external_id=info.external_id,
+            kind=info.kind,
+            created_at=info.created_at,
+            templates=info.templates,
+            sightings=info.sightings,
+        )
+
+    def match_out(m) -> MatchOut:
+        return MatchOut(
+            person_id=m.person_id, score=m.score, display_name=m.display_name, external_id=m.external_id
+        )
+
+    # ------------------------------------------------------------------------------------------ routes
+    @app.get("/health", tags=["ops"])
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["ops"])
+    def ready() -> dict:
+        counts = gallery.check_consistency()
+        return {"status": "ready", "indexes": counts, "modalities": sorted(state.embedders)}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    def metrics(_: Read) -> PlainTextResponse:
+        return PlainTextResponse(
+            generate_latest(state.registry).decode(), media_type="text/plain; version=0.0.4"
+        )
+
+    @app.post("/persons", tags=["persons"], status_code=201)
+    def create_person(body: PersonIn, _: Enroll) -> PersonOut:
+        pid = gallery.create_person(
+            body.display_name, body.external_id, "enrolled", body.consent, body.metadata
+        )
+        return person_out(gallery.get_person(pid))
+
+    @app.get("/persons", tags=["persons"])
+    def list_persons(
+        _: Read, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[PersonOut]:
+        return [person_out(p) for p in gallery.list_persons(offset, limit)]
+
+    @app.get("/persons/{person_id}", tags=["persons"], responses={404: {"model": ErrorOut}})
+    def get_person(person_id: int, _: Read) -> PersonOut:
+        return person_out(gallery.get_person(person_id))
+
+    @app.delete("/persons/{person_id}", tags=["persons"], responses={404: {"model": ErrorOut}})
+    def delete_person(person_id: int, _: Delete) -> dict:
+        return {"person_id": person_id, "templates_removed": gallery.delete_person(person_id)}
+
+    @app.post("/persons/{person_id}/merge", tags=["persons"], responses={404: {"model": ErrorOut}})
+    def merge(person_id: int, body: MergeIn, _: Delete) -> PersonOut:
+        return person_out(gallery.merge(person_id, body.remove))
+
+    @app.post("/persons/{person_id}/enroll", tags=["enroll"], responses={404: {"model": ErrorOut}})
+    def enroll(
+        person_id: int,
+        _: Enroll,
+        images: Annotated[list[UploadFile], File()],
+        modality: Annotated[Modality, Form()] = "face",
+    ) -> EnrollOut:
+        gallery.get_person(person_id)  # 404 before any embedding work
+        vecs, model_id, hashes = [], None, []
+        for i, up in enumerate(images):
+            img = read_upload(up, f"images[{i}]", hashes)
+            v, model_id = embed_one(modality, img, f"images[{i}] ({up.filename})")
+            vecs.append(v)
+        if not vecs:
+            raise HTTPException(422, "images: at least one image is required")
+        r = gallery.enroll(
+            person_id,
+            embeddings=np.stack(vecs),
+            modality=modality,
+            model_id=model_id,
+            sources=[up.filename or "" for up in images],
+            image_hashes=hashes,
+        )
+        return EnrollOut(
+            person_id=r.person_id,
+            created_person=r.created_person,
+            model_id=r.model_id,
+            template_ids=r.template_ids,
+            duplicates=[d.index for d in r.duplicates],
+        )
+
+    @app.post("/identify", tags=["identify"])
+    def identify(
+        _: Read,
+        image: Annotated[UploadFile, File()],
+        modality: Annotated[Modality, Form()] = "face",
+        k: Annotated[int, Form(ge=1, le=100)] = 5,
+    ) -> IdentifyOut:
+        vec, model_id = embed_one(modality, read_upload(image, "image"), f"image ({image.filename})")
+        r = gallery.identify(embedding=vec, modality=modality, model_id=model_id, k=k)
+        matches = [match_out(m) for m in r.matches]
+        return IdentifyOut(
+            modality=modality,
+            model_id=model_id,
+            known=r.known,
+            threshold=r.threshold,
+            person=matches[0] if r.known else None,
+            matches=matches,
+        )
+
+    @app.post("/identify-or-enroll", tags=["identify"])
+    def identify_or_enroll(
+        _: Enroll, image: Annotated[UploadFile, File()], modality: Annotated[Modality, Form()] = "face"
+    ) -> IdentifyOrEnrollOut:
+        vec, model_id = embed_one(modality, read_upload(image, "image"), f"image ({image.filename})")
+        r = gallery.identify_or_enroll(embedding=vec, modality=modality, model_id=model_id)
+        return IdentifyOrEnrollOut(person_id=r.person_id, created=r.created, score=r.score)
+
+    @app.post("/verify", tags=["identify"])
+    def verify(
+        _: Read,
+        image_a: Annotated[UploadFile, File()],
+        image_b: Annotated[UploadFile, File()],
+        modality: Annotated[Modality, Form()] = "face",
+    ) -> VerifyOut:
+        va, model_id = embed_one(modality, read_upload(image_a, "image_a"), f"image_a ({image_a.filename})")
+        vb, _ = embed_one(modality, read_upload(image_b, "image_b"), f"image_b ({image_b.filename})")
+        score = float(va @ vb)
+        thr = gallery.threshold_for(modality, model_id)
+        return VerifyOut(
+            same_person=None if thr is None else score >= thr, score=score, threshold=thr, model_id=model_id
+        )
+
+    @app.get("/sightings", tags=["sightings"])
+    def sightings(
+        _: Read,
+        person_id: int | None = None,
+        camera_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> list[SightingOut]:
+        return [
+            SightingOut(
+                id=s.id,
+                person_id=s.person_id,
+                camera_id=s.camera_id,
+                seen_at=s.seen_at,
+                score=s.score,
+                modality=s.modality,
+            )
+            for s in gallery.sightings(person_id, camera_id, since, until, limit)
+        ]
+
+    return app

@@ -1,0 +1,66 @@
+"""Service settings from environment variables (``REID_*``), so a container or systemd unit configures it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reid.errors import ConfigError
+
+SCOPES = ("read", "enroll", "delete", "admin")
+
+
+@dataclass
+class ApiKey:
+    key: str
+    name: str
+    scopes: frozenset[str]
+
+
+@dataclass
+class Settings:
+    database_url: str = "gallery.db"
+    index_dir: str | None = None
+    api_keys: list[ApiKey] = field(default_factory=list)
+    body_checkpoint: str | None = None
+    face_threshold: float | None = 0.9  # dlib ResNet, cosine; replace with a calibrated value per store
+    body_threshold: float | None = None
+    max_upload_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 25_000_000
+    min_image_side: int = 16
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """``REID_DATABASE_URL``, ``REID_INDEX_DIR``, ``REID_API_KEYS`` (a JSON list of {key, name, scopes} or a
+        path to such a file), ``REID_BODY_CHECKPOINT``, ``REID_FACE_THRESHOLD``, ``REID_MAX_UPLOAD_BYTES``."""
+        s = cls()
+        s.database_url = os.environ.get("REID_DATABASE_URL", s.database_url)
+        s.index_dir = os.environ.get("REID_INDEX_DIR") or None
+        s.body_checkpoint = os.environ.get("REID_BODY_CHECKPOINT") or None
+        if "REID_FACE_THRESHOLD" in os.environ:
+            s.face_threshold = float(os.environ["REID_FACE_THRESHOLD"])
+        if "REID_MAX_UPLOAD_BYTES" in os.environ:
+            s.max_upload_bytes = int(os.environ["REID_MAX_UPLOAD_BYTES"])
+        raw = os.environ.get("REID_API_KEYS", "")
+        if raw:
+            s.api_keys = parse_api_keys(Path(raw).read_text() if Path(raw).is_file() else raw)
+        return s
+
+
+def parse_api_keys(text: str) -> list[ApiKey]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"REID_API_KEYS: not valid JSON ({e})") from e
+    keys = []
+    for i, item in enumerate(items):
+        scopes = frozenset(item.get("scopes", ["read"]))
+        unknown = scopes - set(SCOPES)
+        if unknown or not item.get("key"):
+            raise ConfigError(
+                f"REID_API_KEYS[{i}]: needs a 'key' and scopes among {SCOPES} (got {sorted(unknown)})"
+            )
+        keys.append(ApiKey(item["key"], item.get("name", f"key{i}"), scopes))
+    return keys

@@ -1,0 +1,216 @@
+"""REST API on a real uvicorn server (loopback), real gallery database, real dlib face model."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from reid.embedder import BaseEmbedder
+from services.api import create_app
+from services.settings import ApiKey, Settings
+
+KEYS = [
+    ApiKey("admin-key", "admin", frozenset({"admin"})),
+    ApiKey("read-key", "reader", frozenset({"read"})),
+]
+
+
+class ColourEmbedder(BaseEmbedder):
+    """A small deterministic body embedder (colour histograms) so body routes run without trained weights."""
+
+    modality, model_id, dim = "body", "colour-hist-8", 24
+
+    def embed(self, images, batch_size: int = 64) -> np.ndarray:
+        out = []
+        for a in images:
+            h = np.concatenate([np.histogram(a[..., c], bins=8, range=(0, 256))[0] for c in range(3)]).astype(
+                np.float32
+            )
+            out.append(h / np.linalg.norm(h))
+        return np.stack(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from reid.face import DlibFaceEmbedder
+
+    d = tmp_path_factory.mktemp("api")
+    settings = Settings(
+        database_url=str(d / "g.db"), api_keys=KEYS, max_upload_bytes=200_000, body_threshold=0.99
+    )
+    app = create_app(settings, embedders={"face": DlibFaceEmbedder(), "body": ColourEmbedder()})
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    t.join(timeout=10)
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def colour(rgb, size=(40, 20)) -> bytes:
+    a = np.zeros((*size, 3), np.uint8)
+    a[...] = rgb
+    return png(a)
+
+
+ADMIN = {"X-API-Key": "admin-key"}
+READ = {"X-API-Key": "read-key"}
+
+
+def test_health_openapi_and_auth(server: str) -> None:
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+    assert "/identify" in httpx.get(f"{server}/openapi.json").json()["paths"]
+    r = httpx.get(f"{server}/persons")
+    assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+    assert httpx.get(f"{server}/persons", headers={"X-API-Key": "nope"}).status_code == 401
+    r = httpx.post(f"{server}/persons", json={"display_name": "x"}, headers=READ)
+    assert r.status_code == 403 and "enroll" in r.json()["detail"]
+    assert httpx.get(f"{server}/persons", headers=READ).status_code == 200
+
+
+def test_body_enroll_identify_merge_delete(server: str) -> None:
+    p = httpx.post(f"{server}/persons", json={"display_name": "red"}, headers=ADMIN).json()
+    r = httpx.post(
+        f"{server}/persons/{p['id']}/enroll",
+        headers=ADMIN,
+        data={"modality": "body"},
+        files=[
+            ("images", ("a.png", colour((200, 0, 0)), "image/png")),
+            ("images", ("b.png", colour((200, 0, 0)), "image/png")),
+        ],
+    )
+    assert r.status_code == 200, r.text
+    assert len(r.json()["template_ids"]) == 1 and r.json()["duplicates"] == [1]  # same bytes: stored once
+    r = httpx.post(
+        f"{server}/identify",
+        headers=READ,
+        data={"modality": "body"},
+        files={"image": ("q.png", colour((200, 0, 0)), "image/png")},
+    ).json()
+    assert r["known"] is True and r["person"]["person_id"] == p["id"]
+    r = httpx.post(
+        f"{server}/identify-or-enroll",
+        headers=ADMIN,
+        data={"modality": "body"},
+        files={"image": ("q.png", colour((0, 0, 200)), "image/png")},
+    ).json()
+    assert r["created"] is True
+    blue = r["person_id"]
+    m = httpx.post(f"{server}/persons/{p['id']}/merge", json={"remove": blue}, headers=ADMIN)
+    assert m.status_code == 200 and m.json()["templates"] == {"body/colour-hist-8": 2}
+    assert httpx.get(f"{server}/persons/{blue}", headers=READ).status_code == 404
+    d = httpx.delete(f"{server}/persons/{p['id']}", headers=ADMIN)
+    assert d.json()["templates_removed"] == 2
+    assert httpx.delete(f"{server}/persons/{p['id']}", headers=ADMIN).status_code == 404
+
+
+def test_bad_uploads_are_4xx_with_messages(server: str) -> None:
+    p = httpx.post(f"{server}/persons", json={}, headers=ADMIN).json()
+    url = f"{server}/persons/{p['id']}/enroll"
+
+    def up(name, data, ctype="application/octet-stream"):
+        return httpx.post(
+            url, headers=ADMIN, data={"modality": "body"}, files={"images": (name, data, ctype)}
+        )
+
+    r = up("big.png", png(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)))
+    assert r.status_code == 413 and "big.png" in r.json()["detail"]
+    r = up("text.txt", b"hello, not an image")
+    assert r.status_code == 415 and "text.txt" in r.json()["detail"]
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 30)).save(buf, format="GIF")
+    assert up("a.gif", buf.getvalue()).status_code == 415
+    r = up("tiny.png", colour((1, 2, 3), size=(4, 4)))
+    assert r.status_code == 422 and "smaller than" in r.json()["detail"]
+    r = up("cut.png", colour((9, 9, 9))[:60])
+    assert r.status_code == 422
+    r = httpx.post(
+        f"{server}/persons/999999/enroll",
+        headers=ADMIN,
+        data={"modality": "body"},
+        files={"images": ("a.png", colour((5, 5, 5)), "image/png")},
+    )
+    assert r.status_code == 404 and "999999" in r.json()["detail"]
+    r = httpx.post(
+        f"{server}/identify",
+        headers=READ,
+        data={"modality": "iris"},
+        files={"image": ("q.png", colour((1, 1, 1)), "image/png")},
+    )
+    assert r.status_code == 422
+
+
+@pytest.mark.realdata
+def test_faces_identify_verify_and_face_errors(server: str, lfw_root: Path) -> None:
+    a1, a3 = (lfw_root / "Aaron_Peirsol" / f"Aaron_Peirsol_000{i}.jpg" for i in (1, 3))
+    b = lfw_root / "Abdullah_Gul" / "Abdullah_Gul_0001.jpg"
+    p = httpx.post(
+        f"{server}/persons", json={"display_name": "Aaron", "external_id": "A1"}, headers=ADMIN
+    ).json()
+    r = httpx.post(
+        f"{server}/persons/{p['id']}/enroll",
+        headers=ADMIN,
+        files={"images": ("a1.jpg", a1.read_bytes(), "image/jpeg")},
+    )
+    assert r.status_code == 200, r.text
+    r = httpx.post(
+        f"{server}/identify", headers=READ, files={"image": ("a3.jpg", a3.read_bytes(), "image/jpeg")}
+    ).json()
+    assert r["matches"][0]["person_id"] == p["id"] and r["known"] is True
+    r = httpx.post(
+        f"{server}/identify", headers=READ, files={"image": ("b.jpg", b.read_bytes(), "image/jpeg")}
+    ).json()
+    assert r["known"] is False and r["person"] is None
+    v = httpx.post(
+        f"{server}/verify",
+        headers=READ,
+        files={
+            "image_a": ("a1.jpg", a1.read_bytes(), "image/jpeg"),
+            "image_b": ("a3.jpg", a3.read_bytes(), "image/jpeg"),
+        },
+    )
+    assert v.json()["same_person"] is True
+    r = httpx.post(
+        f"{server}/identify",
+        headers=READ,
+        files={"image": ("grey.png", colour((128, 128, 128), (150, 150)), "image/png")},
+    )
+    assert r.status_code == 422 and "no face" in r.json()["detail"] and "grey.png" in r.json()["detail"]
+    two = np.concatenate([np.asarray(Image.open(a1)), np.asarray(Image.open(b))], axis=1)
+    r = httpx.post(f"{server}/identify", headers=READ, files={"image": ("two.png", png(two), "image/png")})
+    assert r.status_code == 422 and "2 faces" in r.json()["detail"]
+    assert httpx.post(f"{server}/persons", json={"external_id": "A1"}, headers=ADMIN).status_code == 409
+
+
+def test_metrics_and_sightings(server: str) -> None:
+    text = httpx.get(f"{server}/metrics", headers=READ).text
+    assert "reid_requests_total" in text and 'route="/persons"' in text
+    r = httpx.get(f"{server}/sightings", headers=READ, params={"camera_id": "c9"})
+    assert r.status_code == 200 and r.json() == []
+    assert httpx.get(f"{server}/sightings", headers=READ, params={"since": "yesterday"}).status_code == 422
