@@ -100,3 +100,13 @@ class Threshold(Base):
     n_genuine: Mapped[int | None] = mapped_column(Integer)
     n_impostor: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Thumbnail(Base):
+    """One small JPEG per person for people-facing pages; erased with the person (cascade)."""
+
+    __tablename__ = "thumbnails"
+
+    person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"), primary_key=True)
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

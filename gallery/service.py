@@ -35,7 +35,7 @@ from gallery.errors import (
     UnknownPersonError,
 )
 from gallery.index import DBState, IndexConfig, VectorIndex, check_vectors
-from gallery.models import MODALITIES, Person, Sighting, Template, Threshold, utcnow
+from gallery.models import MODALITIES, Person, Sighting, Template, Threshold, Thumbnail, utcnow
 from gallery.results import (
     CalibrationResult,
     Duplicate,
@@ -597,6 +597,9 @@ class Gallery:
             moved = list(s.scalars(select(Template.id).where(Template.person_id == remove)))
             s.execute(update(Template).where(Template.person_id == remove).values(person_id=keep))
             s.execute(update(Sighting).where(Sighting.person_id == remove).values(person_id=keep))
+            if s.get(Thumbnail, keep) is None:
+                s.execute(update(Thumbnail).where(Thumbnail.person_id == remove).values(person_id=keep))
+            s.execute(delete(Thumbnail).where(Thumbnail.person_id == remove))
             s.execute(delete(Person).where(Person.id == remove))
         for tid in moved:
             self._track(tid, keep, self.key_of[tid])
@@ -614,6 +617,7 @@ class Gallery:
             ).all()
             s.execute(delete(Sighting).where(Sighting.person_id == person_id))
             s.execute(delete(Template).where(Template.person_id == person_id))
+            s.execute(delete(Thumbnail).where(Thumbnail.person_id == person_id))
             s.execute(delete(Person).where(Person.id == person_id))
         by_key = defaultdict(list)
         for tid, modality, model_id in rows:
@@ -624,6 +628,37 @@ class Gallery:
             if key in self.indexes:
                 self.indexes[key].remove(tids)
         return len(rows)
+
+    # ------------------------------------------------------------------------------------------- thumbnails
+    def set_thumbnail(self, person_id: int, image: ImageLike, size: int = 128, replace: bool = True) -> bool:
+        """Store a JPEG thumbnail (longest side ``size``) of ``image`` for the person; False if one exists and
+        ``replace`` is off."""
+        from io import BytesIO
+
+        from PIL import Image
+
+        from reid.images import to_rgb_array
+
+        im = Image.fromarray(to_rgb_array(image, where="thumbnail"))
+        im.thumbnail((size, size))
+        buf = BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+        with self.Session.begin() as s:
+            self._require_person(s, person_id)
+            row = s.get(Thumbnail, person_id)
+            if row is not None and not replace:
+                return False
+            row = row or Thumbnail(person_id=person_id)
+            row.jpeg = buf.getvalue()
+            row.updated_at = utcnow()
+            s.add(row)
+        return True
+
+    def get_thumbnail(self, person_id: int) -> bytes | None:
+        with self.Session() as s:
+            self._require_person(s, person_id)
+            row = s.get(Thumbnail, person_id)
+            return None if row is None else bytes(row.jpeg)
 
     # --------------------------------------------------------------------------------------------- sightings
     def record_sighting(

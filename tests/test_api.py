@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from reid.embedder import BaseEmbedder
 from services.api import create_app
 from services.settings import ApiKey, Settings
+from tests.servers import ColourEmbedder, running
 
 KEYS = [
     ApiKey("admin-key", "admin", frozenset({"admin"})),
     ApiKey("read-key", "reader", frozenset({"read"})),
 ]
-
-
-class ColourEmbedder(BaseEmbedder):
-    """A small deterministic body embedder (colour histograms) so body routes run without trained weights."""
-
-    modality, model_id, dim = "body", "colour-hist-8", 24
-
-    def embed(self, images, batch_size: int = 64) -> np.ndarray:
-        out = []
-        for a in images:
-            h = np.concatenate([np.histogram(a[..., c], bins=8, range=(0, 256))[0] for c in range(3)]).astype(
-                np.float32
-            )
-            out.append(h / np.linalg.norm(h))
-        return np.stack(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +29,8 @@ def server(tmp_path_factory):
         database_url=str(d / "g.db"), api_keys=KEYS, max_upload_bytes=200_000, body_threshold=0.99
     )
     app = create_app(settings, embedders={"face": DlibFaceEmbedder(), "body": ColourEmbedder()})
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    for _ in range(100):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    t.join(timeout=10)
+    with running(app) as url:
+        yield url
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -107,6 +73,8 @@ def test_body_enroll_identify_merge_delete(server: str) -> None:
     )
     assert r.status_code == 200, r.text
     assert len(r.json()["template_ids"]) == 1 and r.json()["duplicates"] == [1]  # same bytes: stored once
+    thumb = httpx.get(f"{server}/persons/{p['id']}/thumbnail", headers=READ)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     r = httpx.post(
         f"{server}/identify",
         headers=READ,

@@ -453,3 +453,22 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     r = cli("enroll", "--embeddings", str(tmp_path / "missing.npy"), "--model-id", "m")
     assert r.returncode == 2 and "missing.npy" in r.stderr
     assert "Examples" in cli("--help").stdout
+
+
+def test_thumbnails_follow_merge_and_erasure(gallery: Gallery) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    rng = np.random.default_rng(14)
+    a = gallery.enroll(embeddings=unit(rng, 1), modality="face", model_id="m").person_id
+    b = gallery.enroll(embeddings=unit(rng, 1), modality="face", model_id="m").person_id
+    assert gallery.get_thumbnail(a) is None
+    assert gallery.set_thumbnail(b, np.full((300, 150, 3), 200, np.uint8))
+    assert not gallery.set_thumbnail(b, np.zeros((10, 10, 3), np.uint8), replace=False)
+    assert Image.open(BytesIO(gallery.get_thumbnail(b))).size == (64, 128)
+    gallery.merge(a, b)
+    assert gallery.get_thumbnail(a) is not None
+    gallery.delete_person(a)
+    with pytest.raises(UnknownPersonError):
+        gallery.get_thumbnail(a)

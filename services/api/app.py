@@ -12,11 +12,13 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -247,6 +249,25 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         )
 
     # ------------------------------------------------------------------------------------------ routes
+    web = Path(__file__).resolve().parents[1] / "web"
+    app.mount("/ui", StaticFiles(directory=web), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/ui/index.html")
+
+    @app.get(
+        "/persons/{person_id}/thumbnail",
+        tags=["persons"],
+        response_class=Response,
+        responses={404: {"model": ErrorOut}, 200: {"content": {"image/jpeg": {}}}},
+    )
+    def thumbnail(person_id: int, _: Read) -> Response:
+        data = gallery.get_thumbnail(person_id)
+        if data is None:
+            raise HTTPException(404, f"person {person_id} has no thumbnail")
+        return Response(data, media_type="image/jpeg")
+
     @app.get("/health", tags=["ops"])
     def health() -> dict:
         return {"status": "ok"}
@@ -295,11 +316,12 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         modality: Annotated[Modality, Form()] = "face",
     ) -> EnrollOut:
         gallery.get_person(person_id)  # 404 before any embedding work
-        vecs, model_id, hashes = [], None, []
+        vecs, model_id, hashes, first = [], None, [], None
         for i, up in enumerate(images):
             img = read_upload(up, f"images[{i}]", hashes)
             v, model_id = embed_one(modality, img, f"images[{i}] ({up.filename})")
             vecs.append(v)
+            first = img if first is None else first
         if not vecs:
             raise HTTPException(422, "images: at least one image is required")
         r = gallery.enroll(
@@ -310,6 +332,8 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
             sources=[up.filename or "" for up in images],
             image_hashes=hashes,
         )
+        if r.template_ids:
+            gallery.set_thumbnail(person_id, first, replace=False)
         return EnrollOut(
             person_id=r.person_id,
             created_person=r.created_person,
@@ -341,8 +365,11 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
     def identify_or_enroll(
         _: Enroll, image: Annotated[UploadFile, File()], modality: Annotated[Modality, Form()] = "face"
     ) -> IdentifyOrEnrollOut:
-        vec, model_id = embed_one(modality, read_upload(image, "image"), f"image ({image.filename})")
+        img = read_upload(image, "image")
+        vec, model_id = embed_one(modality, img, f"image ({image.filename})")
         r = gallery.identify_or_enroll(embedding=vec, modality=modality, model_id=model_id)
+        if r.created:
+            gallery.set_thumbnail(r.person_id, img, replace=False)
         return IdentifyOrEnrollOut(person_id=r.person_id, created=r.created, score=r.score)
 
     @app.post("/verify", tags=["identify"])
