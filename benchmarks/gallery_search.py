@@ -113,9 +113,6 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = IndexConfig(hnsw_m=args.hnsw_m, ef_search=args.ef_search, ef_construction=args.ef_construction)
-    rows = []
-    for n in args.sizes:
-        rows += run_size(n, workdir, args.queries, cfg)
     print(describe() + f", faiss {faiss.__version__}")
     print(
         f"Gallery.identify end to end (k=5 persons, max aggregation, SQLite), dim {DIM}, {args.queries} queries; "
@@ -124,8 +121,10 @@ def main() -> None:
     print(
         f"{'templates':>10} {'index':>6} {'queries':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@1':>9} {'open s':>8}"
     )
-    for n, kind, name, p50, p99, rec, open_s in rows:
-        print(f"{n:>10} {kind:>6} {name:>8} {p50:8.2f} {p99:8.2f} {rec:9.4f} {open_s:8.1f}")
+    for n in args.sizes:  # each size's rows are printed as soon as they are measured
+        for row in run_size(n, workdir, args.queries, cfg):
+            n_, kind, name, p50, p99, rec, open_s = row
+            print(f"{n_:>10} {kind:>6} {name:>8} {p50:8.2f} {p99:8.2f} {rec:9.4f} {open_s:8.1f}", flush=True)
 
 
 if __name__ == "__main__":
