@@ -76,6 +76,33 @@ class Embedder(BaseEmbedder):
         model, meta = load_checkpoint(path)
         return cls(model, meta, device=device, flip=flip)
 
+    @classmethod
+    def from_model(
+        cls,
+        model,
+        input_size: tuple[int, int] = (256, 128),
+        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        modality: str = "body",
+        device: str | None = None,
+        flip: bool = False,
+    ) -> Embedder:
+        """Wrap an in-memory ``ReIDModel`` (e.g. an ImageNet-initialised backbone); its ``model_id`` is derived
+        from the weights exactly as a saved checkpoint's would be."""
+        from reid.models.checkpoint import CheckpointMeta, make_model_id
+
+        meta = CheckpointMeta(
+            model.arch,
+            dict(model.config),
+            tuple(input_size),
+            tuple(mean),
+            tuple(std),
+            model.embedding_dim,
+            modality,
+            make_model_id(model.arch, model.embedding_dim, model.state_dict()),
+        )
+        return cls(model.eval(), meta, device=device, flip=flip)
+
     def preprocess(self, images: Sequence[ImageLike], offset: int = 0):
         """RGB images -> normalised float tensor ``(N, 3, H, W)`` on the CPU."""
         import cv2

@@ -51,22 +51,9 @@ def test_bad_source_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def imagenet_body_embedder():
-    from reid.embedder import Embedder
-    from reid.models import build_model
-    from reid.models.checkpoint import CheckpointMeta, make_model_id
+    from services.camera.__main__ import imagenet_embedder
 
-    m = build_model("mobilenetv2", pretrained="torchvision-mobilenetv2-offline").eval()
-    meta = CheckpointMeta(
-        "mobilenetv2",
-        m.config,
-        (256, 128),
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
-        1280,
-        "body",
-        make_model_id("mobilenetv2", 1280, m.state_dict()),
-    )
-    return Embedder(m, meta, device="cpu")
+    return imagenet_embedder()
 
 
 @pytest.mark.realdata

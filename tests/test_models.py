@@ -215,20 +215,7 @@ def test_embedder_bad_input_names_the_index(embedder: Embedder) -> None:
 def test_embedder_on_real_images(cuhk03_root: Path) -> None:
     files = sorted((cuhk03_root / "query").glob("*.jpg"))[:4]
     model = build_model("mobilenetv2", pretrained="deepsort-mobilenetv2")
-    from reid.embedder import Embedder as E
-    from reid.models.checkpoint import CheckpointMeta
-
-    meta = CheckpointMeta(
-        "mobilenetv2",
-        model.config,
-        (256, 128),
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
-        1280,
-        "body",
-        "test",
-    )
-    v = E(model.eval(), meta, device="cpu").embed([str(f) for f in files])
+    v = Embedder.from_model(model, device="cpu").embed([str(f) for f in files])
     assert v.shape == (4, 1280)
     sims = v @ v.T
     assert np.all(sims > 0)  # ImageNet features of pedestrians are all positively correlated

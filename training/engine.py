@@ -37,7 +37,7 @@ from reid.metrics import (
     pair_scores,
 )
 from reid.models import build_model, save_checkpoint
-from reid.models.checkpoint import CheckpointMeta, make_model_id
+from reid.models.checkpoint import CheckpointMeta
 from reid.utils.io import atomic_torch_save
 from training.config import dump_config
 from training.optim import EpochScheduler, build_optimizer
@@ -297,19 +297,15 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------- evaluate
     def embedder(self) -> Embedder:
-        state = self.model.state_dict()
-        meta = CheckpointMeta(
-            self.model.arch,
-            self.model.config,
+        return Embedder.from_model(
+            self.model,
             self.input_size,
             self.mean,
             self.std,
-            self.model.embedding_dim,
             self.cfg["modality"],
-            make_model_id(self.model.arch, self.model.embedding_dim, state),
+            device=str(self.device),
+            flip=bool(self.cfg["eval"]["flip"]),
         )
-        e = Embedder(self.model, meta, device=str(self.device), flip=bool(self.cfg["eval"]["flip"]))
-        return e
 
     def _embed_paths(self, embedder: Embedder, paths: list[str]) -> np.ndarray:
         bs = int(self.cfg["data"]["eval_batch_size"])

@@ -24,7 +24,6 @@ from reid.embedder import Embedder
 from reid.errors import ConfigError
 from reid.metrics import compute_distance_matrix, evaluate_rank, k_reciprocal_rerank, plot_cmc, write_json
 from reid.models import MODELS, OFFLINE_WEIGHTS, build_model
-from reid.models.checkpoint import CheckpointMeta, make_model_id
 
 logger = logging.getLogger("reid.eval")
 
@@ -63,18 +62,7 @@ def make_embedder(args: argparse.Namespace) -> Embedder:
     if args.input_size[0] < 16 or args.input_size[1] < 16:
         raise ConfigError(f"--input-size must be at least 16x16, got {args.input_size}")
     model = build_model(args.model, pretrained=args.pretrained)
-    state = model.state_dict()
-    meta = CheckpointMeta(
-        arch=args.model,
-        model_cfg=model.config,
-        input_size=tuple(args.input_size),
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        embedding_dim=model.embedding_dim,
-        modality="body",
-        model_id=make_model_id(args.model, model.embedding_dim, state),
-    )
-    return Embedder(model.eval(), meta, device=args.device, flip=args.flip)
+    return Embedder.from_model(model, tuple(args.input_size), device=args.device, flip=args.flip)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,20 +25,10 @@ from services.camera.sources import VideoSource
 def imagenet_embedder():
     from reid.embedder import Embedder
     from reid.models import build_model
-    from reid.models.checkpoint import CheckpointMeta, make_model_id
 
-    m = build_model("mobilenetv2", pretrained="torchvision-mobilenetv2-offline").eval()
-    meta = CheckpointMeta(
-        "mobilenetv2",
-        m.config,
-        (256, 128),
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
-        1280,
-        "body",
-        make_model_id("mobilenetv2", 1280, m.state_dict()),
+    return Embedder.from_model(
+        build_model("mobilenetv2", pretrained="torchvision-mobilenetv2-offline"), device="cpu"
     )
-    return Embedder(m, meta, device="cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
