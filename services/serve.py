@@ -36,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     settings.database_url, settings.body_checkpoint = args.db, args.body_checkpoint
     if not settings.api_keys:
-        keyfile = Path(str(args.db).split("://")[-1] if "://" not in args.db else "gallery").with_suffix(
-            ".keys.json"
-        )
+        # beside an SQLite file; for a server URL, in the working directory
+        keyfile = Path(args.db if "://" not in args.db else "gallery").with_suffix(".keys.json")
         if not keyfile.exists():
             keyfile.write_text(
                 json.dumps([{"key": secrets.token_urlsafe(24), "name": "admin", "scopes": ["admin"]}])
