@@ -313,6 +313,8 @@ class Gallery:
         return p.id
 
     def _require_person(self, s: Session, person_id: int) -> Person:
+        if not isinstance(person_id, int) or not 0 < person_id < 2**63:  # beyond BIGINT: cannot exist
+            raise UnknownPersonError(person_id)
         p = s.get(Person, person_id)
         if p is None:
             raise UnknownPersonError(person_id)

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi import Path as FastPath
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP"}
 Modality = Literal["face", "body"]
+PersonId = Annotated[int, FastPath(ge=1, le=2**63 - 1, description="person id")]
 
 
 # ------------------------------------------------------------------------------------------------ schemas
@@ -262,7 +264,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         response_class=Response,
         responses={404: {"model": ErrorOut}, 200: {"content": {"image/jpeg": {}}}},
     )
-    def thumbnail(person_id: int, _: Read) -> Response:
+    def thumbnail(person_id: PersonId, _: Read) -> Response:
         data = gallery.get_thumbnail(person_id)
         if data is None:
             raise HTTPException(404, f"person {person_id} has no thumbnail")
@@ -297,20 +299,20 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         return [person_out(p) for p in gallery.list_persons(offset, limit)]
 
     @app.get("/persons/{person_id}", tags=["persons"], responses={404: {"model": ErrorOut}})
-    def get_person(person_id: int, _: Read) -> PersonOut:
+    def get_person(person_id: PersonId, _: Read) -> PersonOut:
         return person_out(gallery.get_person(person_id))
 
     @app.delete("/persons/{person_id}", tags=["persons"], responses={404: {"model": ErrorOut}})
-    def delete_person(person_id: int, _: Delete) -> dict:
+    def delete_person(person_id: PersonId, _: Delete) -> dict:
         return {"person_id": person_id, "templates_removed": gallery.delete_person(person_id)}
 
     @app.post("/persons/{person_id}/merge", tags=["persons"], responses={404: {"model": ErrorOut}})
-    def merge(person_id: int, body: MergeIn, _: Delete) -> PersonOut:
+    def merge(person_id: PersonId, body: MergeIn, _: Delete) -> PersonOut:
         return person_out(gallery.merge(person_id, body.remove))
 
     @app.post("/persons/{person_id}/enroll", tags=["enroll"], responses={404: {"model": ErrorOut}})
     def enroll(
-        person_id: int,
+        person_id: PersonId,
         _: Enroll,
         images: Annotated[list[UploadFile], File()],
         modality: Annotated[Modality, Form()] = "face",
@@ -390,7 +392,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
     @app.get("/sightings", tags=["sightings"])
     def sightings(
         _: Read,
-        person_id: int | None = None,
+        person_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         camera_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
