@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     settings = Settings.from_env()
-    settings.database_url, settings.body_checkpoint = args.db, args.body_checkpoint
+    settings.database_url = args.db
+    if args.body_checkpoint:
+        settings.body_checkpoint = args.body_checkpoint
     if not settings.api_keys:
         # beside an SQLite file; for a server URL, in the working directory
         keyfile = Path(args.db if "://" not in args.db else "gallery").with_suffix(".keys.json")

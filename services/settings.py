@@ -19,12 +19,16 @@ class ApiKey:
     scopes: frozenset[str]
 
 
+# The body model this project trains and ships (see models/body/README.md); used when none is configured.
+DEFAULT_BODY_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "body" / "mobilenetv2_cuhk03.pt"
+
+
 @dataclass
 class Settings:
     database_url: str = "gallery.db"
     index_dir: str | None = None
     api_keys: list[ApiKey] = field(default_factory=list)
-    body_checkpoint: str | None = None
+    body_checkpoint: str | None = str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None
     face_threshold: float | None = 0.9  # dlib ResNet, cosine; replace with a calibrated value per store
     body_threshold: float | None = None
     max_upload_bytes: int = 8 * 1024 * 1024
@@ -38,7 +42,7 @@ class Settings:
         s = cls()
         s.database_url = os.environ.get("REID_DATABASE_URL", s.database_url)
         s.index_dir = os.environ.get("REID_INDEX_DIR") or None
-        s.body_checkpoint = os.environ.get("REID_BODY_CHECKPOINT") or None
+        s.body_checkpoint = os.environ.get("REID_BODY_CHECKPOINT") or s.body_checkpoint
         if "REID_FACE_THRESHOLD" in os.environ:
             s.face_threshold = float(os.environ["REID_FACE_THRESHOLD"])
         if "REID_MAX_UPLOAD_BYTES" in os.environ:

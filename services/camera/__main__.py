@@ -5,7 +5,7 @@ Examples:
       --video ../shared/data/camera-feeds/lab/Single1.mp4:cam1 --video ../shared/data/camera-feeds/lab/Double1.mp4:cam2 \\
       --every 3 --events events.jsonl --annotate out/
   python -m services.camera --video rtsp://10.0.0.5/stream1:door --threshold 0.75
-Without --body-checkpoint the ImageNet MobileNetV2 shipped offline is used (weak across cameras).
+Without --body-checkpoint the body model shipped in models/body/ is used (or, if absent, ImageNet MobileNetV2).
 """
 
 from __future__ import annotations
@@ -55,10 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not uri or not cam or "/" in cam:
             raise ConfigError(f"--video {item!r}: expected URI:CAMERA_ID")
         sources.append(VideoSource(uri, cam, every=args.every))
-    if args.body_checkpoint:
+    from services.settings import DEFAULT_BODY_CHECKPOINT
+
+    checkpoint = args.body_checkpoint or (
+        str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None
+    )
+    if checkpoint:
         from reid.embedder import Embedder
 
-        embedder = Embedder.from_checkpoint(args.body_checkpoint, device="cpu")
+        embedder = Embedder.from_checkpoint(checkpoint, device="cpu")
     else:
         embedder = imagenet_embedder()
     events = open(args.events, "a") if args.events else sys.stdout  # noqa: SIM115 (closed below)
