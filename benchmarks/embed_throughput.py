@@ -18,17 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import describe
-from reid.models import build_model
-
-DEFAULT_MODELS = [
-    "resnet18",
-    "resnet50",
-    "mobilenetv2",
-    "mobilenetv3_small",
-    "mobilenetv3_large",
-    "osnet_x1_0",
-    "osnet_x0_25",
-]
+from reid.models import MODELS, build_model
 
 
 def measure(name: str, batch: int, h: int, w: int, warmup: int, iters: int) -> tuple[float, float, int]:
@@ -50,7 +40,7 @@ def measure(name: str, batch: int, h: int, w: int, warmup: int, iters: int) -> t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    ap.add_argument("--models", nargs="+", default=MODELS.names())
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--height", type=int, default=256)
     ap.add_argument("--width", type=int, default=128)

@@ -27,7 +27,7 @@ import numpy as np
 
 from gallery.errors import GalleryError
 from gallery.service import Gallery
-from reid.cli.common import run, setup_logging
+from reid.cli.common import make_parser, run, setup_logging
 
 
 def _embedders(args: argparse.Namespace, need: str | None) -> dict:
@@ -50,12 +50,7 @@ def _print(obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m gallery",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("python -m gallery", __doc__)
     p.add_argument("--db", default="gallery.db", help="SQLite file or database URL")
     p.add_argument("--body-checkpoint", help="embedding checkpoint for body images")
     sub = p.add_subparsers(dest="cmd", required=True)

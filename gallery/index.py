@@ -182,26 +182,25 @@ class VectorIndex:
                 else np.zeros((0, self.dim))
             )
 
-    def export(self) -> tuple[np.ndarray, np.ndarray]:
-        """All live (ids, vectors)."""
+    def live_ids(self) -> np.ndarray:
+        """Template ids in the index, without tombstoned ones."""
         with self.lock:
             n = int(self.index.ntotal)
             ids = faiss.vector_to_array(self.index.id_map).astype(np.int64) if n else np.zeros(0, np.int64)
-            alive = np.array([i not in self.tombstones for i in ids], dtype=bool) if self.tombstones else None
-            if alive is not None:
-                ids = ids[alive]
+            if self.tombstones:
+                ids = ids[~np.isin(ids, np.fromiter(self.tombstones, dtype=np.int64))]
+            return ids
+
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        """All live (ids, vectors)."""
+        with self.lock:
+            ids = self.live_ids()
             return ids, self.reconstruct(ids).astype(np.float32)
 
     # -- snapshots ------------------------------------------------------------------------------------------
     def state(self) -> DBState:
-        ids, _ = self.export() if self.tombstones else (None, None)
-        with self.lock:
-            if ids is None:
-                n = int(self.index.ntotal)
-                ids = (
-                    faiss.vector_to_array(self.index.id_map).astype(np.int64) if n else np.zeros(0, np.int64)
-                )
-            return DBState(len(ids), int(ids.max()) if len(ids) else 0, int(ids.sum()) if len(ids) else 0)
+        ids = self.live_ids()
+        return DBState(len(ids), int(ids.max()) if len(ids) else 0, int(ids.sum()) if len(ids) else 0)
 
     def save(self, folder: Path, key: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -386,17 +386,18 @@ class Gallery:
         for attempt in range(3):
             try:
                 with self.Session.begin() as s:
-                    result = self._enroll_tx(
+                    result, stored = self._enroll_tx(
                         s, person_id, vecs, key, hashes, quality, sources, display_name, external_id, kind
                     )
                 break
             except IntegrityError:  # a concurrent enroll stored the same image first: recompute duplicates
                 if attempt == 2:
                     raise
-        self._index_add(index, result.template_ids, vecs, result, hashes)
+        self._index_add(index, result, vecs[stored])
         return result
 
     def _enroll_tx(self, s, person_id, vecs, key, hashes, quality, sources, display_name, external_id, kind):
+        """Insert the new templates; returns the result and the batch positions of the stored rows."""
         created = False
         if person_id is None:
             person_id = self._create_person(s, display_name, external_id, kind)
@@ -441,20 +442,19 @@ class Gallery:
         s.add_all([t for _, t in rows])
         s.flush()
         result.template_ids = [t.id for _, t in rows]
-        result._rows = [i for i, _ in rows]  # type: ignore[attr-defined]  # batch positions of stored rows
+        stored = [i for i, _ in rows]
+        stored_set = set(stored)
         for i, h in enumerate(hashes):
-            if h and h in seen and all(i != j for j, _ in rows):
+            if h and h in seen and i not in stored_set:
                 result.duplicates.append(Duplicate(i, seen[h].id, person_id))
-        return result
+        return result, stored
 
-    def _index_add(
-        self, index: VectorIndex, ids: list[int], vecs: np.ndarray, result: EnrollResult, hashes
-    ) -> None:
-        if not ids:
+    def _index_add(self, index: VectorIndex, result: EnrollResult, vecs: np.ndarray) -> None:
+        """After the commit: the stored templates (``vecs``, in ``result.template_ids`` order) become searchable."""
+        if not result.template_ids:
             return
-        positions = result.__dict__.pop("_rows")
-        index.add(np.array(ids, dtype=np.int64), vecs[positions])
-        for tid in ids:
+        index.add(np.array(result.template_ids, dtype=np.int64), vecs)
+        for tid in result.template_ids:
             self._track(tid, result.person_id, (result.modality, result.model_id))
 
     # ----------------------------------------------------------------------------------------------- identify
@@ -583,8 +583,8 @@ class Gallery:
             again = self._identify_vec(vecs, modality, model_id, k, thr)
             if again.known:
                 return IdentifyOrEnrollResult(again.best.person_id, False, again.best.score, again)
-            result = self._enroll_tx(s, None, vecs, key, hashes, None, None, display_name, None, kind)
-        self._index_add(index, result.template_ids, vecs, result, hashes)
+            result, stored = self._enroll_tx(s, None, vecs, key, hashes, None, None, display_name, None, kind)
+        self._index_add(index, result, vecs[stored])
         score = again.best.score if again.best else None
         return IdentifyOrEnrollResult(result.person_id, True, score, again, result)
 

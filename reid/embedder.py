@@ -120,8 +120,16 @@ class Embedder(BaseEmbedder):
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
         return (x - self._mean) / self._std
 
-    def embed(self, images, batch_size: int = 64, flip: bool | None = None) -> np.ndarray:
+    def _features(self, x):
+        """Raw ``(N, D)`` float features of a preprocessed batch; subclasses run other runtimes here."""
+        return self.model(x.to(self.device)).float()
+
+    def embed(
+        self, images, batch_size: int = 64, flip: bool | None = None, progress: bool | str = False
+    ) -> np.ndarray:
+        """``progress``: show a progress bar over batches (a string is used as its label)."""
         import torch
+        from tqdm import tqdm
 
         if not isinstance(images, (list, tuple)):
             images = [images]
@@ -129,11 +137,14 @@ class Embedder(BaseEmbedder):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = np.empty((len(images), self.dim), dtype=np.float32)
+        starts = range(0, len(images), batch_size)
+        if progress:
+            starts = tqdm(starts, desc=progress if isinstance(progress, str) else "embedding", unit="batch")
         with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                x = self.preprocess(images[start : start + batch_size], offset=start).to(self.device)
-                f = self.model(x).float()
+            for start in starts:
+                x = self.preprocess(images[start : start + batch_size], offset=start)
+                f = self._features(x)
                 if flip:
-                    f = f + self.model(torch.flip(x, dims=[3])).float()
+                    f = f + self._features(torch.flip(x, dims=[3]))
                 out[start : start + len(x)] = torch.nn.functional.normalize(f, dim=1).cpu().numpy()
         return out

@@ -9,24 +9,18 @@ With no REID_API_KEYS configured, an admin key is created in <db>.keys.json and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
 import sys
 from pathlib import Path
 
-from reid.cli.common import run, setup_logging
+from reid.cli.common import make_parser, run, setup_logging
 from services.settings import Settings, parse_api_keys
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="reid-serve",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("reid-serve", __doc__)
     p.add_argument("--db", default=os.environ.get("REID_DATABASE_URL", "gallery.db"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

@@ -11,25 +11,19 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from pathlib import Path
 
-from reid.cli.common import run, setup_logging
+from reid.cli.common import make_parser, run, setup_logging
 from training.config import load_config
 
 logger = logging.getLogger("training")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m training",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("python -m training", __doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train from a config (key=value overrides after the options)")
     t.add_argument("--config", required=True)

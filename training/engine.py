@@ -118,9 +118,7 @@ class Trainer:
             rank=self.rank,
         )
         self.batch_size = int(d["p"]) * int(d["k"])
-        self.model = build_model(
-            **{"name": c["model"]["name"]}, **{k: v for k, v in c["model"].items() if k != "name"}
-        )
+        self.model = build_model(**c["model"])
         self.loss = build_combined_loss(
             c["losses"], num_classes=self.train_set.num_classes, embedding_size=self.model.embedding_dim
         )
@@ -308,9 +306,7 @@ class Trainer:
         )
 
     def _embed_paths(self, embedder: Embedder, paths: list[str]) -> np.ndarray:
-        bs = int(self.cfg["data"]["eval_batch_size"])
-        out = [embedder.embed(paths[s : s + bs], batch_size=bs) for s in range(0, len(paths), bs)]
-        return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
+        return embedder.embed(paths, batch_size=int(self.cfg["data"]["eval_batch_size"]))
 
     def evaluate(self) -> dict[str, float]:
         """Re-ID: CMC/mAP/mINP on query/gallery. Faces (``eval.type: lfw``): LFW 10-fold verification."""

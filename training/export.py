@@ -73,15 +73,8 @@ class OnnxEmbedder(Embedder):
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.model_id = meta.model_id + ("-int8" if "int8" in Path(onnx_path).name else "")
 
-    def embed(self, images, batch_size: int = 64, flip: bool | None = None) -> np.ndarray:
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        out = []
-        for s in range(0, len(images), batch_size):
-            x = self.preprocess(images[s : s + batch_size], offset=s).numpy()
-            f = self.session.run(None, {"images": x})[0]
-            out.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"images": x.numpy()})[0])
 
 
 def compare_exports(

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
 
 from reid.errors import ReidError
+
+
+def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the first paragraph of ``doc`` and whose epilog (the examples) is the rest,
+    shown verbatim by ``--help``."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def setup_logging(verbose: bool = False) -> None:

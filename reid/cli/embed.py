@@ -7,26 +7,19 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from reid.cli.common import run, setup_logging
+from reid.cli.common import make_parser, run, setup_logging
 from reid.embedder import Embedder
 from reid.errors import DatasetError
 from reid.images import is_image_file
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="reid-embed",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("reid-embed", __doc__)
     p.add_argument("--checkpoint", required=True)
     p.add_argument(
         "--images", nargs="+", required=True, help="image files and/or folders (searched recursively)"
@@ -48,12 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         raise DatasetError(f"no image files found in {' '.join(args.images)}")
     embedder = Embedder.from_checkpoint(args.checkpoint, device=args.device, flip=args.flip)
-    chunks = []
-    for s in tqdm(range(0, len(paths), args.batch_size), desc="embedding", unit="batch"):
-        chunks.append(
-            embedder.embed([str(x) for x in paths[s : s + args.batch_size]], batch_size=args.batch_size)
-        )
-    vectors = np.concatenate(chunks)
+    vectors = embedder.embed([str(x) for x in paths], batch_size=args.batch_size, progress=True)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out.with_suffix(".npy"), vectors)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reid.cli.common import run, setup_logging
+from reid.cli.common import make_parser, run, setup_logging
 from reid.data import DATASETS, build_dataset
 from reid.embedder import Embedder
 from reid.errors import ConfigError
@@ -29,12 +29,7 @@ logger = logging.getLogger("reid.eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="reid-eval",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("reid-eval", __doc__)
     p.add_argument("--data", required=True, help="dataset root folder")
     p.add_argument("--dataset", default="market1501", help=f"reader: {', '.join(DATASETS.names())}")
     p.add_argument("--test-fraction", type=float, default=None, help="image_folder: split by identity")
@@ -79,14 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {embedder.model_id} ({embedder.dim}-d, input {embedder.input_size[0]}x{embedder.input_size[1]})"
     )
-    from tqdm import tqdm
 
     def embed(records, what):
-        paths = [r.path for r in records]
-        out = []
-        for s in tqdm(range(0, len(paths), args.batch_size), desc=f"embedding {what}", unit="batch"):
-            out.append(embedder.embed(paths[s : s + args.batch_size], batch_size=args.batch_size))
-        return np.concatenate(out)
+        return embedder.embed(
+            [r.path for r in records], batch_size=args.batch_size, progress=f"embedding {what}"
+        )
 
     t0 = time.perf_counter()
     qf, gf = embed(ds.query, "query"), embed(ds.gallery, "gallery")

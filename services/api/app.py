@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gallery import DuplicatePersonError, Gallery, GalleryError, IndexMismatchError, UnknownPersonError
 from reid.embedder import BaseEmbedder
@@ -44,7 +44,13 @@ class PersonIn(BaseModel):
     metadata: dict | None = None
 
 
-class PersonOut(BaseModel):
+class FromResult(BaseModel):
+    """Response models read straight from the gallery's result dataclasses (same field names)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class PersonOut(FromResult):
     id: int
     display_name: str | None
     external_id: str | None
@@ -62,7 +68,7 @@ class EnrollOut(BaseModel):
     duplicates: list[int] = Field(description="positions of uploaded images already stored")
 
 
-class MatchOut(BaseModel):
+class MatchOut(FromResult):
     person_id: int
     score: float
     display_name: str | None
@@ -91,7 +97,7 @@ class VerifyOut(BaseModel):
     model_id: str
 
 
-class SightingOut(BaseModel):
+class SightingOut(FromResult):
     id: int
     person_id: int
     camera_id: str
@@ -234,21 +240,8 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
             return vec, embedder.model_id
         return embedder.embed([image])[0], embedder.model_id
 
-    def person_out(info) -> PersonOut:
-        return PersonOut(
-            id=info.id,
-            display_name=info.display_name,
-            external_id=info.external_id,
-            kind=info.kind,
-            created_at=info.created_at,
-            templates=info.templates,
-            sightings=info.sightings,
-        )
-
-    def match_out(m) -> MatchOut:
-        return MatchOut(
-            person_id=m.person_id, score=m.score, display_name=m.display_name, external_id=m.external_id
-        )
+    person_out = PersonOut.model_validate
+    match_out = MatchOut.model_validate
 
     # ------------------------------------------------------------------------------------------ routes
     web = Path(__file__).resolve().parents[1] / "web"
@@ -399,14 +392,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     ) -> list[SightingOut]:
         return [
-            SightingOut(
-                id=s.id,
-                person_id=s.person_id,
-                camera_id=s.camera_id,
-                seen_at=s.seen_at,
-                score=s.score,
-                modality=s.modality,
-            )
+            SightingOut.model_validate(s)
             for s in gallery.sightings(person_id, camera_id, since, until, limit)
         ]
 

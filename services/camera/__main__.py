@@ -10,12 +10,11 @@ Without --body-checkpoint the body model shipped in models/body/ is used (or, if
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from gallery import Gallery
-from reid.cli.common import run, setup_logging
+from reid.cli.common import make_parser, run, setup_logging
 from reid.errors import ConfigError
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
@@ -32,12 +31,7 @@ def imagenet_embedder():
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m services.camera",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser("python -m services.camera", __doc__)
     p.add_argument("--video", action="append", required=True, help="URI:CAMERA_ID (file, rtsp:// or http://)")
     p.add_argument("--db", default="gallery.db")
     p.add_argument("--body-checkpoint")
