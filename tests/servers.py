@@ -20,9 +20,11 @@ class ColourEmbedder(BaseEmbedder):
     modality, model_id, dim = "body", "colour-hist-8", 24
 
     def embed(self, images, batch_size: int = 64) -> np.ndarray:
+        from reid.images import to_rgb_array
+
         out = []
         for a in images:
-            a = np.asarray(a)
+            a = to_rgb_array(a)
             h = np.concatenate([np.histogram(a[..., c], bins=8, range=(0, 256))[0] for c in range(3)])
             h = h.astype(np.float32)
             out.append(h / np.linalg.norm(h))

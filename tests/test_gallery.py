@@ -26,7 +26,7 @@ from gallery import (
     UnknownPersonError,
     VectorIndex,
 )
-from reid.embedder import BaseEmbedder
+from tests.servers import ColourEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -364,26 +364,6 @@ def test_alembic_schema_matches_models(db_url: str) -> None:
     assert diff == []
 
 
-class HistogramEmbedder(BaseEmbedder):
-    """A small real embedder: normalised colour histograms (deterministic, no weights)."""
-
-    modality = "body"
-    model_id = "colour-hist-8"
-    dim = 24
-
-    def embed(self, images, batch_size: int = 64) -> np.ndarray:
-        from reid.images import to_rgb_array
-
-        out = []
-        for im in images:
-            a = to_rgb_array(im)
-            h = np.concatenate([np.histogram(a[..., c], bins=8, range=(0, 256))[0] for c in range(3)]).astype(
-                np.float32
-            )
-            out.append(h / np.linalg.norm(h))
-        return np.stack(out)
-
-
 def test_enroll_and_identify_images_with_an_embedder(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -392,7 +372,7 @@ def test_enroll_and_identify_images_with_an_embedder(tmp_path: Path) -> None:
     blue = np.zeros((20, 10, 3), np.uint8)
     blue[..., 2] = 220
     Image.fromarray(red).save(tmp_path / "red.png")
-    with Gallery(str(tmp_path / "g.db"), embedders={"body": HistogramEmbedder()}) as g:
+    with Gallery(str(tmp_path / "g.db"), embedders={"body": ColourEmbedder()}) as g:
         r = g.enroll(images=[str(tmp_path / "red.png"), str(tmp_path / "red.png")], modality="body")
         assert r.model_id == "colour-hist-8" and len(r.template_ids) == 1 and len(r.duplicates) == 1
         g.enroll(images=[blue], modality="body")
