@@ -49,6 +49,11 @@ class Person(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     consent: Mapped[dict | None] = mapped_column(JSON)
     meta: Mapped[dict | None] = mapped_column("metadata", JSON)
+    # privacy: which store saw/enrolled the person (its retention applies), why they are held, and when they
+    # were last seen (anonymous identities expire a retention period after that)
+    store_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    purpose: Mapped[str | None] = mapped_column(String(200))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
 
     templates: Mapped[list[Template]] = relationship(back_populates="person", passive_deletes=True)
 
@@ -77,7 +82,10 @@ class Template(Base):
 
 class Sighting(Base):
     __tablename__ = "sightings"
-    __table_args__ = (Index("ix_sightings_person_time", "person_id", "seen_at"),)
+    __table_args__ = (
+        Index("ix_sightings_person_time", "person_id", "seen_at"),
+        UniqueConstraint("event_id", name="uq_sightings_event_id"),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"))
@@ -86,6 +94,8 @@ class Sighting(Base):
     score: Mapped[float | None] = mapped_column(Float)
     modality: Mapped[str | None] = mapped_column(String(10))
     track_id: Mapped[str | None] = mapped_column(String(100))
+    # producer-chosen id (camera, frame, track): redelivered events are stored once
+    event_id: Mapped[str | None] = mapped_column(String(200))
 
 
 class Threshold(Base):
@@ -110,3 +120,35 @@ class Thumbnail(Base):
     person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"), primary_key=True)
     jpeg: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Change(Base):
+    """The change feed: one row per committed enroll, merge or delete, written in the same transaction.
+
+    ``seq`` order is commit order (writers serialise on a lock before inserting their row), so a replica that
+    has applied every change up to ``seq`` knows exactly what it is missing after a restart or a lost
+    notification.
+    """
+
+    __tablename__ = "changes"
+
+    seq: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    op: Mapped[str] = mapped_column(String(20))  # enroll | merge | delete
+    person_id: Mapped[int] = mapped_column(IdType)
+    other_person_id: Mapped[int | None] = mapped_column(IdType)  # merge: the person merged away
+    template_ids: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class AuditEntry(Base):
+    """Append-only audit log (UPDATE and DELETE are refused by a trigger): who did what to whom, and how it ended."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(100))  # API key id (never the secret), or "system"
+    action: Mapped[str] = mapped_column(String(50))
+    subject: Mapped[str | None] = mapped_column(String(200), index=True)  # e.g. "person:12"
+    outcome: Mapped[str] = mapped_column(String(50))
+    detail: Mapped[dict | None] = mapped_column(JSON)

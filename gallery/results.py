@@ -65,6 +65,9 @@ class PersonInfo:
     metadata: dict | None
     templates: dict[str, int] = field(default_factory=dict)  # "modality/model_id" -> count
     sightings: int = 0
+    store_id: str | None = None
+    purpose: str | None = None
+    last_seen_at: datetime | None = None
 
 
 @dataclass

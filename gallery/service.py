@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from gallery.errors import (
     NoEmbedderError,
     UnknownPersonError,
 )
+from gallery.feed import ChangeFollower, last_seq, pending_changes, record_change
 from gallery.index import DBState, IndexConfig, VectorIndex, check_vectors
 from gallery.models import MODALITIES, Person, Sighting, Template, Threshold, Thumbnail, utcnow
 from gallery.results import (
@@ -64,6 +66,11 @@ def image_hash(image: ImageLike) -> str:
     return h.hexdigest()
 
 
+def _aware(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they are stored as UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
 def _lock_key(key: Key) -> int:
     return int.from_bytes(hashlib.sha256(f"{key[0]}/{key[1]}".encode()).digest()[:8], "big", signed=True)
 
@@ -77,6 +84,9 @@ class Gallery:
         embedders: ``{"face": BaseEmbedder, "body": BaseEmbedder}`` used when images are given.
         aggregation: ``"max"`` or ``"mean"`` of a person's template similarities.
         thresholds: default decision thresholds per modality, used when none is calibrated for a model.
+        media_dir: per-person files (cached crops), removed on erasure (default: beside an SQLite file).
+        store_id: the store this process serves (new persons belong to it; retention is per store).
+        clock: returns the current UTC time (tests inject a controlled clock).
     """
 
     THRESHOLD_TTL = (
@@ -91,6 +101,9 @@ class Gallery:
         index_config: IndexConfig | None = None,
         aggregation: str = "max",
         thresholds: dict[str, float] | None = None,
+        media_dir: str | os.PathLike | None = None,
+        store_id: str | None = None,
+        clock=utcnow,
     ) -> None:
         if aggregation not in ("max", "mean"):
             raise GalleryError(f"aggregation must be 'max' or 'mean', got {aggregation!r}")
@@ -101,6 +114,12 @@ class Gallery:
         if index_dir is None and self.is_sqlite and self.engine.url.database not in (None, "", ":memory:"):
             index_dir = Path(self.engine.url.database).with_suffix(".indexes")
         self.index_dir = Path(index_dir) if index_dir else None
+        if media_dir is None and self.is_sqlite and self.engine.url.database not in (None, "", ":memory:"):
+            media_dir = Path(self.engine.url.database).with_suffix(".media")
+        # per-person files (cached crops, exports): erased with the person
+        self.media_dir = Path(media_dir) if media_dir else None
+        self.store_id = store_id  # default store of people created by this process
+        self.clock = clock  # injectable for retention tests
         self.embedders = dict(embedders or {})
         self.index_config = index_config or IndexConfig()
         self.aggregation = aggregation
@@ -112,6 +131,8 @@ class Gallery:
         self._lock = threading.RLock()
         self._key_locks: dict[Key, threading.Lock] = defaultdict(threading.Lock)
         self._threshold_cache: dict[Key, tuple[float | None, float]] = {}
+        self.applied_seq = 0  # every change-feed row up to this one is reflected in the indexes
+        self._follower: ChangeFollower | None = None
         self._load_indexes()
 
     @classmethod
@@ -124,7 +145,16 @@ class Gallery:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def follow(self, poll_interval: float = 0.5) -> ChangeFollower:
+        """Follow the change feed in a background thread (for several processes on one database)."""
+        if self._follower is None:
+            self._follower = ChangeFollower(self, poll_interval).start()
+        return self._follower
+
     def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
         self.snapshot()
         self.engine.dispose()
 
@@ -144,6 +174,8 @@ class Gallery:
 
     def _load_indexes(self) -> None:
         with self.Session() as s:
+            # read before the templates: changes committed while loading are replayed (idempotently) by sync()
+            self.applied_seq = last_seq(s)
             keys = s.execute(select(Template.modality, Template.model_id, Template.dim).distinct()).all()
             for tid, pid, modality, model_id in s.execute(
                 select(Template.id, Template.person_id, Template.modality, Template.model_id)
@@ -228,18 +260,78 @@ class Gallery:
                 )
             return index
 
-    def _catch_up(self, s: Session, key: Key, index: VectorIndex) -> None:
-        """Add templates committed by other processes since this index was last updated."""
-        rows = s.execute(
-            select(Template.id, Template.person_id, Template.vector)
-            .where(Template.modality == key[0], Template.model_id == key[1], Template.id > index.max_id)
-            .order_by(Template.id)
-        ).all()
-        if rows:
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            index.add(ids, np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows]))
-            for r in rows:
-                self._track(r[0], r[1], key)
+    def sync(self) -> int:
+        """Apply the change-feed rows committed since the last call (by any process); returns how many.
+
+        Idempotent: templates already in the index are skipped, removals of absent templates are no-ops, so
+        this process's own changes (applied locally right after their commit) replay harmlessly.
+        """
+        with self._lock:
+            applied = 0
+            while True:
+                with self.Session() as s:
+                    changes = pending_changes(s, self.applied_seq)
+                    if not changes:
+                        return applied
+                    need = sorted(
+                        {t for c in changes if c.op == "enroll" for t in c.template_ids}
+                        - self.person_of.keys()
+                    )
+                    rows = {}
+                    for i in range(0, len(need), 5000):
+                        q = select(
+                            Template.id,
+                            Template.person_id,
+                            Template.modality,
+                            Template.model_id,
+                            Template.dim,
+                            Template.vector,
+                        ).where(Template.id.in_(need[i : i + 5000]))
+                        rows.update({r[0]: r for r in s.execute(q)})
+                for c in changes:
+                    self._apply_change(c, rows)
+                self.applied_seq = int(changes[-1].seq)
+                applied += len(changes)
+
+    def _apply_change(self, c, rows: dict) -> None:
+        if c.op == "enroll":
+            by_key: dict[tuple[Key, int], list] = defaultdict(list)
+            for t in c.template_ids:
+                # absent rows were deleted by a later change (which then removes nothing)
+                if t in rows and t not in self.person_of:
+                    r = rows[t]
+                    by_key[((r[2], r[3]), r[4])].append(r)
+            for (key, dim), rs in by_key.items():
+                index = self._index_for(key, dim, create=True)
+                index.add(
+                    np.array([r[0] for r in rs], np.int64),
+                    np.stack([np.frombuffer(r[5], dtype=np.float32) for r in rs]),
+                )
+                for r in rs:
+                    self._track(r[0], r[1], key)
+        elif c.op == "merge":
+            for t in c.template_ids:
+                if t in self.person_of:
+                    self._track(t, c.person_id, self.key_of[t])
+            self.templates_of.pop(c.other_person_id, None)
+        elif c.op == "delete":
+            self._remove_templates(c.template_ids)
+            self.templates_of.pop(c.person_id, None)
+        else:
+            logger.warning("change feed: unknown op %r at seq %d ignored", c.op, c.seq)
+
+    def _remove_templates(self, tids) -> None:
+        """Drop templates from the indexes (only those present: removal is replayed by the change feed)."""
+        with self._lock:
+            by_key = defaultdict(list)
+            for t in tids:
+                key = self.key_of.get(t)
+                if key is not None:
+                    by_key[key].append(t)
+                    self._untrack(t)
+            for key, ts in by_key.items():
+                if key in self.indexes:
+                    self.indexes[key].remove(ts)
 
     # -------------------------------------------------------------------------------------------- embedding
     def _check_modality(self, modality: str) -> None:
@@ -296,17 +388,33 @@ class Gallery:
         kind: str = "enrolled",
         consent: dict | None = None,
         metadata: dict | None = None,
+        store_id: str | None = None,
+        purpose: str | None = None,
     ) -> int:
+        """A person without templates. ``consent`` is the consent record (who agreed, when, to what),
+        ``purpose`` why they are held, ``store_id`` the store whose retention applies to anonymous people."""
         with self.Session.begin() as s:
-            return self._create_person(s, display_name, external_id, kind, consent, metadata)
+            return self._create_person(
+                s, display_name, external_id, kind, consent, metadata, store_id, purpose
+            )
 
-    def _create_person(self, s, display_name, external_id, kind, consent=None, metadata=None) -> int:
+    def _create_person(
+        self, s, display_name, external_id, kind, consent=None, metadata=None, store_id=None, purpose=None
+    ) -> int:
         if kind not in ("enrolled", "anonymous"):
             raise GalleryError(f"person kind must be 'enrolled' or 'anonymous', got {kind!r}")
         if external_id is not None and s.scalar(select(Person.id).where(Person.external_id == external_id)):
             raise DuplicatePersonError(f"external id {external_id!r} is already used by another person")
         p = Person(
-            display_name=display_name, external_id=external_id, kind=kind, consent=consent, meta=metadata
+            display_name=display_name,
+            external_id=external_id,
+            kind=kind,
+            consent=consent,
+            meta=metadata,
+            store_id=store_id or self.store_id,
+            purpose=purpose,
+            created_at=self.clock(),
+            last_seen_at=self.clock(),
         )
         s.add(p)
         s.flush()
@@ -342,6 +450,9 @@ class Gallery:
             p.meta,
             {f"{m}/{mid}": int(c) for m, mid, c in counts},
             int(n_sight),
+            p.store_id,
+            p.purpose,
+            p.last_seen_at,
         )
 
     def list_persons(self, offset: int = 0, limit: int = 100, kind: str | None = None) -> list[PersonInfo]:
@@ -442,6 +553,8 @@ class Gallery:
         s.add_all([t for _, t in rows])
         s.flush()
         result.template_ids = [t.id for _, t in rows]
+        if result.template_ids:
+            record_change(s, "enroll", person_id, result.template_ids)
         stored = [i for i, _ in rows]
         stored_set = set(stored)
         for i, h in enumerate(hashes):
@@ -453,9 +566,13 @@ class Gallery:
         """After the commit: the stored templates (``vecs``, in ``result.template_ids`` order) become searchable."""
         if not result.template_ids:
             return
-        index.add(np.array(result.template_ids, dtype=np.int64), vecs)
-        for tid in result.template_ids:
-            self._track(tid, result.person_id, (result.modality, result.model_id))
+        with self._lock:  # the change follower may have applied this commit already
+            new = [i for i, t in enumerate(result.template_ids) if t not in self.person_of]
+            if not new:
+                return
+            index.add(np.array([result.template_ids[i] for i in new], dtype=np.int64), vecs[new])
+            for i in new:
+                self._track(result.template_ids[i], result.person_id, (result.modality, result.model_id))
 
     # ----------------------------------------------------------------------------------------------- identify
     def threshold_for(self, modality: str, model_id: str) -> float | None:
@@ -579,7 +696,7 @@ class Gallery:
         key = (modality, model_id)
         index = self._index_for(key, vecs.shape[1], create=True)
         with self._key_transaction(key) as s:
-            self._catch_up(s, key, index)
+            self.sync()  # everything committed before this lock was granted, by any process
             again = self._identify_vec(vecs, modality, model_id, k, thr)
             if again.known:
                 return IdentifyOrEnrollResult(again.best.person_id, False, again.best.score, again)
@@ -603,9 +720,18 @@ class Gallery:
                 s.execute(update(Thumbnail).where(Thumbnail.person_id == remove).values(person_id=keep))
             s.execute(delete(Thumbnail).where(Thumbnail.person_id == remove))
             s.execute(delete(Person).where(Person.id == remove))
-        for tid in moved:
-            self._track(tid, keep, self.key_of[tid])
-        self.templates_of.pop(remove, None)
+            record_change(s, "merge", keep, moved, other_person_id=remove)
+        src, dst = self.person_media_dir(remove), self.person_media_dir(keep)
+        if src is not None and src.exists():
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in src.iterdir():
+                f.replace(dst / f"{remove}_{f.name}")
+            shutil.rmtree(src)
+        with self._lock:
+            for tid in moved:
+                if tid in self.key_of:
+                    self._track(tid, keep, self.key_of[tid])
+            self.templates_of.pop(remove, None)
         return self.get_person(keep)
 
     def delete_person(self, person_id: int) -> int:
@@ -621,15 +747,18 @@ class Gallery:
             s.execute(delete(Template).where(Template.person_id == person_id))
             s.execute(delete(Thumbnail).where(Thumbnail.person_id == person_id))
             s.execute(delete(Person).where(Person.id == person_id))
-        by_key = defaultdict(list)
-        for tid, modality, model_id in rows:
-            by_key[(modality, model_id)].append(tid)
-            self._untrack(tid)
-        self.templates_of.pop(person_id, None)
-        for key, tids in by_key.items():
-            if key in self.indexes:
-                self.indexes[key].remove(tids)
+            record_change(s, "delete", person_id, [r[0] for r in rows])
+        self._remove_templates([r[0] for r in rows])
+        with self._lock:
+            self.templates_of.pop(person_id, None)
+        folder = self.person_media_dir(person_id)
+        if folder is not None and folder.exists():
+            shutil.rmtree(folder)
         return len(rows)
+
+    def person_media_dir(self, person_id: int) -> Path | None:
+        """The folder for this person's files (crops); erased with the person, moved by merge."""
+        return None if self.media_dir is None else self.media_dir / str(int(person_id))
 
     # ------------------------------------------------------------------------------------------- thumbnails
     def set_thumbnail(self, person_id: int, image: ImageLike, size: int = 128, replace: bool = True) -> bool:
@@ -671,22 +800,39 @@ class Gallery:
         modality: str | None = None,
         seen_at: datetime | None = None,
         track_id: str | None = None,
+        event_id: str | None = None,
     ) -> int:
+        """Store a sighting (and move the person's ``last_seen_at``). With an ``event_id`` it is idempotent:
+        a redelivered event returns the id of the sighting already stored."""
         if not camera_id:
             raise GalleryError("record_sighting: camera_id is required")
-        with self.Session.begin() as s:
-            self._require_person(s, person_id)
-            row = Sighting(
-                person_id=person_id,
-                camera_id=camera_id,
-                score=score,
-                modality=modality,
-                seen_at=seen_at or utcnow(),
-                track_id=track_id,
-            )
-            s.add(row)
-            s.flush()
-            return row.id
+        seen_at = seen_at or self.clock()
+        try:
+            with self.Session.begin() as s:
+                p = self._require_person(s, person_id)
+                row = Sighting(
+                    person_id=person_id,
+                    camera_id=camera_id,
+                    score=score,
+                    modality=modality,
+                    seen_at=seen_at,
+                    track_id=track_id,
+                    event_id=event_id,
+                )
+                s.add(row)
+                last = p.last_seen_at
+                if last is None or _aware(last) < _aware(seen_at):
+                    p.last_seen_at = seen_at
+                s.flush()
+                return row.id
+        except IntegrityError:
+            if event_id is None:
+                raise
+            with self.Session() as s:
+                existing = s.scalar(select(Sighting.id).where(Sighting.event_id == event_id))
+            if existing is None:
+                raise
+            return int(existing)
 
     def sightings(
         self,

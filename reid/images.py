@@ -79,3 +79,13 @@ def to_rgb_array(image: ImageLike, where: str = "image") -> np.ndarray:
     raise ImageReadError(
         f"{where}: unsupported image type {type(image).__name__} (use a path, PIL image or array)"
     )
+
+
+def center_crop(image: np.ndarray, fraction: float) -> np.ndarray:
+    """The centred ``fraction`` (0 < f <= 1) of an HxWxC image, same aspect ratio."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"center crop fraction must be in (0, 1], got {fraction}")
+    h, w = image.shape[:2]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top : top + ch, left : left + cw]

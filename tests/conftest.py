@@ -49,3 +49,20 @@ def postgres_url() -> str:
     if not url:
         pytest.skip("REID_TEST_POSTGRES_URL is not set (CI sets it to the local PostgreSQL)")
     return url
+
+
+@pytest.fixture
+def pg_database(postgres_url: str):
+    """A new, empty PostgreSQL database for one test (dropped after it, even with connections left)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"reid_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
 
 from gallery import (
     DuplicatePersonError,
@@ -41,27 +38,11 @@ def near(v: np.ndarray, rng: np.random.Generator, noise: float = 0.05) -> np.nda
     return (w / np.linalg.norm(w, axis=-1, keepdims=True)).astype(np.float32)
 
 
-@pytest.fixture(scope="session")
-def pg_admin_url(request) -> str | None:
-    return os.environ.get("REID_TEST_POSTGRES_URL")
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path: Path, pg_admin_url):
+def db_url(request, tmp_path: Path):
     if request.param == "sqlite":
-        yield str(tmp_path / "gallery.db")
-        return
-    if not pg_admin_url:
-        pytest.skip("REID_TEST_POSTGRES_URL is not set (CI sets it to the local PostgreSQL)")
-    name = f"reid_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = pg_admin_url.rsplit("/", 1)[0] + "/" + name
-    yield url
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        return str(tmp_path / "gallery.db")
+    return request.getfixturevalue("pg_database")
 
 
 @pytest.fixture

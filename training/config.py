@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "epochs": 120,
         "max_minutes": None,
+        # With max_minutes: the schedule follows elapsed training time (warmup and cosine end exactly when the
+        # budget does) and training stops mid-epoch at the budget. For fixed-budget CPU runs.
+        "schedule_by_time": False,
         "iters_per_epoch": None,
         "grad_clip": None,
         "amp": True,
@@ -76,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
         "flip": False,
         "rerank": False,
         "lfw_root": None,
+        # LFW only: keep the centre fraction of each image before resizing, so evaluation faces are framed like
+        # the training crops (celeba-faces: 1.25 x the detector box; LFW 150x150: face ~100 px -> 0.83).
+        "lfw_center_crop": None,
         "max_queries": None,
     },
 }

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from reid.data import ImageDataset, PKSampler, ReidDataset, build_dataset, build_transforms, read_lfw
 from reid.embedder import Embedder
 from reid.errors import CheckpointError, ConfigError
+from reid.images import center_crop, read_image
 from reid.losses import build_combined_loss
 from reid.metrics import (
     compute_distance_matrix,
@@ -184,12 +185,14 @@ class Trainer:
                 if self._stop:
                     break
                 self.epoch += 1
+                if self._budget_spent():  # the last, partial epoch is always evaluated
+                    epochs = self.epoch
                 self.step_in_epoch = 0
                 metrics = {}
                 if self.epoch % int(self.cfg["eval"]["every"]) == 0 or self.epoch == epochs:
                     metrics = self.evaluate()
                 self._end_epoch(metrics, writer)
-                if max_minutes and self.train_seconds / 60 >= float(max_minutes):
+                if max_minutes and self._budget_spent():
                     logger.info("time budget of %s minutes reached after epoch %d", max_minutes, self.epoch)
                     break
         except KeyboardInterrupt:
@@ -205,6 +208,18 @@ class Trainer:
         if self.is_main and not self._stop:
             self.export(self.out / "final.pt")
         return {"epoch": self.epoch, "best": self.best, "history": self.history}
+
+    def _budget_spent(self, extra_seconds: float = 0.0) -> bool:
+        m = self.cfg["train"].get("max_minutes")
+        return bool(m) and (self.train_seconds + extra_seconds) / 60 >= float(m)
+
+    def _schedule_position(self, total: int, epoch_seconds: float) -> float:
+        """Epoch position for the LR schedule: by steps, or by elapsed time for a fixed-time budget."""
+        c = self.cfg["train"]
+        if c.get("schedule_by_time") and c.get("max_minutes"):
+            done = (self.train_seconds + epoch_seconds) / (60 * float(c["max_minutes"]))
+            return min(done, 1.0) * int(c["epochs"])
+        return self.epoch + self.step_in_epoch / total
 
     def _on_sigterm(self, *_: Any) -> None:
         logger.warning("SIGTERM: stopping after this step and saving the training state")
@@ -225,10 +240,13 @@ class Trainer:
             unit="it",
             leave=False,
         )
+        by_time = bool(c.get("schedule_by_time") and c.get("max_minutes"))
+        t0 = time.perf_counter()
         for x, y, *_ in loader:
-            if self.step_in_epoch >= total or self._stop:
+            elapsed = time.perf_counter() - t0
+            if self.step_in_epoch >= total or self._stop or (by_time and self._budget_spent(elapsed)):
                 break
-            self.scheduler.step_to(self.epoch + self.step_in_epoch / total)
+            self.scheduler.step_to(self._schedule_position(total, elapsed))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 loss, values = self.ddp(x, y)
@@ -325,7 +343,14 @@ class Trainer:
                 pairs = read_lfw(ev["lfw_root"])
                 paths = pairs.image_paths()
                 pos = {p: i for i, p in enumerate(paths)}
-                emb = self._embed_paths(embedder, paths)
+                frac = ev.get("lfw_center_crop")
+                if frac:
+                    emb = embedder.embed(
+                        [center_crop(read_image(p), float(frac)) for p in paths],
+                        batch_size=int(self.cfg["data"]["eval_batch_size"]),
+                    )
+                else:
+                    emb = self._embed_paths(embedder, paths)
                 scores = pair_scores(
                     emb,
                     np.array([pos[p.path_a] for p in pairs.pairs]),
