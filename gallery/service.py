@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gallery.audit import AuditLog
 from gallery.db import make_engine, make_sessionmaker, migrate
 from gallery.errors import (
     DuplicatePersonError,
@@ -858,11 +859,25 @@ class Gallery:
             ]
 
     # -------------------------------------------------------------------------------------------- thresholds
-    def set_threshold(self, modality: str, model_id: str, value: float, **measured: Any) -> None:
+    def set_threshold(
+        self, modality: str, model_id: str, value: float, actor: str = "local", **measured: Any
+    ) -> None:
+        """Store the decision threshold of a model (a configuration change: audited, with ``actor``)."""
         self._check_modality(modality)
         if not np.isfinite(value):
             raise GalleryError(f"threshold must be a finite number, got {value}")
         with self.Session.begin() as s:
+            AuditLog(self.Session, self.clock).write(
+                "set-threshold",
+                "ok",
+                key_id=actor,
+                subject=f"threshold:{modality}/{model_id}",
+                detail={
+                    "value": float(value),
+                    **{k: v for k, v in measured.items() if v is None or isinstance(v, (int, float, str))},
+                },
+                session=s,
+            )
             t = s.get(Threshold, (modality, model_id)) or Threshold(modality=modality, model_id=model_id)
             t.value = float(value)
             for k, v in measured.items():

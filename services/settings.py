@@ -34,11 +34,19 @@ class Settings:
     max_upload_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 25_000_000
     min_image_side: int = 16
+    # scale-out and privacy
+    store_id: str | None = None  # the store this process serves (retention is per store)
+    follow_changes: bool = True  # follow the gallery change feed (needed when several processes share the DB)
+    change_poll_interval: float = 0.5
+    retention_days: float = 30.0  # anonymous (camera-created) identities expire this long after last seen
+    retention_per_store: dict[str, float] = field(default_factory=dict)
+    retention_sweep_every: float | None = 3600.0  # seconds between sweeps; None: only on request
 
     @classmethod
     def from_env(cls) -> Settings:
         """``REID_DATABASE_URL``, ``REID_INDEX_DIR``, ``REID_API_KEYS`` (a JSON list of {key, name, scopes} or a
-        path to such a file), ``REID_BODY_CHECKPOINT``, ``REID_FACE_THRESHOLD``, ``REID_MAX_UPLOAD_BYTES``."""
+        path to such a file), ``REID_BODY_CHECKPOINT``, ``REID_FACE_THRESHOLD``, ``REID_MAX_UPLOAD_BYTES``, ``REID_STORE_ID``,
+        ``REID_RETENTION_DAYS``, ``REID_RETENTION_PER_STORE``."""
         s = cls()
         s.database_url = os.environ.get("REID_DATABASE_URL", s.database_url)
         s.index_dir = os.environ.get("REID_INDEX_DIR") or None
@@ -47,6 +55,16 @@ class Settings:
             s.face_threshold = float(os.environ["REID_FACE_THRESHOLD"])
         if "REID_MAX_UPLOAD_BYTES" in os.environ:
             s.max_upload_bytes = int(os.environ["REID_MAX_UPLOAD_BYTES"])
+        s.store_id = os.environ.get("REID_STORE_ID") or None
+        if "REID_RETENTION_DAYS" in os.environ:
+            s.retention_days = float(os.environ["REID_RETENTION_DAYS"])
+        if "REID_RETENTION_PER_STORE" in os.environ:  # JSON: {"store-7": 7}
+            try:
+                s.retention_per_store = {
+                    str(k): float(v) for k, v in json.loads(os.environ["REID_RETENTION_PER_STORE"]).items()
+                }
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+                raise ConfigError(f"REID_RETENTION_PER_STORE: expected a JSON object of days ({e})") from e
         raw = os.environ.get("REID_API_KEYS", "")
         if raw:
             s.api_keys = parse_api_keys(Path(raw).read_text() if Path(raw).is_file() else raw)

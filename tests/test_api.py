@@ -182,3 +182,65 @@ def test_metrics_and_sightings(server: str) -> None:
     r = httpx.get(f"{server}/sightings", headers=READ, params={"camera_id": "c9"})
     assert r.status_code == 200 and r.json() == []
     assert httpx.get(f"{server}/sightings", headers=READ, params={"since": "yesterday"}).status_code == 422
+
+
+def test_audit_log_records_actions_and_is_admin_only(server: str) -> None:
+    p = httpx.post(f"{server}/persons", json={"display_name": "audited"}, headers=ADMIN).json()
+    httpx.post(
+        f"{server}/persons/{p['id']}/enroll",
+        headers=ADMIN,
+        data={"modality": "body"},
+        files=[("images", ("g.png", colour((0, 180, 30)), "image/png"))],
+    )
+    r = httpx.post(
+        f"{server}/identify",
+        headers=READ,
+        data={"modality": "body"},
+        files={"image": ("q.png", colour((0, 180, 30)))},
+    )
+    assert r.json()["person"]["person_id"] == p["id"]
+    httpx.delete(f"{server}/persons/888777", headers=ADMIN)  # a failed delete is recorded too
+    assert httpx.get(f"{server}/audit", headers=READ).status_code == 403
+    log = httpx.get(f"{server}/audit", params={"subject": f"person:{p['id']}"}, headers=ADMIN).json()
+    assert [(e["action"], e["outcome"]) for e in log][::-1] == [
+        ("create-person", "ok"),
+        ("enroll", "ok"),
+        ("identify", "ok"),
+    ]
+    assert {e["key_id"] for e in log} == {"admin", "reader"}
+    failed = httpx.get(f"{server}/audit", params={"subject": "person:888777"}, headers=ADMIN).json()
+    assert [(e["action"], e["outcome"]) for e in failed] == [("delete", "error 404")]
+    denied = httpx.get(f"{server}/audit", params={"action": "read-audit"}, headers=ADMIN).json()
+    assert any(e["key_id"] == "reader" and e["outcome"] == "error 403" for e in denied)
+
+
+def test_subject_access_export_zip(server: str) -> None:
+    import json
+    import zipfile
+
+    p = httpx.post(
+        f"{server}/persons",
+        json={"display_name": "Dee", "consent": {"by": "Dee", "scope": "loyalty"}, "purpose": "loyalty"},
+        headers=ADMIN,
+    ).json()
+    httpx.post(
+        f"{server}/persons/{p['id']}/enroll",
+        headers=ADMIN,
+        data={"modality": "body"},
+        files=[("images", ("d.png", colour((10, 10, 170)), "image/png"))],
+    )
+    assert httpx.get(f"{server}/persons/{p['id']}/export", headers=READ).status_code == 403
+    r = httpx.get(f"{server}/persons/{p['id']}/export", headers=ADMIN)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    z = zipfile.ZipFile(io.BytesIO(r.content))
+    assert sorted(z.namelist()) == ["person.json", "thumbnail.jpg"]
+    record = json.loads(z.read("person.json"))
+    assert record["person"]["purpose"] == "loyalty" and record["person"]["consent"]["scope"] == "loyalty"
+    assert [t["source"] for t in record["templates"]] == ["d.png"]
+    assert httpx.get(f"{server}/persons/987654/export", headers=ADMIN).status_code == 404
+
+
+def test_retention_sweep_endpoint(server: str) -> None:
+    r = httpx.post(f"{server}/admin/retention/sweep", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["deleted"] == []  # nobody is 30 days old in this test
+    assert httpx.post(f"{server}/admin/retention/sweep", headers=READ).status_code == 403

@@ -8,9 +8,13 @@ unreadable / no face / several faces. 5xx only for server faults.
 
 import hashlib
 import io
+import json
 import logging
+import threading
 import time
+import zipfile
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +29,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from pydantic import BaseModel, ConfigDict, Field
 
 from gallery import DuplicatePersonError, Gallery, GalleryError, IndexMismatchError, UnknownPersonError
+from gallery.audit import AuditLog
+from gallery.privacy import RetentionPolicy, export_person, sweep_expired
 from reid.embedder import BaseEmbedder
 from reid.errors import ImageReadError, ReidError
 from services.settings import ApiKey, Settings
@@ -40,7 +46,8 @@ PersonId = Annotated[int, FastPath(ge=1, le=2**63 - 1, description="person id")]
 class PersonIn(BaseModel):
     display_name: str | None = Field(None, max_length=200)
     external_id: str | None = Field(None, max_length=200)
-    consent: dict | None = None
+    consent: dict | None = Field(None, description="the consent record: who agreed, when, to what")
+    purpose: str | None = Field(None, max_length=200, description="why this person is held")
     metadata: dict | None = None
 
 
@@ -114,6 +121,37 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+class AuditOut(FromResult):
+    id: int
+    at: datetime
+    key_id: str | None
+    action: str
+    subject: str | None
+    outcome: str
+    detail: dict | None
+
+
+class SweepOut(FromResult):
+    deleted: list[int]
+    templates_removed: int
+    checked_at: datetime
+
+
+# (method, route path) -> audited action; every call of these is written to the audit log with its outcome
+AUDITED = {
+    ("POST", "/identify"): "identify",
+    ("POST", "/identify-or-enroll"): "identify-or-enroll",
+    ("POST", "/verify"): "verify",
+    ("POST", "/persons"): "create-person",
+    ("POST", "/persons/{person_id}/enroll"): "enroll",
+    ("POST", "/persons/{person_id}/merge"): "merge",
+    ("DELETE", "/persons/{person_id}"): "delete",
+    ("GET", "/persons/{person_id}/export"): "export",
+    ("POST", "/admin/retention/sweep"): "retention-sweep",
+    ("GET", "/audit"): "read-audit",
+}
+
+
 # --------------------------------------------------------------------------------------------- the app
 class ServiceState:
     def __init__(self, settings: Settings, gallery: Gallery, embedders: dict[str, BaseEmbedder]) -> None:
@@ -152,10 +190,37 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         m: t for m, t in (("face", settings.face_threshold), ("body", settings.body_threshold)) if t
     }
     gallery = Gallery(
-        settings.database_url, index_dir=settings.index_dir, embedders=embedders, thresholds=thresholds
+        settings.database_url,
+        index_dir=settings.index_dir,
+        embedders=embedders,
+        thresholds=thresholds,
+        store_id=settings.store_id,
     )
     state = ServiceState(settings, gallery, embedders)
+    audit = AuditLog(gallery.Session)
+    policy = RetentionPolicy(settings.retention_days, dict(settings.retention_per_store))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        stop = threading.Event()
+        if settings.follow_changes:
+            gallery.follow(settings.change_poll_interval)
+        if settings.retention_sweep_every:
+
+            def sweeper() -> None:
+                while not stop.wait(settings.retention_sweep_every):
+                    try:
+                        sweep_expired(gallery, policy)
+                    except Exception:
+                        logger.exception("retention sweep failed; retrying at the next interval")
+
+            threading.Thread(target=sweeper, name="retention-sweeper", daemon=True).start()
+        yield
+        stop.set()
+        gallery.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="reid-gallery",
         version="0.1.0",
         description="Who is in front of the camera: enroll, identify, identify-or-enroll.",
@@ -176,18 +241,32 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         path = getattr(route, "path", "unmatched")
         state.requests.labels(path, str(response.status_code)).inc()
         state.latency.labels(path).observe(time.perf_counter() - t)
+        action = AUDITED.get((request.method, path))
+        if action is not None and response.status_code != 401:  # no key, no actor to record
+            pid = request.path_params.get("person_id")
+            subject = getattr(request.state, "audit_subject", None) or (f"person:{pid}" if pid else None)
+            try:
+                audit.write(
+                    action,
+                    "ok" if response.status_code < 400 else f"error {response.status_code}",
+                    key_id=getattr(request.state, "key_name", None),
+                    subject=subject,
+                )
+            except Exception:  # the answer is already computed; losing an audit row is logged loudly
+                logger.exception("audit log write failed for %s %s", action, subject)
         return response
 
     def svc() -> ServiceState:
         return app.state.svc
 
     def require(scope: str) -> Callable[..., ApiKey]:
-        def dep(x_api_key: Annotated[str | None, Header()] = None) -> ApiKey:
+        def dep(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> ApiKey:
             if not x_api_key:
                 raise HTTPException(401, "missing X-API-Key header")
             key = state.keys.get(x_api_key)
             if key is None:
                 raise HTTPException(401, "unknown API key")
+            request.state.key_name = key.name  # the audit log records the key's name, never the secret
             if scope not in key.scopes and "admin" not in key.scopes:
                 raise HTTPException(403, f"API key {key.name!r} lacks the {scope!r} scope")
             return key
@@ -197,6 +276,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
     Read = Annotated[ApiKey, Depends(require("read"))]
     Enroll = Annotated[ApiKey, Depends(require("enroll"))]
     Delete = Annotated[ApiKey, Depends(require("delete"))]
+    Admin = Annotated[ApiKey, Depends(require("admin"))]
 
     def read_upload(upload: UploadFile, field: str, hashes: list | None = None) -> np.ndarray:
         limit = state.settings.max_upload_bytes
@@ -279,10 +359,11 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         )
 
     @app.post("/persons", tags=["persons"], status_code=201)
-    def create_person(body: PersonIn, _: Enroll) -> PersonOut:
+    def create_person(body: PersonIn, request: Request, _: Enroll) -> PersonOut:
         pid = gallery.create_person(
-            body.display_name, body.external_id, "enrolled", body.consent, body.metadata
+            body.display_name, body.external_id, "enrolled", body.consent, body.metadata, purpose=body.purpose
         )
+        request.state.audit_subject = f"person:{pid}"
         return person_out(gallery.get_person(pid))
 
     @app.get("/persons", tags=["persons"])
@@ -340,6 +421,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
     @app.post("/identify", tags=["identify"])
     def identify(
         _: Read,
+        request: Request,
         image: Annotated[UploadFile, File()],
         modality: Annotated[Modality, Form()] = "face",
         k: Annotated[int, Form(ge=1, le=100)] = 5,
@@ -347,6 +429,8 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         vec, model_id = embed_one(modality, read_upload(image, "image"), f"image ({image.filename})")
         r = gallery.identify(embedding=vec, modality=modality, model_id=model_id, k=k)
         matches = [match_out(m) for m in r.matches]
+        if r.known:
+            request.state.audit_subject = f"person:{r.best.person_id}"
         return IdentifyOut(
             modality=modality,
             model_id=model_id,
@@ -358,13 +442,17 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
 
     @app.post("/identify-or-enroll", tags=["identify"])
     def identify_or_enroll(
-        _: Enroll, image: Annotated[UploadFile, File()], modality: Annotated[Modality, Form()] = "face"
+        _: Enroll,
+        request: Request,
+        image: Annotated[UploadFile, File()],
+        modality: Annotated[Modality, Form()] = "face",
     ) -> IdentifyOrEnrollOut:
         img = read_upload(image, "image")
         vec, model_id = embed_one(modality, img, f"image ({image.filename})")
         r = gallery.identify_or_enroll(embedding=vec, modality=modality, model_id=model_id)
         if r.created:
             gallery.set_thumbnail(r.person_id, img, replace=False)
+        request.state.audit_subject = f"person:{r.person_id}"
         return IdentifyOrEnrollOut(person_id=r.person_id, created=r.created, score=r.score)
 
     @app.post("/verify", tags=["identify"])
@@ -395,5 +483,41 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
             SightingOut.model_validate(s)
             for s in gallery.sightings(person_id, camera_id, since, until, limit)
         ]
+
+    @app.get(
+        "/persons/{person_id}/export",
+        tags=["privacy"],
+        response_class=Response,
+        responses={404: {"model": ErrorOut}, 200: {"content": {"application/zip": {}}}},
+    )
+    def export(person_id: PersonId, _: Admin) -> Response:
+        """Subject access: everything held about the person, as ``person.json`` plus the images, in a zip."""
+        record, files = export_person(gallery, person_id)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("person.json", json.dumps(record, indent=2))
+            for name, data in files.items():
+                z.writestr(name, data)
+        return Response(
+            buf.getvalue(),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="person-{person_id}.zip"'},
+        )
+
+    @app.post("/admin/retention/sweep", tags=["privacy"])
+    def retention_sweep(_: Admin) -> SweepOut:
+        """Erase anonymous identities past their store's retention now (also runs periodically)."""
+        return SweepOut.model_validate(sweep_expired(gallery, policy))
+
+    @app.get("/audit", tags=["privacy"])
+    def read_audit(
+        _: Admin,
+        subject: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> list[AuditOut]:
+        """The audit log, newest first (admin keys only)."""
+        return [AuditOut.model_validate(a) for a in audit.read(subject, action, since, limit)]
 
     return app
