@@ -1,10 +1,16 @@
-"""Camera frames -> people -> tracks -> body embeddings -> one global person id across cameras (the gallery).
+"""Camera frames -> people -> tracks -> face and body embeddings -> one global person id across cameras.
 
 Per camera: detect people (pluggable detector), track them (IoU tracker), embed a crop of each tracked person
-every ``embed_every`` processed frames; once a track has ``assign_after`` embeddings, their mean is matched
-through ``Gallery.identify_or_enroll`` (a new anonymous person when nobody is close enough, if ``enroll`` is
-allowed), which gives the track its global id. When the track ends, a sighting is written to the database and
-an event line (JSON) is emitted. Faces are not used here yet.
+every ``embed_every`` processed frames, and, with a face embedder, look for a face in the head part of the
+crop. Once a track has ``assign_after`` body embeddings it gets its global id: by face when a face was seen and
+the gallery knows it (the body is then linked to that person), else by body through
+``Gallery.identify_or_enroll`` (a new anonymous person when nobody is close enough, if ``enroll`` is allowed;
+a face seen on such a track is linked to it). When the track ends, a sighting is written and an event line
+(JSON) is emitted.
+
+Worker mode (``sink`` given, no gallery): the pipeline only tracks and embeds, and hands one
+:class:`~services.broker.TrackEvent` per track segment to the sink (e.g. NATS); the matcher assigns ids.
+Annotated videos blur the head of everyone not enrolled with consent unless ``blur_faces`` is off.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -22,6 +28,8 @@ import numpy as np
 
 from gallery import Gallery
 from reid.embedder import BaseEmbedder
+from reid.images import blur_boxes
+from services.broker import TrackEvent
 from services.camera.sources import Frame, VideoSource
 from services.camera.tracker import IoUTracker, Track
 
@@ -34,8 +42,12 @@ class PipelineConfig:
     assign_after: int = 4
     min_hits: int = 3
     threshold: float | None = None  # body threshold; default: the gallery's calibrated one
+    face_threshold: float | None = None  # default: the gallery's calibrated one
     enroll: bool = True
     min_box_height: int = 48
+    segment_every: int = 0  # worker mode: an event every N body embeddings of a track (0: at its end only)
+    blur_faces: bool = True  # annotated video: blur heads of people not enrolled with consent
+    head_fraction: float = 0.3  # top part of a person box searched for a face / blurred
 
 
 @dataclass
@@ -52,17 +64,34 @@ class CameraStats:
 
 
 class CameraPipeline:
+    """One pipeline for any number of cameras (``run`` once per source).
+
+    Args:
+        gallery: the identity store (None in worker mode).
+        embedder: the body embedder.
+        detector: a people detector (``services.camera.detectors.DETECTORS``).
+        face_embedder: e.g. ``reid.face.DlibFaceEmbedder``; faces are used only when given.
+        sink: worker mode: receives a :class:`TrackEvent` per track segment instead of matching here.
+    """
+
     def __init__(
         self,
-        gallery: Gallery,
+        gallery: Gallery | None,
         embedder: BaseEmbedder,
         detector,
         config: PipelineConfig | None = None,
         events: IO[str] | None = None,
+        face_embedder=None,
+        sink: Callable[[TrackEvent], None] | None = None,
     ) -> None:
+        if gallery is None and sink is None:
+            raise ValueError("CameraPipeline needs a gallery (matching here) or a sink (worker mode)")
         self.gallery, self.embedder, self.detector = gallery, embedder, detector
         self.config = config or PipelineConfig()
         self.events = events
+        self.face_embedder = face_embedder
+        self.sink = sink
+        self._consented: dict[int, bool] = {}
 
     def _crop(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         h, w = image.shape[:2]
@@ -72,28 +101,86 @@ class CameraPipeline:
             return None
         return image[y1:y2, x1:x2]
 
+    @staticmethod
+    def _mean(vs: list[np.ndarray]) -> np.ndarray:
+        v = np.mean(vs, axis=0)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
     def _assign(self, track: Track, camera_id: str) -> None:
-        v = np.mean(track.embeddings, axis=0)
-        v = (v / np.linalg.norm(v)).astype(np.float32)
-        if self.config.enroll:
-            r = self.gallery.identify_or_enroll(
-                embedding=v, modality="body", model_id=self.embedder.model_id, threshold=self.config.threshold
+        g, c = self.gallery, self.config
+        body = self._mean(track.embeddings)
+        face = self._mean(track.face_embeddings) if track.face_embeddings else None
+        face_id = self.face_embedder.model_id if face is not None else None
+        if face is not None:
+            r = g.identify(embedding=face, modality="face", model_id=face_id, k=1, threshold=c.face_threshold)
+            if r.known:
+                track.global_id, track.matched_by = r.best.person_id, "face"
+                track.scores.append(float(r.best.score))
+                if c.enroll:  # link this body appearance to the person the face named
+                    b = g.identify(
+                        embedding=body,
+                        modality="body",
+                        model_id=self.embedder.model_id,
+                        k=1,
+                        threshold=c.threshold,
+                    )
+                    if not (b.known and b.best.person_id == track.global_id):
+                        g.enroll(
+                            track.global_id,
+                            embeddings=body[None],
+                            modality="body",
+                            model_id=self.embedder.model_id,
+                            sources=[f"camera:{camera_id}"],
+                        )
+                return
+        if c.enroll:
+            r = g.identify_or_enroll(
+                embedding=body, modality="body", model_id=self.embedder.model_id, threshold=c.threshold
             )
             track.global_id, score = r.person_id, r.score
+            if face is not None:  # a face nobody knows: it now belongs to this (new or known) person
+                g.enroll(
+                    track.global_id,
+                    embeddings=face[None],
+                    modality="face",
+                    model_id=face_id,
+                    sources=[f"camera:{camera_id}"],
+                )
         else:
-            r = self.gallery.identify(
-                embedding=v,
-                modality="body",
-                model_id=self.embedder.model_id,
-                k=1,
-                threshold=self.config.threshold,
+            r = g.identify(
+                embedding=body, modality="body", model_id=self.embedder.model_id, k=1, threshold=c.threshold
             )
             track.global_id = r.best.person_id if r.known else None
             score = r.best.score if r.best else None
+        track.matched_by = "body"
         track.scores.append(float(score) if score is not None else float("nan"))
+
+    def _event(self, track: Track, camera_id: str, final: bool) -> TrackEvent:
+        seg = track.segments
+        track.segments += 1
+        return TrackEvent(
+            event_id=f"{camera_id}:{track.id}:{seg}",
+            camera_id=camera_id,
+            track_id=track.id,
+            segment=seg,
+            first_frame=track.first_frame,
+            last_frame=track.last_frame,
+            hits=track.hits,
+            box=[round(float(v), 1) for v in track.box],
+            modality="body",
+            model_id=self.embedder.model_id,
+            embedding=TrackEvent.encode_vector(self._mean(track.embeddings)),
+            final=final,
+        )
 
     def _finish(self, track: Track, camera_id: str, fps_hint: float, stats: CameraStats) -> None:
         if track.hits < self.config.min_hits or not track.embeddings:
+            return
+        if self.sink is not None:
+            event = self._event(track, camera_id, final=True)
+            self.sink(event)
+            stats.events.append({"event_id": event.event_id, "camera_id": camera_id, "track_id": track.id})
+            stats.tracks += 1
             return
         if track.global_id is None:
             self._assign(track, camera_id)
@@ -101,12 +188,19 @@ class CameraPipeline:
             return
         score = track.scores[-1] if track.scores else None
         self.gallery.record_sighting(
-            track.global_id, camera_id, score=score, modality="body", track_id=f"{camera_id}:{track.id}"
+            track.global_id,
+            camera_id,
+            score=score,
+            modality=track.matched_by or "body",
+            track_id=f"{camera_id}:{track.id}",
+            event_id=f"{camera_id}:{track.id}:end",
         )
         event = {
             "camera_id": camera_id,
             "track_id": track.id,
             "global_id": track.global_id,
+            "matched_by": track.matched_by,
+            "faces_seen": len(track.face_embeddings),
             "first_frame": track.first_frame,
             "last_frame": track.last_frame,
             "hits": track.hits,
@@ -152,14 +246,50 @@ class CameraPipeline:
                 crops.append(crop)
         if not crops:
             return
-        for track, v in zip(todo, self.embedder.embed(crops)):
+        for track, crop, v in zip(todo, crops, self.embedder.embed(crops)):
             track.embeddings.append(v)
-            if track.global_id is None and len(track.embeddings) >= self.config.assign_after:
+            if self.face_embedder is not None:
+                self._look_for_face(track, crop)
+            if self.sink is not None:
+                every = self.config.segment_every
+                if every and len(track.embeddings) % every == 0:
+                    self.sink(self._event(track, camera_id, final=False))
+            elif track.global_id is None and len(track.embeddings) >= self.config.assign_after:
                 self._assign(track, camera_id)
 
-    @staticmethod
-    def _draw(writer, path, frame: Frame, tracks: list[Track]):
-        img = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+    def _look_for_face(self, track: Track, crop: np.ndarray) -> None:
+        head = crop[: max(8, int(crop.shape[0] * self.config.head_fraction))]
+        found = self.face_embedder.detect_and_embed(head)
+        if found:
+            face, v = found[0]
+            track.face_embeddings.append(v)
+            x0, y0 = float(track.box[0]), float(track.box[1])
+            track.face_box = np.array(face.box, dtype=float) + np.array([x0, y0, x0, y0])
+
+    def _consent(self, pid: int | None) -> bool:
+        """Enrolled by staff with a consent record (cached: consent is given at enrolment)."""
+        if pid is None or self.gallery is None:
+            return False
+        if pid not in self._consented:
+            try:
+                p = self.gallery.get_person(pid)
+                self._consented[pid] = p.kind == "enrolled" and bool(p.consent)
+            except Exception:  # deleted meanwhile: treat as not consented
+                return False
+        return self._consented[pid]
+
+    def _head_box(self, t: Track) -> np.ndarray:
+        if t.face_box is not None:
+            return t.face_box
+        x1, y1, x2, y2 = t.box
+        return np.array([x1, y1, x2, y1 + (y2 - y1) * self.config.head_fraction])
+
+    def _draw(self, writer, path, frame: Frame, tracks: list[Track]):
+        rgb = frame.image
+        if self.config.blur_faces:
+            hide = [self._head_box(t) for t in tracks if not t.age and not self._consent(t.global_id)]
+            rgb = blur_boxes(rgb, hide)
+        img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         for t in tracks:
             if t.age:
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,18 +25,23 @@ class Frame:
 
 
 class VideoSource:
-    """Iterate RGB frames; ``every`` keeps one frame in ``every`` (frame skipping for speed)."""
+    """Iterate RGB frames; ``every`` keeps one frame in ``every`` (frame skipping for speed).
 
-    def __init__(self, uri: str, camera_id: str, every: int = 1) -> None:
+    ``realtime``: a file is played at its own frame rate (frames are not handed out before their time), so a
+    recording stands in for a live camera; streams are live anyway.
+    """
+
+    def __init__(self, uri: str, camera_id: str, every: int = 1, realtime: bool = False) -> None:
         if every < 1:
             raise SourceError(f"{camera_id}: frame step must be >= 1, got {every}")
-        self.uri, self.camera_id, self.every = uri, camera_id, every
+        self.uri, self.camera_id, self.every, self.realtime = uri, camera_id, every, realtime
 
     def __iter__(self) -> Iterator[Frame]:
         cap = cv2.VideoCapture(self.uri)
         if not cap.isOpened():
             raise SourceError(f"camera {self.camera_id}: cannot open {self.uri}")
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        start = time.monotonic()
         try:
             index = -1
             while True:
@@ -48,6 +54,10 @@ class VideoSource:
                 ok, bgr = cap.retrieve()
                 if not ok:
                     break
+                if self.realtime:
+                    wait = start + index / fps - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
                 yield Frame(self.camera_id, index, index / fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         finally:
             cap.release()

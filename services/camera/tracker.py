@@ -23,6 +23,10 @@ class Track:
     embeddings: list[np.ndarray] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     global_id: int | None = None
+    face_embeddings: list[np.ndarray] = field(default_factory=list)
+    face_box: np.ndarray | None = None  # last face seen, frame coordinates
+    matched_by: str | None = None  # "face" or "body"
+    segments: int = 0  # events published so far (worker mode)
 
     def predicted(self) -> np.ndarray:
         return self.box + self.velocity * (self.age + 1)

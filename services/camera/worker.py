@@ -1,0 +1,81 @@
+"""A camera worker: detect, track and embed people, and publish track events to NATS JetStream.
+
+The matcher (``python -m services.matcher``) turns the events into global ids and sightings. Run one worker
+per camera or group of cameras; a worker restarted after a crash replays its video from the start and
+republishes the same event ids, which JetStream and the matcher drop as duplicates.
+
+Examples:
+  python -m services.camera.worker --video ../shared/data/camera-feeds/lab/Single1.mp4:cam1 --every 3
+  python -m services.camera.worker --video rtsp://10.0.0.5/stream1:door --nats nats://broker:4222
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from reid.cli.common import make_parser, run, setup_logging
+from reid.errors import ConfigError
+from services.broker import STREAM, SUBJECT_PREFIX, NatsPublisher
+from services.camera.detectors import DETECTORS
+from services.camera.pipeline import CameraPipeline, PipelineConfig
+from services.camera.sources import VideoSource
+
+
+def parse_video(item: str, every: int, realtime: bool = False) -> VideoSource:
+    uri, sep, cam = item.rpartition(":")
+    if not sep or not uri or not cam or "/" in cam:
+        raise ConfigError(f"--video {item!r}: expected URI:CAMERA_ID")
+    return VideoSource(uri, cam, every=every, realtime=realtime)
+
+
+def body_embedder(checkpoint: str | None):
+    from reid.embedder import Embedder
+    from services.settings import DEFAULT_BODY_CHECKPOINT
+
+    path = checkpoint or (str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None)
+    if path is None:
+        raise ConfigError("no body model: pass --body-checkpoint (models/body/ holds the shipped one)")
+    return Embedder.from_checkpoint(path, device="cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = make_parser("python -m services.camera.worker", __doc__)
+    p.add_argument("--video", action="append", required=True, help="URI:CAMERA_ID (file, rtsp:// or http://)")
+    p.add_argument("--nats", default="nats://127.0.0.1:4222")
+    p.add_argument("--stream", default=STREAM, help="JetStream stream name")
+    p.add_argument("--subject-prefix", default=SUBJECT_PREFIX, help="subjects are <prefix>.<camera id>")
+    p.add_argument("--body-checkpoint")
+    p.add_argument("--detector", default="hog", choices=DETECTORS.names())
+    p.add_argument("--every", type=int, default=3, help="process one frame in N")
+    p.add_argument("--realtime", action="store_true", help="play files at their frame rate (a live camera)")
+    p.add_argument("--segment-every", type=int, default=4, help="publish a track event every N embeddings")
+    args = p.parse_args(argv)
+    setup_logging()
+    sources = [parse_video(v, args.every, args.realtime) for v in args.video]
+    embedder = body_embedder(args.body_checkpoint)
+    loop = asyncio.new_event_loop()
+    pub = loop.run_until_complete(NatsPublisher(args.nats, args.stream, args.subject_prefix).connect())
+    pipe = CameraPipeline(
+        None,
+        embedder,
+        DETECTORS.build(args.detector),
+        PipelineConfig(segment_every=args.segment_every),
+        sink=lambda ev: loop.run_until_complete(pub.publish(ev)),
+    )
+    try:
+        for src in sources:
+            stats = pipe.run(src)
+            print(
+                f"camera {src.camera_id}: {stats.frames} frames processed (1 in {args.every}), "
+                f"{stats.fps:.1f} processed frames/s, {stats.tracks} tracks published",
+                file=sys.stderr,
+            )
+    finally:
+        loop.run_until_complete(pub.close())
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
