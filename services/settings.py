@@ -41,6 +41,11 @@ class Settings:
     retention_days: float = 30.0  # anonymous (camera-created) identities expire this long after last seen
     retention_per_store: dict[str, float] = field(default_factory=dict)
     retention_sweep_every: float | None = 3600.0  # seconds between sweeps; None: only on request
+    # thumbnails of people not enrolled with consent are stored with the face blurred (REID_BLUR_UNCONSENTED=0
+    # turns this off, e.g. where every person is enrolled with consent anyway)
+    blur_unconsented: bool = True
+    # JSON-lines event files of the camera pipeline: an erasure also removes the person's lines from them
+    event_logs: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -56,6 +61,14 @@ class Settings:
         if "REID_MAX_UPLOAD_BYTES" in os.environ:
             s.max_upload_bytes = int(os.environ["REID_MAX_UPLOAD_BYTES"])
         s.store_id = os.environ.get("REID_STORE_ID") or None
+        if "REID_BLUR_UNCONSENTED" in os.environ:
+            s.blur_unconsented = os.environ["REID_BLUR_UNCONSENTED"].strip().lower() not in (
+                "0",
+                "false",
+                "no",
+            )
+        if os.environ.get("REID_EVENT_LOGS"):  # os.pathsep-separated
+            s.event_logs = os.environ["REID_EVENT_LOGS"].split(os.pathsep)
         if "REID_RETENTION_DAYS" in os.environ:
             s.retention_days = float(os.environ["REID_RETENTION_DAYS"])
         if "REID_RETENTION_PER_STORE" in os.environ:  # JSON: {"store-7": 7}

@@ -33,6 +33,8 @@ from gallery.audit import AuditLog
 from gallery.privacy import RetentionPolicy, export_person, sweep_expired
 from reid.embedder import BaseEmbedder
 from reid.errors import ImageReadError, ReidError
+from reid.images import blur_boxes
+from services.erasure import scrub_event_logs
 from services.settings import ApiKey, Settings
 
 logger = logging.getLogger(__name__)
@@ -311,14 +313,27 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         except (OSError, SyntaxError, ValueError) as e:
             raise HTTPException(422, f"{field} ({upload.filename}): corrupt image ({e})") from None
 
+    face_boxes: dict[int, tuple] = {}  # id(image array) -> face box, for blurring its thumbnail
+
     def embed_one(modality: str, image: np.ndarray, field: str) -> tuple[np.ndarray, str]:
         embedder = state.embedders.get(modality)
         if embedder is None:
             raise HTTPException(400, f"modality {modality!r} is not enabled on this server")
         if modality == "face":
-            _, vec = embedder.embed_single(image, where=field)
+            face, vec = embedder.embed_single(image, where=field)
+            face_boxes[id(image)] = face.box
             return vec, embedder.model_id
         return embedder.embed([image])[0], embedder.model_id
+
+    def save_thumbnail(person_id: int, image: np.ndarray) -> None:
+        """First thumbnail of a person; the face (or a body's head) is blurred unless enrolled with consent."""
+        box = face_boxes.pop(id(image), None)
+        if settings.blur_unconsented:
+            p = gallery.get_person(person_id)
+            if not (p.kind == "enrolled" and p.consent):
+                h, w = image.shape[:2]
+                image = blur_boxes(image, [box if box is not None else (0, 0, w, h * 0.3)])
+        gallery.set_thumbnail(person_id, image, replace=False)
 
     person_out = PersonOut.model_validate
     match_out = MatchOut.model_validate
@@ -378,7 +393,11 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
 
     @app.delete("/persons/{person_id}", tags=["persons"], responses={404: {"model": ErrorOut}})
     def delete_person(person_id: PersonId, _: Delete) -> dict:
-        return {"person_id": person_id, "templates_removed": gallery.delete_person(person_id)}
+        """Erase the person: templates, sightings, thumbnail, files, index entries on every replica, and
+        their lines in the configured camera event logs."""
+        removed = gallery.delete_person(person_id)
+        lines = scrub_event_logs(settings.event_logs, person_id)
+        return {"person_id": person_id, "templates_removed": removed, "event_lines_removed": lines}
 
     @app.post("/persons/{person_id}/merge", tags=["persons"], responses={404: {"model": ErrorOut}})
     def merge(person_id: PersonId, body: MergeIn, _: Delete) -> PersonOut:
@@ -409,7 +428,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
             image_hashes=hashes,
         )
         if r.template_ids:
-            gallery.set_thumbnail(person_id, first, replace=False)
+            save_thumbnail(person_id, first)
         return EnrollOut(
             person_id=r.person_id,
             created_person=r.created_person,
@@ -451,7 +470,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         vec, model_id = embed_one(modality, img, f"image ({image.filename})")
         r = gallery.identify_or_enroll(embedding=vec, modality=modality, model_id=model_id)
         if r.created:
-            gallery.set_thumbnail(r.person_id, img, replace=False)
+            save_thumbnail(r.person_id, img)
         request.state.audit_subject = f"person:{r.person_id}"
         return IdentifyOrEnrollOut(person_id=r.person_id, created=r.created, score=r.score)
 
