@@ -98,3 +98,74 @@ def test_pipeline_on_a_lab_video_writes_sightings_and_events(camera_feeds_root: 
         sightings = g.sightings(camera_id="cam2")
         assert len(sightings) == len(lines)
         assert {s.person_id for s in sightings} == {e["global_id"] for e in lines}
+
+
+class _Frames:
+    """A camera made of still frames (the pipeline only needs ``camera_id`` and iteration)."""
+
+    def __init__(self, camera_id: str, image: np.ndarray, n: int = 12) -> None:
+        self.camera_id, self.image, self.n = camera_id, image, n
+
+    def __iter__(self):
+        from services.camera.sources import Frame
+
+        for i in range(self.n):
+            yield Frame(self.camera_id, i, i / 10, self.image)
+
+
+class _FixedBox:
+    """A detector that reports one person box (the people detector is pluggable; faces are what is tested)."""
+
+    box = (200, 40, 360, 460)
+
+    def detect(self, image: np.ndarray) -> list[tuple]:
+        return [(*self.box, 1.0)]
+
+
+def _person_frame(face_path: Path, body_rgb: tuple[int, int, int]) -> np.ndarray:
+    from PIL import Image
+
+    frame = np.full((480, 560, 3), 235, np.uint8)
+    x1, y1, x2, y2 = _FixedBox.box
+    frame[y1 + 110 : y2, x1:x2] = body_rgb
+    face = np.asarray(Image.open(face_path).convert("RGB").resize((130, 130)))
+    frame[y1 : y1 + 130, x1 + 15 : x1 + 145] = face
+    return frame
+
+
+@pytest.mark.slow
+def test_faces_name_the_track_and_link_body_and_face(lfw_root: Path, tmp_path: Path) -> None:
+    """A known face names the track (and the body is linked to that person); an unknown face on a body that
+    becomes a new person is enrolled to that person too."""
+    from reid.face import DlibFaceEmbedder
+    from tests.servers import ColourEmbedder
+
+    faces = DlibFaceEmbedder()
+    ann = sorted((lfw_root / "Akhmed_Zakayev").glob("*.jpg"))
+    other = sorted((lfw_root / "Abel_Pacheco").glob("*.jpg"))[0]
+    with Gallery(str(tmp_path / "g.db"), thresholds={"face": 0.9, "body": 0.99}) as g:
+        known = g.enroll(
+            embeddings=faces.embed([ann[0]]), modality="face", model_id=faces.model_id, display_name="AZ"
+        ).person_id
+        pipe = CameraPipeline(
+            g,
+            ColourEmbedder(),
+            _FixedBox(),
+            PipelineConfig(embed_every=1, assign_after=3),
+            face_embedder=faces,
+        )
+        s1 = pipe.run(_Frames("cam1", _person_frame(ann[1], (30, 90, 200))))
+        (e1,) = s1.events
+        assert e1["global_id"] == known and e1["matched_by"] == "face" and e1["faces_seen"] >= 3
+        assert g.get_person(known).templates == {f"face/{faces.model_id}": 1, "body/colour-hist-8": 1}
+        s2 = pipe.run(_Frames("cam2", _person_frame(other, (200, 120, 30))))
+        (e2,) = s2.events
+        assert e2["global_id"] != known and e2["matched_by"] == "body"
+        new = g.get_person(e2["global_id"])
+        assert new.kind == "anonymous" and new.templates == {
+            f"face/{faces.model_id}": 1,
+            "body/colour-hist-8": 1,
+        }
+        # the stranger's face now finds them, even on a different body
+        s3 = pipe.run(_Frames("cam3", _person_frame(other, (20, 200, 20))))
+        assert s3.events[0]["global_id"] == e2["global_id"] and s3.events[0]["matched_by"] == "face"
