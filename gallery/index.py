@@ -31,13 +31,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class IndexConfig:
-    kind: str = "auto"  # auto | flat | hnsw | ivf
+    kind: str = "auto"  # auto | flat | hnsw | ivf | ivfpq
     hnsw_threshold: int = 50_000
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 128
     ivf_nlist: int = 0  # 0: about 4 * sqrt(n)
     ivf_nprobe: int = 32
+    # ivfpq (very large galleries): pq_m bytes of code + 8 bytes of id per template, no raw vectors in memory
+    # (the database keeps them); scores are approximate and mean aggregation is unavailable
+    pq_m: int = 64
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,10 @@ class VectorIndex:
         kind = self.config.kind
         if kind == "auto":
             return "hnsw" if n >= self.config.hnsw_threshold else "flat"
-        if kind not in ("flat", "hnsw", "ivf"):
-            raise EmbeddingError(f"index kind must be auto, flat, hnsw or ivf, got {kind!r}")
+        if kind not in ("flat", "hnsw", "ivf", "ivfpq"):
+            raise EmbeddingError(f"index kind must be auto, flat, hnsw, ivf or ivfpq, got {kind!r}")
+        if kind == "ivfpq" and self.dim % self.config.pq_m:
+            raise EmbeddingError(f"ivfpq: pq_m={self.config.pq_m} must divide the dimension {self.dim}")
         return kind
 
     def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -106,16 +111,8 @@ class VectorIndex:
             base.hnsw.efConstruction = self.config.ef_construction
             base.hnsw.efSearch = self.config.ef_search
             index = faiss.IndexIDMap2(base)
-        elif kind == "ivf" and len(ids) >= 1000:
-            nlist = self.config.ivf_nlist or max(16, int(4 * np.sqrt(len(ids))))
-            quantizer = faiss.IndexFlatIP(self.dim)
-            ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            train = vectors[
-                np.random.default_rng(0).choice(len(vectors), min(len(vectors), 50 * nlist), replace=False)
-            ]
-            ivf.train(train)
-            ivf.nprobe = self.config.ivf_nprobe
-            index = faiss.IndexIDMap2(ivf)
+        elif kind in ("ivf", "ivfpq") and len(ids) >= 1000:
+            index = self.trained_ivf(kind, vectors, len(ids))
         else:
             kind = "flat"
             index = self._new_flat()
@@ -125,6 +122,23 @@ class VectorIndex:
             self.index, self.kind = index, kind
             self.tombstones = set()
             self.max_id = int(ids.max()) if len(ids) else 0
+
+    def trained_ivf(self, kind: str, sample: np.ndarray, n_expected: int) -> faiss.Index:
+        """An empty, trained IVF (``ivf``: flat lists in an id map; ``ivfpq``: PQ codes with ids in the lists).
+
+        ``n_expected`` sizes the coarse quantiser (about 4 * sqrt(n) lists unless ``ivf_nlist`` is set)."""
+        nlist = self.config.ivf_nlist or max(16, int(4 * np.sqrt(n_expected)))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        if kind == "ivfpq":
+            ivf = faiss.IndexIVFPQ(
+                quantizer, self.dim, nlist, self.config.pq_m, 8, faiss.METRIC_INNER_PRODUCT
+            )
+        else:
+            ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        ivf.train(sample[rng.choice(len(sample), min(len(sample), 50 * nlist), replace=False)])
+        ivf.nprobe = self.config.ivf_nprobe
+        return ivf if kind == "ivfpq" else faiss.IndexIDMap2(ivf)
 
     # -- mutation -----------------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -175,6 +189,11 @@ class VectorIndex:
             return sims[:, :k], ids[:, :k]
 
     def reconstruct(self, ids) -> np.ndarray:
+        if self.kind == "ivfpq":
+            raise EmbeddingError(
+                f"index {self.modality}/{self.model_id} is ivfpq (compressed codes): vectors cannot be read back; "
+                "use max aggregation, and the database for exports"
+            )
         with self.lock:
             return (
                 np.stack([self.index.reconstruct(int(i)) for i in ids])
@@ -186,7 +205,18 @@ class VectorIndex:
         """Template ids in the index, without tombstoned ones."""
         with self.lock:
             n = int(self.index.ntotal)
-            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64) if n else np.zeros(0, np.int64)
+            if not n:
+                ids = np.zeros(0, np.int64)
+            elif self.kind == "ivfpq":  # ids live in the inverted lists
+                inv = self.index.invlists
+                parts = [
+                    faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+                    for i in range(inv.nlist)
+                    if inv.list_size(i)
+                ]
+                ids = np.concatenate(parts).astype(np.int64)
+            else:
+                ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
             if self.tombstones:
                 ids = ids[~np.isin(ids, np.fromiter(self.tombstones, dtype=np.int64))]
             return ids
@@ -252,7 +282,7 @@ class VectorIndex:
             self.index, self.kind, self.tombstones = index, manifest["kind"], set()
             if self.kind == "hnsw":
                 faiss.downcast_index(index.index).hnsw.efSearch = self.config.ef_search
-            elif self.kind == "ivf":
+            elif self.kind in ("ivf", "ivfpq"):
                 faiss.extract_index_ivf(index).nprobe = self.config.ivf_nprobe
             self.max_id = expected.max_id
         return self.state() == expected

@@ -375,6 +375,33 @@ def test_hnsw_and_ivf_indexes_delete_and_recall() -> None:
         assert not np.isin(got, ids[:10]).any() and index.ntotal == 2990
 
 
+def test_ivfpq_index_compressed_codes(tmp_path: Path) -> None:
+    from gallery import EmbeddingError
+    from gallery.index import DBState
+
+    rng = np.random.default_rng(14)
+    vecs = unit(rng, 4000, 32)
+    ids = np.arange(10, 4010)
+    cfg = IndexConfig(kind="ivfpq", pq_m=16, ivf_nlist=32, ivf_nprobe=32)
+    index = VectorIndex("body", "m", 32, cfg)
+    index.build(ids, vecs)
+    assert index.kind == "ivfpq"
+    _, got = index.search(vecs[:200], 1)
+    assert (got[:, 0] == ids[:200]).mean() >= 0.9  # approximate (codes), but close
+    index.remove(ids[:5])
+    assert index.ntotal == 3995 and not np.isin(index.search(vecs[:5], 3)[1], ids[:5]).any()
+    assert sorted(index.live_ids().tolist()) == ids[5:].tolist()
+    with pytest.raises(EmbeddingError, match="compressed"):
+        index.reconstruct(ids[5:6])
+    index.save(tmp_path, "k")
+    again = VectorIndex("body", "m", 32, cfg)
+    state = DBState(3995, int(ids[-1]), int(ids[5:].sum()))
+    assert again.load(tmp_path, "k", state) and again.kind == "ivfpq"
+    np.testing.assert_array_equal(again.search(vecs[5:50], 1)[1], index.search(vecs[5:50], 1)[1])
+    with pytest.raises(EmbeddingError, match="pq_m"):
+        VectorIndex("body", "m", 30, IndexConfig(kind="ivfpq", pq_m=16)).build(ids[:1000], unit(rng, 1000, 30))
+
+
 def test_mean_aggregation(tmp_path: Path) -> None:
     rng = np.random.default_rng(12)
     a, _b = unit(rng, 2)
