@@ -136,7 +136,8 @@ class VectorIndex:
         else:
             ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        ivf.train(sample[rng.choice(len(sample), min(len(sample), 50 * nlist), replace=False)])
+        want = 50 * nlist if kind == "ivf" else max(50 * nlist, 40 * 256)  # PQ: 256 centroids per sub-space
+        ivf.train(sample[rng.choice(len(sample), min(len(sample), want), replace=False)])
         ivf.nprobe = self.config.ivf_nprobe
         return ivf if kind == "ivfpq" else faiss.IndexIDMap2(ivf)
 
