@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--db", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--poll", type=float, default=0.5)
+    p.add_argument("--no-follow", action="store_true", help="do not follow the change feed in the background")
     a = p.parse_args()
     settings = Settings(
         database_url=a.db,
@@ -28,6 +29,7 @@ def main() -> None:
         body_threshold=0.99,
         change_poll_interval=a.poll,
         retention_sweep_every=None,
+        follow_changes=not a.no_follow,
     )
     app = create_app(settings, embedders={"body": ColourEmbedder()})
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", workers=1)

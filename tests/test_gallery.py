@@ -399,7 +399,9 @@ def test_ivfpq_index_compressed_codes(tmp_path: Path) -> None:
     assert again.load(tmp_path, "k", state) and again.kind == "ivfpq"
     np.testing.assert_array_equal(again.search(vecs[5:50], 1)[1], index.search(vecs[5:50], 1)[1])
     with pytest.raises(EmbeddingError, match="pq_m"):
-        VectorIndex("body", "m", 30, IndexConfig(kind="ivfpq", pq_m=16)).build(ids[:1000], unit(rng, 1000, 30))
+        VectorIndex("body", "m", 30, IndexConfig(kind="ivfpq", pq_m=16)).build(
+            ids[:1000], unit(rng, 1000, 30)
+        )
 
 
 def test_mean_aggregation(tmp_path: Path) -> None:

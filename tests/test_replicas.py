@@ -39,8 +39,8 @@ def image(rgb) -> bytes:
 
 
 class Replica:
-    def __init__(self, db: str) -> None:
-        self.db, self.port, self.proc = db, free_port(), None
+    def __init__(self, db: str, follow: bool = True) -> None:
+        self.db, self.port, self.proc, self.follow = db, free_port(), None, follow
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Replica:
@@ -78,8 +78,8 @@ class Replica:
 
 
 @contextmanager
-def replicas(db: str, n: int = 3):
-    rs = [Replica(db) for _ in range(n)]
+def replicas(db: str, n: int = 3, follow: bool = True):
+    rs = [Replica(db, follow) for _ in range(n)]
     try:
         rs[0].start()  # the first runs the migrations; the others then start in parallel
         for r in rs[1:]:
@@ -139,8 +139,12 @@ def test_three_replicas_share_enrolls_deletes_and_restarts(pg_database: str) -> 
 
 
 @pytest.mark.timeout(600)
-def test_a_thousand_concurrent_identify_or_enroll_races_create_one_person(pg_database: str) -> None:
-    with replicas(pg_database) as rs:
+@pytest.mark.parametrize("follow", [True, False], ids=["following", "not-following"])
+def test_a_thousand_concurrent_identify_or_enroll_races_create_one_person(
+    pg_database: str, follow: bool
+) -> None:
+    """Not following the feed in the background leaves only the catch-up under the lock to prevent doubles."""
+    with replicas(pg_database, follow=follow) as rs:
         face = image((30, 160, 90))
 
         async def race() -> list[dict]:
