@@ -41,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-enroll", action="store_true", help="only recognise people already in the gallery")
     p.add_argument("--events", help="JSON-lines event file (default: stdout)")
     p.add_argument("--annotate", help="folder for annotated videos")
+    p.add_argument("--faces", action="store_true", help="also look for faces (dlib) and match by face first")
+    p.add_argument(
+        "--face-threshold", type=float, default=None, help="face match threshold (default: calibrated)"
+    )
+    p.add_argument(
+        "--no-blur", action="store_true", help="annotated video: do not blur people without consent"
+    )
+    p.add_argument("--realtime", action="store_true", help="play files at their frame rate (a live camera)")
     args = p.parse_args(argv)
     setup_logging()
     sources = []
@@ -48,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         uri, sep, cam = item.rpartition(":")
         if not sep or not uri or not cam or "/" in cam:
             raise ConfigError(f"--video {item!r}: expected URI:CAMERA_ID")
-        sources.append(VideoSource(uri, cam, every=args.every))
+        sources.append(VideoSource(uri, cam, every=args.every, realtime=args.realtime))
     from services.settings import DEFAULT_BODY_CHECKPOINT
 
     checkpoint = args.body_checkpoint or (
@@ -67,12 +75,27 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(
                     f"no body threshold for {embedder.model_id}: calibrate one or pass --threshold"
                 )
+            face_embedder = None
+            if args.faces:
+                from reid.face import DlibFaceEmbedder
+
+                face_embedder = DlibFaceEmbedder()
+                if args.face_threshold is None and g.threshold_for("face", face_embedder.model_id) is None:
+                    raise ConfigError(
+                        f"no face threshold for {face_embedder.model_id}: calibrate one or pass --face-threshold"
+                    )
             pipe = CameraPipeline(
                 g,
                 embedder,
                 DETECTORS.build(args.detector),
-                PipelineConfig(threshold=args.threshold, enroll=not args.no_enroll),
+                PipelineConfig(
+                    threshold=args.threshold,
+                    face_threshold=args.face_threshold,
+                    enroll=not args.no_enroll,
+                    blur_faces=not args.no_blur,
+                ),
                 events=events,
+                face_embedder=face_embedder,
             )
             for src in sources:
                 out = Path(args.annotate) / f"{src.camera_id}.mp4" if args.annotate else None
@@ -81,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                 stats = pipe.run(src, annotate=out)
                 print(
                     f"camera {src.camera_id}: {stats.frames} frames processed (1 in {args.every}), "
-                    f"{stats.fps:.1f} processed frames/s, {stats.tracks} tracks, global ids "
-                    f"{sorted({e['global_id'] for e in stats.events})}",
+                    f"{stats.fps:.1f} processed frames/s = {stats.fps * args.every:.1f} input frames/s, "
+                    f"{stats.tracks} tracks, global ids {sorted({e['global_id'] for e in stats.events})}, "
+                    f"matched by {sorted({e['matched_by'] for e in stats.events})}",
                     file=sys.stderr,
                 )
     finally:
