@@ -244,3 +244,27 @@ def test_real_lfw_pairs(lfw_root: Path) -> None:
     assert int(pairs.labels.sum()) == 3000
     assert np.bincount(pairs.folds).tolist() == [600] * 10
     assert len(pairs.image_paths()) == 7701
+
+
+def test_affine_and_grayscale_augmentations() -> None:
+    from reid.data.transforms import build_transforms
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    plain = {
+        "input_size": [64, 48],
+        "hflip": 0,
+        "pad": 0,
+        "random_erasing": 0,
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
+        "seed": 1,
+    }
+    base = build_transforms(plain)(img)
+    np.testing.assert_allclose(base.numpy().transpose(1, 2, 0), img / 255.0, atol=1e-6)  # nothing random on
+    grey = build_transforms({**plain, "grayscale": 1.0})(img)
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    moved = build_transforms({**plain, "affine": 1.0, "affine_rotate": 20, "affine_scale": 0.2})(img)
+    assert moved.shape == base.shape and (moved - base).abs().mean() > 0.05
+    with pytest.raises(ConfigError, match="affine"):
+        build_transforms({"affine": 2.0})

@@ -10,6 +10,11 @@ Config keys (all optional; defaults are the Bag-of-Tricks re-ID recipe):
     color_jitter: 0.0             # probability (0: off); strengths in color_jitter_strength
     color_jitter_strength: [0.2, 0.15, 0.0, 0.0]   # brightness, contrast, saturation, hue
     random_erasing: 0.5           # probability (0: off); done after normalisation, filled with the mean (0)
+    affine: 0.0                   # probability of a random scale / shift / rotation (framing jitter of crops)
+    affine_scale: 0.1             # scale in [1 - s, 1 + s]
+    affine_shift: 0.05            # shift up to this fraction of the size
+    affine_rotate: 10             # degrees, +-
+    grayscale: 0.0                # probability of a grey copy (3 channels)
     seed: null                    # albumentations' own seed, for reproducible augmentation
 """
 
@@ -38,6 +43,11 @@ DEFAULTS: dict[str, Any] = {
     "color_jitter": 0.0,
     "color_jitter_strength": [0.2, 0.15, 0.0, 0.0],
     "random_erasing": 0.5,
+    "affine": 0.0,
+    "affine_scale": 0.1,
+    "affine_shift": 0.05,
+    "affine_rotate": 10,
+    "grayscale": 0.0,
     "seed": None,
 }
 
@@ -55,7 +65,7 @@ def _check(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
     ):
         raise ConfigError(f"transforms.input_size must be [height, width] positive integers, got {size!r}")
-    for key in ("hflip", "color_jitter", "random_erasing"):
+    for key in ("hflip", "color_jitter", "random_erasing", "affine", "grayscale"):
         if not 0.0 <= float(out[key]) <= 1.0:
             raise ConfigError(f"transforms.{key} is a probability in [0, 1], got {out[key]!r}")
     for key in ("mean", "std"):
@@ -84,6 +94,19 @@ def build_transforms(
                 ),
                 A.RandomCrop(height=h, width=w),
             ]
+        if c["affine"] > 0:
+            sc, sh, rot = float(c["affine_scale"]), float(c["affine_shift"]), float(c["affine_rotate"])
+            ops.append(
+                A.Affine(
+                    scale=(1 - sc, 1 + sc),
+                    translate_percent=(-sh, sh),
+                    rotate=(-rot, rot),
+                    border_mode=cv2.BORDER_REFLECT_101,
+                    p=c["affine"],
+                )
+            )
+        if c["grayscale"] > 0:
+            ops.append(A.ToGray(p=c["grayscale"]))
         if c["color_jitter"] > 0:
             b, ct, s, hue = c["color_jitter_strength"]
             ops.append(A.ColorJitter(brightness=b, contrast=ct, saturation=s, hue=hue, p=c["color_jitter"]))
