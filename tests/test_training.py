@@ -124,6 +124,29 @@ def test_train_evaluate_and_export(market: Path, tmp_path: Path) -> None:
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
 
 
+def test_time_budget_schedule_ends_with_the_budget(market: Path, tmp_path: Path) -> None:
+    """schedule_by_time: the LR follows elapsed minutes, training stops mid-epoch at the budget, and that last
+    partial epoch is evaluated and exported."""
+    cfg = tiny_cfg(tmp_path, market)
+    cfg["train"] = {**cfg["train"], "epochs": 10_000, "max_minutes": 0.05, "schedule_by_time": True}
+    cfg["scheduler"] = {
+        **cfg["scheduler"],
+        "name": "warmup_cosine",
+        "warmup_epochs": 0,
+        "min_lr_factor": 0.01,
+    }
+    cfg["eval"] = {**cfg["eval"], "every": 10_000}
+    t = Trainer(cfg, device="cpu")
+    result = t.train()
+    last = result["history"][-1]
+    assert 1 <= result["epoch"] < 10_000  # stopped by time, not by epochs
+    assert 0.05 <= last["minutes"] < 0.2
+    assert "eval/mAP" in last  # the partial last epoch was evaluated despite eval.every
+    base = float(cfg["optimizer"]["lr"])
+    assert last["lr"] < 0.25 * base  # near the end of the cosine, as the budget ran out
+    assert (tmp_path / "run" / "final.pt").is_file()
+
+
 def test_resume_continues_exactly(market: Path, tmp_path: Path) -> None:
     straight = Trainer(tiny_cfg(tmp_path / "a", market), device="cpu")
     straight.train()
@@ -186,6 +209,25 @@ def test_exports_match_pytorch(market: Path, tmp_path: Path) -> None:
     images = [str(p) for p in sorted((market / "query").glob("*.jpg"))[:4]]
     diff = compare_exports(ckpt, ts, onnx, images)
     assert diff["torchscript"] < 1e-4 and diff["onnx"] < 1e-4
+
+
+def test_static_int8_export_stays_close_to_fp32(market: Path, tmp_path: Path) -> None:
+    from training.export import OnnxEmbedder, calibration_batch, export_onnx, quantize_onnx_int8
+
+    cfg = tiny_cfg(tmp_path, market)
+    cfg["train"] = {**cfg["train"], "epochs": 1}
+    Trainer(cfg, device="cpu").train()
+    ckpt = tmp_path / "run" / "final.pt"
+    fp32 = export_onnx(ckpt, tmp_path / "m.onnx")
+    train = [str(p) for p in sorted((market / "bounding_box_train").glob("*.jpg"))[:48]]
+    int8 = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calibration_batch(ckpt, train))
+    assert int8.stat().st_size < fp32.stat().st_size
+    images = [str(p) for p in sorted((market / "query").glob("*.jpg"))]
+    a = OnnxEmbedder(fp32, ckpt).embed(images)
+    b = OnnxEmbedder(int8, ckpt).embed(images)
+    assert (a * b).sum(1).mean() > 0.9  # unit vectors: cosine of INT8 vs fp32 embeddings
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_onnx_int8(fp32, tmp_path / "x.onnx")
 
 
 @pytest.mark.realdata

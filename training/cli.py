@@ -6,7 +6,8 @@ Examples:
   python -m training train --config configs/reid/light_mobilenetv2.yaml --resume runs/light_mobilenetv2/last.pt
   torchrun --nproc_per_node=2 -m training train --config configs/reid/light_osnet_x025.yaml
   python -m training evaluate --checkpoint runs/light_mobilenetv2/best.pt --config configs/reid/light_mobilenetv2.yaml
-  python -m training export --checkpoint runs/light_mobilenetv2/best.pt --out exported/ --int8
+  python -m training export --checkpoint runs/light_mobilenetv2/best.pt --out exported/ --int8 \\
+      --calibration-images ../shared/data/cuhk03-np/bounding_box_train
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 
 from reid.cli.common import make_parser, run, setup_logging
+from reid.errors import ConfigError
 from training.config import load_config
 
 logger = logging.getLogger("training")
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     x = sub.add_parser("export", help="TorchScript + ONNX (+ INT8 ONNX) of an embedding checkpoint")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True, help="output folder")
-    x.add_argument("--int8", action="store_true", help="also write a dynamically quantised INT8 ONNX model")
+    x.add_argument("--int8", action="store_true", help="also write a statically quantised INT8 ONNX model")
+    x.add_argument("--calibration-images", help="folder of training images for INT8 calibration")
     args = p.parse_args(argv)
     setup_logging()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -79,7 +82,18 @@ def main(argv: list[str] | None = None) -> int:
             export_onnx(args.checkpoint, out / "model.onnx"),
         ]
         if args.int8:
-            paths.append(quantize_onnx_int8(out / "model.onnx", out / "model.int8.onnx"))
+            from training.export import calibration_batch
+
+            if not args.calibration_images:
+                raise ConfigError("--int8 needs --calibration-images (a folder of ~200 training crops)")
+            from reid.images import is_image_file
+
+            folder = Path(args.calibration_images)
+            files = sorted(p for p in folder.rglob("*") if is_image_file(p))[:256]
+            if not files:
+                raise ConfigError(f"--calibration-images {folder}: no images found")
+            calib = calibration_batch(args.checkpoint, [str(f) for f in files])
+            paths.append(quantize_onnx_int8(out / "model.onnx", out / "model.int8.onnx", calib))
         for path in paths:
             print(f"wrote {path}")
     return 0
