@@ -169,3 +169,42 @@ def test_faces_name_the_track_and_link_body_and_face(lfw_root: Path, tmp_path: P
         # the stranger's face now finds them, even on a different body
         s3 = pipe.run(_Frames("cam3", _person_frame(other, (20, 200, 20))))
         assert s3.events[0]["global_id"] == e2["global_id"] and s3.events[0]["matched_by"] == "face"
+
+
+def _stripes() -> np.ndarray:
+    frame = np.full((480, 560, 3), 200, np.uint8)
+    frame[::4] = 20  # 1-px dark lines every 4 rows: blurring flattens them
+    return frame
+
+
+def _stripe_energy(region: np.ndarray) -> float:
+    return float(np.abs(np.diff(region.astype(float), axis=0)).mean())
+
+
+@pytest.mark.parametrize("blur", [True, False])
+def test_annotated_video_blurs_heads_of_people_without_consent(tmp_path: Path, blur: bool) -> None:
+    import cv2
+
+    from tests.servers import ColourEmbedder
+
+    out = tmp_path / "cam.mp4"
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.99}) as g:
+        pipe = CameraPipeline(
+            g, ColourEmbedder(), _FixedBox(), PipelineConfig(embed_every=1, assign_after=2, blur_faces=blur)
+        )
+        pipe.run(_Frames("cam1", _stripes(), n=8), annotate=out)
+    cap = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    assert len(frames) == 8
+    x1, y1, x2, y2 = _FixedBox.box
+    head = frames[-1][y1 + 10 : y1 + 100, x1 + 10 : x2 - 10]  # inside the top 30 % of the person box
+    legs = frames[-1][y2 - 120 : y2 - 20, x1 + 10 : x2 - 10]
+    if blur:  # an anonymous person (no consent): head blurred, the rest kept
+        assert _stripe_energy(head) < 0.2 * _stripe_energy(legs)
+    else:
+        assert _stripe_energy(head) > 0.7 * _stripe_energy(legs)
