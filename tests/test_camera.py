@@ -158,13 +158,15 @@ def test_faces_name_the_track_and_link_body_and_face(lfw_root: Path, tmp_path: P
         (e1,) = s1.events
         assert e1["global_id"] == known and e1["matched_by"] == "face" and e1["faces_seen"] >= 3
         assert g.get_person(known).templates == {f"face/{faces.model_id}": 1, "body/colour-hist-8": 1}
+        # a stranger: a new person from the first views, and at the end of the track its whole-track mean as
+        # a second body template; their face is enrolled to them
         s2 = pipe.run(_Frames("cam2", _person_frame(other, (200, 120, 30))))
         (e2,) = s2.events
         assert e2["global_id"] != known and e2["matched_by"] == "body"
         new = g.get_person(e2["global_id"])
         assert new.kind == "anonymous" and new.templates == {
             f"face/{faces.model_id}": 1,
-            "body/colour-hist-8": 1,
+            "body/colour-hist-8": 2,
         }
         # the stranger's face now finds them, even on a different body
         s3 = pipe.run(_Frames("cam3", _person_frame(other, (20, 200, 20))))
@@ -208,3 +210,41 @@ def test_annotated_video_blurs_heads_of_people_without_consent(tmp_path: Path, b
         assert _stripe_energy(head) < 0.2 * _stripe_energy(legs)
     else:
         assert _stripe_energy(head) > 0.7 * _stripe_energy(legs)
+
+
+class _Sequence:
+    def __init__(self, camera_id: str, images: list[np.ndarray]) -> None:
+        self.camera_id, self.images = camera_id, images
+
+    def __iter__(self):
+        from services.camera.sources import Frame
+
+        for i, im in enumerate(self.images):
+            yield Frame(self.camera_id, i, i / 10, im)
+
+
+def _person(rgb) -> np.ndarray:
+    frame = np.full((480, 560, 3), 235, np.uint8)
+    x1, y1, x2, y2 = _FixedBox.box
+    frame[y1:y2, x1:x2] = rgb
+    return frame
+
+
+def test_a_track_that_started_as_someone_new_is_reassociated_by_its_whole_track(tmp_path: Path) -> None:
+    """Early views (here: a wrong colour, as when a person enters half visible) create a new person; the
+    whole-track embedding at the end says it is the known person: the new one is merged into them."""
+    from tests.servers import ColourEmbedder
+
+    red, dull = (200, 30, 30), (60, 60, 200)
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.95}) as g:
+        cfg = PipelineConfig(embed_every=1, assign_after=3)
+        pipe = CameraPipeline(g, ColourEmbedder(), _FixedBox(), cfg)
+        first = pipe.run(_Sequence("cam1", [_person(red)] * 10)).events[0]["global_id"]
+        late = pipe.run(_Sequence("cam2", [_person(dull)] * 3 + [_person(red)] * 30)).events[0]
+        assert late["global_id"] == first
+        assert [p.id for p in g.list_persons()] == [first]  # the early, wrong person is gone (merged)
+        off = CameraPipeline(
+            g, ColourEmbedder(), _FixedBox(), PipelineConfig(embed_every=1, assign_after=3, reassociate=False)
+        )
+        kept = off.run(_Sequence("cam3", [_person((30, 200, 30))] * 3 + [_person(red)] * 30)).events[0]
+        assert kept["global_id"] != first and len(g.list_persons()) == 2

@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-blur", action="store_true", help="annotated video: do not blur people without consent"
     )
     p.add_argument("--realtime", action="store_true", help="play files at their frame rate (a live camera)")
+    p.add_argument("--flip", action="store_true", help="average body embeddings of each crop and its mirror")
+    p.add_argument(
+        "--no-reassociate",
+        action="store_true",
+        help="keep a track's early match even when its whole-track embedding says otherwise",
+    )
     args = p.parse_args(argv)
     setup_logging()
     sources = []
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         embedder = Embedder.from_checkpoint(checkpoint, device="cpu")
     else:
         embedder = imagenet_embedder()
+    embedder.flip = args.flip
     events = open(args.events, "a") if args.events else sys.stdout  # noqa: SIM115 (closed below)
     try:
         with Gallery(args.db) as g:
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                     face_threshold=args.face_threshold,
                     enroll=not args.no_enroll,
                     blur_faces=not args.no_blur,
+                    reassociate=not args.no_reassociate,
                 ),
                 events=events,
                 face_embedder=face_embedder,

@@ -48,6 +48,12 @@ class PipelineConfig:
     segment_every: int = 0  # worker mode: an event every N body embeddings of a track (0: at its end only)
     blur_faces: bool = True  # annotated video: blur heads of people not enrolled with consent
     head_fraction: float = 0.3  # top part of a person box searched for a face / blurred
+    # at the end of a track, its whole-track mean embedding is matched again: if the person this track created
+    # early (from its first embeddings, often partial views) is in fact someone already known, they are merged
+    reassociate: bool = True
+    # at the end of a long track, its whole-track mean embedding becomes another template of its person (early
+    # templates come from the first few, often partial, views)
+    track_templates: bool = True
 
 
 @dataclass
@@ -138,14 +144,18 @@ class CameraPipeline:
                 embedding=body, modality="body", model_id=self.embedder.model_id, threshold=c.threshold
             )
             track.global_id, score = r.person_id, r.score
+            track.created_person = r.created
+            if r.enroll is not None:
+                track.template_ids += r.enroll.template_ids
             if face is not None:  # a face nobody knows: it now belongs to this (new or known) person
-                g.enroll(
+                fe = g.enroll(
                     track.global_id,
                     embeddings=face[None],
                     modality="face",
                     model_id=face_id,
                     sources=[f"camera:{camera_id}"],
                 )
+                track.template_ids += fe.template_ids
         else:
             r = g.identify(
                 embedding=body, modality="body", model_id=self.embedder.model_id, k=1, threshold=c.threshold
@@ -154,6 +164,33 @@ class CameraPipeline:
             score = r.best.score if r.best else None
         track.matched_by = "body"
         track.scores.append(float(score) if score is not None else float("nan"))
+
+    def _reassociate(self, track: Track) -> None:
+        """Whole-track match of a track that created its person early; merge that person into a known one."""
+        g, mine = self.gallery, track.global_id
+        r = g.identify(
+            embedding=self._mean(track.embeddings),
+            modality="body",
+            model_id=self.embedder.model_id,
+            k=3,
+            threshold=self.config.threshold,
+        )
+        thr = r.threshold
+        other = next((m for m in r.matches if m.person_id != mine), None)
+        if other is None or thr is None or other.score < thr:
+            return
+        if set(g.templates_of.get(mine, ())) - set(track.template_ids):
+            return  # someone else's observations joined this person meanwhile: leave it to staff to merge
+        logger.info(
+            "track %d: person %d is known person %d (whole-track score %.3f); merging",
+            track.id,
+            mine,
+            other.person_id,
+            other.score,
+        )
+        g.merge(other.person_id, mine)
+        track.global_id = other.person_id
+        track.scores.append(float(other.score))
 
     def _event(self, track: Track, camera_id: str, final: bool) -> TrackEvent:
         seg = track.segments
@@ -184,6 +221,23 @@ class CameraPipeline:
             return
         if track.global_id is None:
             self._assign(track, camera_id)
+        else:
+            long_track = len(track.embeddings) >= 2 * self.config.assign_after
+            if self.config.reassociate and track.created_person and long_track:
+                self._reassociate(track)
+            if (
+                self.config.track_templates
+                and self.config.enroll
+                and long_track
+                and track.matched_by == "body"
+            ):
+                self.gallery.enroll(
+                    track.global_id,
+                    embeddings=self._mean(track.embeddings)[None],
+                    modality="body",
+                    model_id=self.embedder.model_id,
+                    sources=[f"camera:{camera_id}:track:{track.id}"],
+                )
         if track.global_id is None:
             return
         score = track.scores[-1] if track.scores else None

@@ -27,6 +27,8 @@ class Track:
     face_box: np.ndarray | None = None  # last face seen, frame coordinates
     matched_by: str | None = None  # "face" or "body"
     segments: int = 0  # events published so far (worker mode)
+    created_person: bool = False  # this track's first match created a new (anonymous) person
+    template_ids: list[int] = field(default_factory=list)  # templates this track enrolled
 
     def predicted(self) -> np.ndarray:
         return self.box + self.velocity * (self.age + 1)
