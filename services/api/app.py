@@ -313,21 +313,22 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         except (OSError, SyntaxError, ValueError) as e:
             raise HTTPException(422, f"{field} ({upload.filename}): corrupt image ({e})") from None
 
-    face_boxes: dict[int, tuple] = {}  # id(image array) -> face box, for blurring its thumbnail
-
     def embed_one(modality: str, image: np.ndarray, field: str) -> tuple[np.ndarray, str]:
+        vec, model_id, _ = embed_located(modality, image, field)
+        return vec, model_id
+
+    def embed_located(modality: str, image: np.ndarray, field: str) -> tuple[np.ndarray, str, tuple | None]:
+        """(embedding, model_id, face box or None for bodies)."""
         embedder = state.embedders.get(modality)
         if embedder is None:
             raise HTTPException(400, f"modality {modality!r} is not enabled on this server")
         if modality == "face":
             face, vec = embedder.embed_single(image, where=field)
-            face_boxes[id(image)] = face.box
-            return vec, embedder.model_id
-        return embedder.embed([image])[0], embedder.model_id
+            return vec, embedder.model_id, face.box
+        return embedder.embed([image])[0], embedder.model_id, None
 
-    def save_thumbnail(person_id: int, image: np.ndarray) -> None:
+    def save_thumbnail(person_id: int, image: np.ndarray, box: tuple | None) -> None:
         """First thumbnail of a person; the face (or a body's head) is blurred unless enrolled with consent."""
-        box = face_boxes.pop(id(image), None)
         if settings.blur_unconsented:
             p = gallery.get_person(person_id)
             if not (p.kind == "enrolled" and p.consent):
@@ -414,9 +415,9 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         vecs, model_id, hashes, first = [], None, [], None
         for i, up in enumerate(images):
             img = read_upload(up, f"images[{i}]", hashes)
-            v, model_id = embed_one(modality, img, f"images[{i}] ({up.filename})")
+            v, model_id, box = embed_located(modality, img, f"images[{i}] ({up.filename})")
             vecs.append(v)
-            first = img if first is None else first
+            first = (img, box) if first is None else first
         if not vecs:
             raise HTTPException(422, "images: at least one image is required")
         r = gallery.enroll(
@@ -428,7 +429,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
             image_hashes=hashes,
         )
         if r.template_ids:
-            save_thumbnail(person_id, first)
+            save_thumbnail(person_id, *first)
         return EnrollOut(
             person_id=r.person_id,
             created_person=r.created_person,
@@ -467,10 +468,10 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         modality: Annotated[Modality, Form()] = "face",
     ) -> IdentifyOrEnrollOut:
         img = read_upload(image, "image")
-        vec, model_id = embed_one(modality, img, f"image ({image.filename})")
+        vec, model_id, box = embed_located(modality, img, f"image ({image.filename})")
         r = gallery.identify_or_enroll(embedding=vec, modality=modality, model_id=model_id)
         if r.created:
-            save_thumbnail(r.person_id, img)
+            save_thumbnail(r.person_id, img, box)
         request.state.audit_subject = f"person:{r.person_id}"
         return IdentifyOrEnrollOut(person_id=r.person_id, created=r.created, score=r.score)
 
