@@ -3,8 +3,10 @@ see the person with a thumbnail, identify a photo, delete."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +79,19 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
         page.click("#identify-form button[type=submit]")
         expect(page.locator("#identify-result .unknown")).to_have_text("Nobody we know")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        with page.expect_download() as dl:  # subject access export, downloaded as a zip
+            row.locator("button.export").click()
+        saved = tmp_path / "export.zip"
+        dl.value.save_as(saved)
+        with zipfile.ZipFile(saved) as z:
+            assert json.loads(z.read("person.json"))["person"]["display_name"] == "Red Shirt"
+        expect(page.locator("#status")).to_contain_text("exported person")
         row.locator("button.delete").click()
         expect(page.locator("#status")).to_contain_text("deleted person")
         expect(page.locator("#persons tbody tr")).to_have_count(0)
+        page.click("#show-audit")  # the audit log shows what was just done, newest first
+        expect(page.locator("#audit tbody tr").first).to_contain_text("delete")
+        expect(page.locator("#audit tbody")).to_contain_text("export")
         page.fill("#api-key", "wrong")
         page.click("#save-key")
         expect(page.locator("#status")).to_contain_text("401: unknown API key")

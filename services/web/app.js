@@ -39,9 +39,10 @@ async function loadPersons() {
       const templates = Object.entries(p.templates).map(([k, v]) => `${k.split("/")[0]}: ${v}`).join(", ");
       row.innerHTML = `<td><img class="thumb"></td><td>${p.id}</td><td class="name"></td><td>${p.kind}</td>` +
         `<td>${templates}</td><td><a href="#" class="show-sightings">${p.sightings}</a></td>` +
-        `<td><button class="delete">Delete</button></td>`;
+        `<td><button class="export">Export</button> <button class="delete">Delete</button></td>`;
       row.querySelector(".name").textContent = p.display_name || "(anonymous)";
       row.querySelector(".delete").onclick = () => deletePerson(p);
+      row.querySelector(".export").onclick = () => exportPerson(p);
       row.querySelector(".show-sightings").onclick = (ev) => { ev.preventDefault(); showSightings(p); };
       body.appendChild(row);
       thumbnail(p.id, row.querySelector("img"));
@@ -56,6 +57,39 @@ async function deletePerson(p) {
     await api(`/persons/${p.id}`, { method: "DELETE" });
     await loadPersons();
     status(`deleted person ${p.id}`);
+  } catch (e) { status(e.message, true); }
+}
+
+async function exportPerson(p) {
+  // subject access: everything held about the person, as a zip (admin keys only)
+  try {
+    const blob = await (await api(`/persons/${p.id}/export`)).blob();
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = `person-${p.id}.zip`;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    status(`exported person ${p.id} (${Math.ceil(blob.size / 1024)} KB)`);
+  } catch (e) { status(e.message, true); }
+}
+
+async function showAudit() {
+  const body = $("#audit tbody");
+  try {
+    const rows = await (await api("/audit?limit=50")).json();
+    $("#audit-panel").hidden = false;
+    body.innerHTML = "";
+    for (const a of rows) {
+      const tr = document.createElement("tr");
+      for (const v of [new Date(a.at).toLocaleString(), a.key_id, a.action, a.subject, a.outcome]) {
+        const td = document.createElement("td");
+        td.textContent = v == null ? "" : v;
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    status(`${rows.length} audit entries`);
   } catch (e) { status(e.message, true); }
 }
 
@@ -83,6 +117,7 @@ $("#save-key").onclick = () => {
   loadPersons();
 };
 $("#refresh").onclick = loadPersons;
+$("#show-audit").onclick = showAudit;
 
 $("#identify-form").onsubmit = async (ev) => {
   ev.preventDefault();
