@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from gallery import DuplicatePersonError, Gallery, GalleryError, IndexMismatchError, UnknownPersonError
 from gallery.audit import AuditLog
@@ -247,8 +248,9 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         if action is not None and response.status_code != 401:  # no key, no actor to record
             pid = request.path_params.get("person_id")
             subject = getattr(request.state, "audit_subject", None) or (f"person:{pid}" if pid else None)
-            try:
-                audit.write(
+            try:  # a database write: off the event loop, like the route handlers
+                await run_in_threadpool(
+                    audit.write,
                     action,
                     "ok" if response.status_code < 400 else f"error {response.status_code}",
                     key_id=getattr(request.state, "key_name", None),
