@@ -299,17 +299,16 @@ class Gallery:
             by_key: dict[tuple[Key, int], list] = defaultdict(list)
             for t in c.template_ids:
                 # absent rows were deleted by a later change (which then removes nothing)
-                if t in rows and t not in self.person_of:
+                if t in rows:
                     r = rows[t]
                     by_key[((r[2], r[3]), r[4])].append(r)
             for (key, dim), rs in by_key.items():
-                index = self._index_for(key, dim, create=True)
-                index.add(
-                    np.array([r[0] for r in rs], np.int64),
+                self._add_templates(
+                    self._index_for(key, dim, create=True),
+                    [r[0] for r in rs],
+                    [r[1] for r in rs],
                     np.stack([np.frombuffer(r[5], dtype=np.float32) for r in rs]),
                 )
-                for r in rs:
-                    self._track(r[0], r[1], key)
         elif c.op == "merge":
             for t in c.template_ids:
                 if t in self.person_of:
@@ -565,15 +564,20 @@ class Gallery:
 
     def _index_add(self, index: VectorIndex, result: EnrollResult, vecs: np.ndarray) -> None:
         """After the commit: the stored templates (``vecs``, in ``result.template_ids`` order) become searchable."""
-        if not result.template_ids:
-            return
-        with self._lock:  # the change follower may have applied this commit already
-            new = [i for i, t in enumerate(result.template_ids) if t not in self.person_of]
+        ids = result.template_ids
+        self._add_templates(index, ids, [result.person_id] * len(ids), vecs)
+
+    def _add_templates(self, index: VectorIndex, tids: list[int], pids: list[int], vecs: np.ndarray) -> None:
+        """Index and track templates, skipping those already there: a commit reaches this process both
+        directly (its own writes) and through the change feed, in either order."""
+        with self._lock:
+            new = [i for i, t in enumerate(tids) if t not in self.person_of]
             if not new:
                 return
-            index.add(np.array([result.template_ids[i] for i in new], dtype=np.int64), vecs[new])
+            index.add(np.array([tids[i] for i in new], dtype=np.int64), vecs[new])
+            key = (index.modality, index.model_id)
             for i in new:
-                self._track(result.template_ids[i], result.person_id, (result.modality, result.model_id))
+                self._track(tids[i], pids[i], key)
 
     # ----------------------------------------------------------------------------------------------- identify
     def threshold_for(self, modality: str, model_id: str) -> float | None:
