@@ -192,7 +192,7 @@ class Trainer:
                 if self.epoch % int(self.cfg["eval"]["every"]) == 0 or self.epoch == epochs:
                     metrics = self.evaluate()
                 self._end_epoch(metrics, writer)
-                if max_minutes and self._budget_spent():
+                if self._budget_spent():
                     logger.info("time budget of %s minutes reached after epoch %d", max_minutes, self.epoch)
                     break
         except KeyboardInterrupt:
@@ -213,10 +213,14 @@ class Trainer:
         m = self.cfg["train"].get("max_minutes")
         return bool(m) and (self.train_seconds + extra_seconds) / 60 >= float(m)
 
+    def _by_time(self) -> bool:
+        c = self.cfg["train"]
+        return bool(c.get("schedule_by_time") and c.get("max_minutes"))
+
     def _schedule_position(self, total: int, epoch_seconds: float) -> float:
         """Epoch position for the LR schedule: by steps, or by elapsed time for a fixed-time budget."""
         c = self.cfg["train"]
-        if c.get("schedule_by_time") and c.get("max_minutes"):
+        if self._by_time():
             done = (self.train_seconds + epoch_seconds) / (60 * float(c["max_minutes"]))
             return min(done, 1.0) * int(c["epochs"])
         return self.epoch + self.step_in_epoch / total
@@ -240,7 +244,7 @@ class Trainer:
             unit="it",
             leave=False,
         )
-        by_time = bool(c.get("schedule_by_time") and c.get("max_minutes"))
+        by_time = self._by_time()
         t0 = time.perf_counter()
         for x, y, *_ in loader:
             elapsed = time.perf_counter() - t0
