@@ -18,7 +18,7 @@ from reid.cli.common import make_parser, run, setup_logging
 from reid.errors import ConfigError
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
-from services.camera.sources import VideoSource
+from services.camera.sources import parse_camera
 
 
 def imagenet_embedder():
@@ -57,12 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     setup_logging()
-    sources = []
-    for item in args.video:
-        uri, sep, cam = item.rpartition(":")
-        if not sep or not uri or not cam or "/" in cam:
-            raise ConfigError(f"--video {item!r}: expected URI:CAMERA_ID")
-        sources.append(VideoSource(uri, cam, every=args.every, realtime=args.realtime))
+    sources = [parse_camera(v, args.every, args.realtime) for v in args.video]
     from services.settings import DEFAULT_BODY_CHECKPOINT
 
     checkpoint = args.body_checkpoint or (

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from reid.errors import ReidError
+from reid.errors import ConfigError, ReidError
 
 
 class SourceError(ReidError):
@@ -22,6 +22,14 @@ class Frame:
     index: int
     timestamp: float  # seconds from the start of the video (stream: from the first frame)
     image: np.ndarray  # RGB
+
+
+def parse_camera(item: str, every: int = 1, realtime: bool = False) -> VideoSource:
+    """A ``URI:CAMERA_ID`` command-line value (file, rtsp:// or http://) as a source."""
+    uri, sep, cam = item.rpartition(":")
+    if not sep or not uri or not cam or "/" in cam:
+        raise ConfigError(f"--video {item!r}: expected URI:CAMERA_ID")
+    return VideoSource(uri, cam, every=every, realtime=realtime)
 
 
 class VideoSource:

@@ -19,14 +19,7 @@ from reid.errors import ConfigError
 from services.broker import STREAM, SUBJECT_PREFIX, NatsPublisher
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
-from services.camera.sources import VideoSource
-
-
-def parse_video(item: str, every: int, realtime: bool = False) -> VideoSource:
-    uri, sep, cam = item.rpartition(":")
-    if not sep or not uri or not cam or "/" in cam:
-        raise ConfigError(f"--video {item!r}: expected URI:CAMERA_ID")
-    return VideoSource(uri, cam, every=every, realtime=realtime)
+from services.camera.sources import parse_camera
 
 
 def body_embedder(checkpoint: str | None):
@@ -52,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segment-every", type=int, default=4, help="publish a track event every N embeddings")
     args = p.parse_args(argv)
     setup_logging()
-    sources = [parse_video(v, args.every, args.realtime) for v in args.video]
+    sources = [parse_camera(v, args.every, args.realtime) for v in args.video]
     embedder = body_embedder(args.body_checkpoint)
     loop = asyncio.new_event_loop()
     pub = loop.run_until_complete(NatsPublisher(args.nats, args.stream, args.subject_prefix).connect())
