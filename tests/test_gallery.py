@@ -38,13 +38,6 @@ def near(v: np.ndarray, rng: np.random.Generator, noise: float = 0.05) -> np.nda
     return (w / np.linalg.norm(w, axis=-1, keepdims=True)).astype(np.float32)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path: Path):
-    if request.param == "sqlite":
-        return str(tmp_path / "gallery.db")
-    return request.getfixturevalue("pg_database")
-
-
 @pytest.fixture
 def gallery(db_url: str, tmp_path: Path):
     g = Gallery(db_url, index_dir=tmp_path / "idx")

@@ -17,18 +17,7 @@ from gallery.audit import AuditLog
 from gallery.feed import last_seq
 from gallery.models import Change, Person, Sighting, Template, Thumbnail
 from gallery.privacy import RetentionPolicy, export_person, sweep_expired
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path: Path):
-    if request.param == "sqlite":
-        return str(tmp_path / "gallery.db")
-    return request.getfixturevalue("pg_database")
-
-
-def unit(rng: np.random.Generator, n: int, d: int = 32) -> np.ndarray:
-    v = rng.normal(size=(n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+from tests.test_gallery import unit
 
 
 def wait_for(cond, timeout: float = 1.0) -> float:

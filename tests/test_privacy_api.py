@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
@@ -18,13 +17,6 @@ from services.settings import ApiKey, Settings
 from tests.servers import ColourEmbedder, running
 
 H = {"X-API-Key": "admin-key"}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path: Path):
-    if request.param == "sqlite":
-        return str(tmp_path / "g.db")
-    return request.getfixturevalue("pg_database")
 
 
 def striped(colour: tuple[int, int, int]) -> np.ndarray:
