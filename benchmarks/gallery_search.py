@@ -32,29 +32,34 @@ from gallery.models import Person, Template
 DIM = 512
 
 
-def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, DIM), dtype=np.float32)
+def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    v = rng.standard_normal((n, dim), dtype=np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v
 
 
-def populate(db: Path, n: int, seed: int = 0) -> None:
-    from sqlalchemy import insert
+def populate(db: Path, n: int, seed: int = 0, model_id: str = "bench-512", dim: int = DIM) -> None:
+    """``n`` random unit templates, two per new person, by bulk insert (the fill is not what is measured)."""
+    from sqlalchemy import func, insert, select
+    from tqdm import tqdm
 
     g = Gallery(str(db), index_dir=None)
     rng = np.random.default_rng(seed)
     chunk = 20_000
     with g.engine.begin() as conn:
-        conn.execute(insert(Person), [{"kind": "enrolled", "display_name": f"p{i}"} for i in range(n // 2)])
-    for s in range(0, n, chunk):
-        v = unit_rows(rng, min(chunk, n - s))
+        first = (conn.scalar(select(func.max(Person.id))) or 0) + 1
+        conn.execute(
+            insert(Person), [{"kind": "enrolled", "display_name": f"p{i}"} for i in range((n + 1) // 2)]
+        )
+    for s in tqdm(range(0, n, chunk), desc="random templates", unit="batch"):
+        v = unit_rows(rng, min(chunk, n - s), dim)
         rows = [
             {
-                "person_id": (s + i) // 2 + 1,
+                "person_id": first + (s + i) // 2,
                 "modality": "body",
-                "model_id": "bench-512",
-                "dim": DIM,
-                "vector": v[i].tobytes(),
+                "model_id": model_id,
+                "dim": dim,
+                "vector": v[i].astype("<f4").tobytes(),
                 "image_sha256": None,
             }
             for i in range(len(v))

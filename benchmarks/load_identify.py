@@ -26,9 +26,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.gallery_search import populate
 from benchmarks.machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,37 +61,8 @@ def prepare(db: Path, checkpoint: str, data: Path, n_templates: int, n_real: int
                     sources=[Path(path).name],
                 )
             g.set_threshold("body", emb.model_id, 0.6)
-        bulk_random(db, n_templates - len(pids), emb.model_id, emb.dim)
+        populate(db, n_templates - len(pids), model_id=emb.model_id, dim=emb.dim)
     return [Path(q.path).read_bytes() for q in queries]
-
-
-def bulk_random(db: Path, n: int, model_id: str, dim: int) -> None:
-    """Random unit templates (two per person) by bulk insert: the fill is not what is measured."""
-    from sqlalchemy import create_engine, func, insert, select
-
-    from gallery.models import Person, Template
-
-    engine = create_engine(f"sqlite:///{db}")
-    rng = np.random.default_rng(0)
-    with engine.begin() as conn:
-        first = (conn.scalar(select(func.max(Person.id))) or 0) + 1
-        conn.execute(insert(Person), [{"kind": "enrolled"} for _ in range((n + 1) // 2)])
-    for s in tqdm(range(0, n, 20_000), desc="random templates", unit="batch"):
-        v = rng.standard_normal((min(20_000, n - s), dim), dtype=np.float32)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        rows = [
-            {
-                "person_id": first + (s + i) // 2,
-                "modality": "body",
-                "model_id": model_id,
-                "dim": dim,
-                "vector": v[i].astype("<f4").tobytes(),
-            }
-            for i in range(len(v))
-        ]
-        with engine.begin() as conn:
-            conn.execute(insert(Template), rows)
-    engine.dispose()
 
 
 async def load(
