@@ -19,6 +19,11 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def image_files_in(folder: str | os.PathLike) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted."""
+    return sorted(f for f in Path(folder).rglob("*") if f.is_file() and is_image_file(f.name))
+
+
 def _decode(open_fn, source: str) -> np.ndarray:
     try:
         with open_fn() as im:

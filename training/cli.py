@@ -82,14 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             export_onnx(args.checkpoint, out / "model.onnx"),
         ]
         if args.int8:
+            from reid.images import image_files_in
             from training.export import calibration_batch
 
             if not args.calibration_images:
                 raise ConfigError("--int8 needs --calibration-images (a folder of ~200 training crops)")
-            from reid.images import is_image_file
-
             folder = Path(args.calibration_images)
-            files = sorted(p for p in folder.rglob("*") if is_image_file(p))[:256]
+            files = image_files_in(folder)[:256]
             if not files:
                 raise ConfigError(f"--calibration-images {folder}: no images found")
             calib = calibration_batch(args.checkpoint, [str(f) for f in files])

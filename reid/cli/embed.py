@@ -15,7 +15,7 @@ import numpy as np
 from reid.cli.common import make_parser, run, setup_logging
 from reid.embedder import Embedder
 from reid.errors import DatasetError
-from reid.images import is_image_file
+from reid.images import image_files_in
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     paths: list[Path] = []
     for item in map(Path, args.images):
         if item.is_dir():
-            paths += sorted(f for f in item.rglob("*") if f.is_file() and is_image_file(f.name))
+            paths += image_files_in(item)
         elif item.is_file():
             paths.append(item)
         else:
