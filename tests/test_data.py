@@ -268,3 +268,41 @@ def test_affine_and_grayscale_augmentations() -> None:
     assert moved.shape == base.shape and (moved - base).abs().mean() > 0.05
     with pytest.raises(ConfigError, match="affine"):
         build_transforms({"affine": 2.0})
+
+
+def test_holdout_identities_carves_validation_out_of_train_and_extra_views() -> None:
+    from reid.data import ImageRecord, holdout_identities
+
+    train = [ImageRecord(f"t/{p}_{c}_{k}.jpg", p, c) for p in range(1, 21) for c in (0, 1) for k in range(3)]
+    extra = [ImageRecord(f"x/{p}_{k}.jpg", p, 0) for p in range(1, 21) for k in range(2)]
+    kept, val = holdout_identities(train, 5, seed=1, extra_train=extra)
+    held = {r.pid for r in val.query}
+    assert len(held) == 5 and {r.pid for r in val.gallery} == held
+    assert not held & {r.pid for r in kept}  # no validation identity trains, from either folder
+    assert len(kept) == 15 * 6 + 15 * 2
+    for pid in held:  # one query per camera, each with a true match in the other camera
+        q = [r for r in val.query if r.pid == pid]
+        assert sorted(r.camid for r in q) == [0, 1]
+        assert {r.camid for r in val.gallery if r.pid == pid} == {0, 1}
+    assert not {r.path for r in val.query} & {r.path for r in val.gallery}
+    again, val2 = holdout_identities(train, 5, seed=1, extra_train=extra)
+    assert (again, val2.query, val2.gallery) == (kept, val.query, val.gallery)  # deterministic under the seed
+    assert len({r.pid for r in holdout_identities(train, 0.25, seed=2)[1].query}) == 5  # a fraction
+    # identity folders without cameras: the query alone is removed at evaluation, never a true match
+    nocam = [ImageRecord(f"n/{p}_{k}.jpg", p) for p in range(10) for k in range(4)]
+    _, v = holdout_identities(nocam, 3, seed=0)
+    assert len(v.query) == 3 and {r.camid for r in v.query} == {0} and {r.camid for r in v.gallery} == {1}
+    from reid.metrics import evaluate_rank
+
+    res = evaluate_rank(
+        np.zeros((3, 9)),
+        np.array([r.pid for r in v.query]),
+        np.array([r.pid for r in v.gallery]),
+        np.array([r.camid for r in v.query]),
+        np.array([r.camid for r in v.gallery]),
+    )
+    assert res.as_dict()["valid_queries"] == 3
+    with pytest.raises(DatasetError, match="at least 2"):
+        holdout_identities(train, 1)
+    with pytest.raises(DatasetError, match="leaves no training identity"):
+        holdout_identities(train, 20)

@@ -27,6 +27,13 @@ DEFAULTS: dict[str, Any] = {
         "dataset": "market1501",
         "root": "../shared/data/cuhk03-np",
         "kwargs": {},
+        # Market-layout train folders with more views of the same identities (e.g. detector boxes): they join
+        # training; validation identities are removed from them too.
+        "extra_train": [],
+        # Identities held out of training (a count, or a fraction < 1) to choose the checkpoint: best.pt is
+        # picked on them, never on the test split. 0 = no validation (best.pt then follows the test split).
+        "val_identities": 0,
+        "val_seed": 0,
         "p": 16,
         "k": 4,
         "workers": 2,
@@ -83,6 +90,9 @@ DEFAULTS: dict[str, Any] = {
         # the training crops (celeba-faces: 1.25 x the detector box; LFW 150x150: face ~100 px -> 0.83).
         "lfw_center_crop": None,
         "max_queries": None,
+        # With data.val_identities the validation split chooses best.pt; the test split is evaluated beside
+        # it (metrics logged as test/<name>) only when report_test is true, and never chooses.
+        "report_test": True,
     },
 }
 FREE_KEYS = {"transforms", "data.kwargs"}

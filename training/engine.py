@@ -25,7 +25,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from reid.data import ImageDataset, PKSampler, ReidDataset, build_dataset, build_transforms, read_lfw
+from reid.data import (
+    ImageDataset,
+    PKSampler,
+    ReidDataset,
+    build_dataset,
+    build_transforms,
+    holdout_identities,
+    read_lfw,
+)
+from reid.data.readers import read_extra_train
 from reid.embedder import Embedder
 from reid.errors import CheckpointError, ConfigError
 from reid.images import center_crop, read_image
@@ -104,9 +113,25 @@ class Trainer:
         c = self.cfg
         d = c["data"]
         self.dataset: ReidDataset = build_dataset(d["dataset"], d["root"], **(d.get("kwargs") or {}))
+        extra = [r for folder in d["extra_train"] for r in read_extra_train(folder)]
+        train_records = self.dataset.train + extra
+        self.val_set: ReidDataset | None = None
+        if d["val_identities"]:
+            train_records, self.val_set = holdout_identities(
+                self.dataset.train, d["val_identities"], int(d["val_seed"]), extra_train=extra
+            )
+            logger.info(
+                "validation: %d identities held out of training (%d query / %d gallery images); "
+                "best.pt is chosen on them, the test split only reports",
+                len({r.pid for r in self.val_set.query}),
+                len(self.val_set.query),
+                len(self.val_set.gallery),
+            )
+        elif extra:
+            logger.info("extra training views: %d images from %s", len(extra), ", ".join(d["extra_train"]))
         tcfg = dict(c["transforms"])
         self.input_size = tuple(tcfg.get("input_size", [256, 128]))
-        self.train_set = ImageDataset(self.dataset.train, build_transforms(tcfg, train=True))
+        self.train_set = ImageDataset(train_records, build_transforms(tcfg, train=True))
         self.test_transform = build_transforms(
             {k: v for k, v in tcfg.items() if k in ("input_size", "mean", "std")}, train=False
         )
@@ -331,6 +356,17 @@ class Trainer:
         return embedder.embed(paths, batch_size=int(self.cfg["data"]["eval_batch_size"]))
 
     def evaluate(self) -> dict[str, float]:
+        """Metrics that choose best.pt (``eval.metric``): on the validation identities when the config holds
+        some out, else on the test split. With validation and ``eval.report_test``, the test split's metrics are
+        added as ``test/<name>``: reported, never used to choose."""
+        if self.val_set is None:
+            return self._evaluate_split(self.dataset)
+        metrics = self._evaluate_split(self.val_set, allow_lfw=False)
+        if self.cfg["eval"]["report_test"]:
+            metrics.update({f"test/{k}": v for k, v in self._evaluate_split(self.dataset).items()})
+        return metrics
+
+    def _evaluate_split(self, split: ReidDataset, allow_lfw: bool = True) -> dict[str, float]:
         """Re-ID: CMC/mAP/mINP on query/gallery. Faces (``eval.type: lfw``): LFW 10-fold verification."""
         if not self.is_main:
             if self.distributed:
@@ -341,7 +377,7 @@ class Trainer:
         try:
             ev = self.cfg["eval"]
             embedder = self.embedder()
-            if ev["type"] == "lfw":
+            if ev["type"] == "lfw" and allow_lfw:
                 if not ev.get("lfw_root"):
                     raise ConfigError("eval.type is 'lfw' but eval.lfw_root is not set")
                 pairs = read_lfw(ev["lfw_root"])
@@ -367,8 +403,8 @@ class Trainer:
                     "auc": r.auc,
                     "tar@far1e-3": r.tar_at_far[1e-3],
                 }
-            elif ev["type"] == "rank":
-                q, g = self.dataset.query, self.dataset.gallery
+            elif ev["type"] == "rank" or not allow_lfw:  # validation identities are ranked like re-ID
+                q, g = split.query, split.gallery
                 if ev.get("max_queries"):
                     q = q[: int(ev["max_queries"])]
                 if not q or not g:

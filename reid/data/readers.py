@@ -91,6 +91,14 @@ def read_market1501(root: str | Path, name: str = "market1501") -> ReidDataset:
     return ds
 
 
+def read_extra_train(folder: str | Path) -> list[ImageRecord]:
+    """Extra training views in Market layout: a ``bounding_box_train/`` folder, or a root that holds one."""
+    folder = _require_dir(Path(folder), "data.extra_train folder")
+    if (folder / MARKET_SUBSETS["train"]).is_dir():
+        folder = folder / MARKET_SUBSETS["train"]
+    return read_market_folder(folder, "train")
+
+
 @DATASETS.register("cuhk03-np")
 def read_cuhk03_np(root: str | Path) -> ReidDataset:
     """CUHK03-NP in Market-1501 layout (``PPPP_cC_N.jpg``)."""

@@ -1,0 +1,72 @@
+"""Validation identities carved out of training data, so that data which chooses never reports.
+
+Checkpoint selection, early stopping, recipe choices and decision thresholds are made on identities held out of
+the *training* folders; the test split (e.g. cuhk03-np query/gallery, LFW) is only reported.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from reid.data.records import UNKNOWN_CAMERA, ImageRecord, ReidDataset
+from reid.errors import DatasetError
+
+
+def _n_held(n_ids: int, identities: float) -> int:
+    n = round(n_ids * identities) if 0 < identities < 1 else int(identities)
+    if n < 2:
+        raise DatasetError(f"val_identities must hold out at least 2 identities, got {identities}")
+    if n >= n_ids:
+        raise DatasetError(
+            f"val_identities={identities} leaves no training identity (the train set has {n_ids})"
+        )
+    return n
+
+
+def holdout_identities(
+    train: Sequence[ImageRecord],
+    identities: float,
+    seed: int = 0,
+    extra_train: Sequence[ImageRecord] = (),
+    name: str = "val",
+) -> tuple[list[ImageRecord], ReidDataset]:
+    """Split training records into (train, validation) by identity, deterministically under ``seed``.
+
+    ``identities`` is a count (>= 1) or a fraction (< 1) of the training identities with 2+ images.
+    ``extra_train`` (other views of the same identities, e.g. detector boxes) joins training, with the
+    validation identities removed from it too. The validation split mirrors the Market-1501 protocol: for each
+    held-out identity one query per camera, every other image in the gallery. Without camera ids, one query per
+    identity, and the query is given camera 0 and the gallery camera 1 so that evaluation removes only the query
+    image itself (which is not in the gallery), never a true match.
+    """
+    by_pid: dict[int, list[ImageRecord]] = defaultdict(list)
+    for r in train:
+        by_pid[r.pid].append(r)
+    eligible = sorted(p for p, rs in by_pid.items() if len(rs) >= 2)
+    n = _n_held(len(eligible), identities)
+    rng = random.Random(seed)
+    held = set(rng.sample(eligible, n))
+    query: list[ImageRecord] = []
+    gallery: list[ImageRecord] = []
+    for pid in sorted(held):
+        rs = by_pid[pid]
+        cams = sorted({r.camid for r in rs})
+        if cams == [UNKNOWN_CAMERA]:
+            q = rng.randrange(len(rs))
+            query.append(ImageRecord(rs[q].path, pid, 0))
+            gallery += [ImageRecord(r.path, pid, 1) for i, r in enumerate(rs) if i != q]
+            continue
+        chosen = set()
+        for cam in cams:
+            idx = [i for i, r in enumerate(rs) if r.camid == cam]
+            if len(idx) < len(rs):  # a camera's only query needs a match in another camera
+                chosen.add(rng.choice(idx))
+        if not chosen:
+            chosen.add(rng.randrange(len(rs)))
+        query += [rs[i] for i in sorted(chosen)]
+        gallery += [r for i, r in enumerate(rs) if i not in chosen]
+    kept = [r for r in train if r.pid not in held]
+    kept += [r for r in extra_train if r.pid not in held]
+    return kept, ReidDataset(name, [], query, gallery)
