@@ -1,18 +1,23 @@
-"""End-to-end identification on LFW through the Gallery with the dlib face embedder.
+"""Open-set identification on LFW through the Gallery with dlib's face model: does it name the people it knows,
+and only them?
 
-- enroll: one image each of 1,000 people who have 2+ images (the first image, in name order);
-- known queries: every other image of those 1,000 people;
-- strangers: 1,000 people with a single image, never enrolled;
-- threshold: calibrated (``Gallery.calibrate_threshold``, open-set) on the remaining people with 2+ images,
-  disjoint from both, at the target false-accept rate.
-Reports the identification rate (right person and accepted) and the false-accept rate (stranger accepted).
+Protocol (issue 12): every LFW person with more than ``n`` images is enrolled with ``n`` photos (``--enroll 1 3``),
+their other photos are asked; the people with a single photo are strangers, never enrolled. Every identify goes
+through a real ``Gallery`` (SQLite + FAISS) and its decision path. Decisions compared, each at each target FAR:
 
-Embeddings come from benchmarks/lfw_verification.py's cache when present (same detector, alignment and model),
-else they are computed here.
+- ``margin (card)``: the decision shipped in ``reid/face/cards/`` (best - beta x runner-up, runner-up = second
+  person or a CelebA cohort; beta and threshold chosen on CelebA identities by ``reid-calibrate``), re-made here
+  from the CelebA embeddings at each target FAR with the same code and seed;
+- ``raw (CelebA)``: the raw best score, its threshold calibrated on the same CelebA identities;
+- ``raw (LFW strangers)``: the raw best score with the threshold set on these LFW strangers themselves: not a
+  deployable rule (test data choosing), shown as the best the raw score could ever do.
+LFW only reports; nothing here is chosen on it.
+
+Embeddings are cached (``benchmarks/lfw_verification.py``'s cache for LFW; the same format for CelebA).
 
 Examples:
     python benchmarks/gallery_lfw_e2e.py
-    python benchmarks/gallery_lfw_e2e.py --far 0.01 --db postgresql+psycopg://postgres@127.0.0.1/test
+    python benchmarks/gallery_lfw_e2e.py --enroll 1 --far 0.01 --flip
 """
 
 from __future__ import annotations
@@ -27,81 +32,109 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.lfw_verification import embed_all
 from benchmarks.machine import describe
 from gallery import Gallery
-from reid.data import read_lfw
+from reid.data import read_identity_folders, read_lfw
+from reid.metrics.open_set import threshold_at_far
+from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+
+
+def run(g: Gallery, model_id: str, emb: np.ndarray, known_q, stranger_q, threshold=None):
+    """(named right, wrong name accepted, strangers accepted, rank-1) through the gallery's decision."""
+    right = wrong = top1 = 0
+    for i, pid in known_q:
+        r = g.identify(embedding=emb[i], modality="face", model_id=model_id, k=2, threshold=threshold)
+        hit = r.best.person_id == pid
+        top1 += hit
+        right += hit and r.known
+        wrong += (not hit) and r.known
+    fa = sum(
+        bool(g.identify(embedding=emb[i], modality="face", model_id=model_id, k=2, threshold=threshold).known)
+        for i in stranger_q
+    )
+    n = len(known_q)
+    return right / n, wrong / n, fa / len(stranger_q), top1 / n
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lfw", default=str(Path(__file__).resolve().parents[2] / "shared/data/lfw"))
+    ap.add_argument("--lfw", default=str(SHARED / "lfw"))
     ap.add_argument("--cache", default="/tmp/lfw_dlib_embeddings.npz")
+    ap.add_argument("--celeba", default=str(SHARED / "celeba-faces"))
+    ap.add_argument("--celeba-cache", default="/tmp/celeba_dlib_embeddings.npz")
     ap.add_argument("--far", type=float, nargs="+", default=[0.01, 0.001])
-    ap.add_argument("--enrolled", type=int, default=1000)
-    ap.add_argument("--strangers", type=int, default=1000)
+    ap.add_argument("--enroll", type=int, nargs="+", default=[1, 3])
+    ap.add_argument(
+        "--flip", action="store_true", help="flip-averaged embeddings (model dlib-resnet-v1-128-flip)"
+    )
     ap.add_argument("--db", default=None, help="database URL (default: a temporary SQLite file)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    key = "flip" if args.flip else "plain"
+    model_id = "dlib-resnet-v1-128" + ("-flip" if args.flip else "")
     paths = read_lfw(args.lfw).image_paths()
-    cache = Path(args.cache)
-    if cache.exists():
-        emb = np.load(cache)["plain"]
-    else:
-        from reid.face import DlibFaceEmbedder
+    lfw = embed_all(paths, Path(args.cache))[1 if args.flip else 0]
+    celeba_recs = read_identity_folders(args.celeba)
+    cz = embed_all([r.path for r in celeba_recs], Path(args.celeba_cache))
+    celeba = cz[1 if args.flip else 0]
+    clabels = np.array([r.pid for r in celeba_recs])
+    cohort, keep = split_cohort(celeba, clabels, 1 / 3, seed=0)  # as reid-calibrate makes the card
 
-        emb = DlibFaceEmbedder(on_no_face="center").embed(paths)
     by_person: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(paths):
         by_person[Path(p).parent.name].append(i)
-    multi = sorted(n for n, ix in by_person.items() if len(ix) >= 2)
-    single = sorted(n for n, ix in by_person.items() if len(ix) == 1)
-    enrolled, calib = multi[: args.enrolled], multi[args.enrolled :]
-    strangers = single[: args.strangers]
-    model_id = "dlib-resnet-v1-128"
+    strangers = sorted(n for n, ix in by_person.items() if len(ix) == 1)
     print(describe())
-    print(
-        f"LFW: {len(enrolled)} enrolled people (1 image each), "
-        f"{sum(len(by_person[n]) - 1 for n in enrolled)} known queries, {len(strangers)} strangers; "
-        f"calibration on {len(calib)} other people ({sum(len(by_person[n]) for n in calib)} images)"
-    )
-    print(
-        f"{'target FAR':>10} {'threshold':>10} {'calib TAR':>10} {'ident. rate':>12} {'FAR':>8} {'rank-1':>8}"
-    )
-    with tempfile.TemporaryDirectory() as d:
-        g = Gallery(args.db or f"{d}/lfw.db", index_dir=None)
-        pid_of = {}
-        for n in enrolled:
-            i = by_person[n][0]
-            pid_of[n] = g.enroll(
-                embeddings=emb[i : i + 1],
-                modality="face",
-                model_id=model_id,
-                display_name=n,
-                sources=[paths[i]],
-            ).person_id
-        cal_idx = [i for n in calib for i in by_person[n]]
-        cal_lab = [n for n in calib for _ in by_person[n]]
-        for far in args.far:
-            cal = g.calibrate_threshold("face", model_id, emb[cal_idx], cal_lab, target_far=far)
-            hits = top1 = total = 0
-            for n in enrolled:
-                for i in by_person[n][1:]:
-                    r = g.identify(embedding=emb[i], modality="face", model_id=model_id, k=1)
-                    right = r.matches[0].person_id == pid_of[n]
-                    top1 += right
-                    hits += right and r.known
-                    total += 1
-            false_accepts = sum(
-                bool(
-                    g.identify(embedding=emb[by_person[n][0]], modality="face", model_id=model_id, k=1).known
+    print(f"model {model_id} ({key} embeddings); decisions chosen on CelebA: {len(np.unique(clabels))} identities "
+          f"({len(cohort)} as cohort), LFW only reports")  # fmt: skip
+    print(f"{'enrolled':>9} {'people':>7} {'known q.':>8} {'strangers':>9} {'rule':<22} {'target FAR':>10} "
+          f"{'beta':>5} {'threshold':>9} {'named right':>11} {'wrong name':>10} {'strangers acc.':>14} "
+          f"{'rank-1':>7}")  # fmt: skip
+    for n in args.enroll:
+        people = sorted(name for name, ix in by_person.items() if len(ix) > n)
+        with tempfile.TemporaryDirectory() as d:
+            g = Gallery(args.db or f"{d}/lfw.db", index_dir=None)
+            pid_of = {}
+            for name in people:
+                ix = by_person[name][:n]
+                pid_of[name] = g.enroll(
+                    embeddings=lfw[ix], modality="face", model_id=model_id, display_name=name
+                ).person_id
+            known_q = [(i, pid_of[name]) for name in people for i in by_person[name][n:]]
+            stranger_q = [by_person[name][0] for name in strangers]
+
+            raw_scores = np.array(
+                [
+                    g.identify(embedding=lfw[i], modality="face", model_id=model_id, k=1).best.score
+                    for i in stranger_q
+                ]
+            )
+            for far in args.far:
+                rows = []
+                card = calibrate_decision(celeba[keep], clabels[keep], far, 1, cohort, seed=0)
+                g.set_threshold(
+                    "face", model_id, card.threshold, rule="margin", beta=card.beta, cohort=cohort
                 )
-                for n in strangers
-            )
-            print(
-                f"{far:>10g} {cal.threshold:10.4f} {cal.measured_tar:10.2%} {hits / total:12.2%} "
-                f"{false_accepts / len(strangers):8.2%} {top1 / total:8.2%}"
-            )
-        g.close()
+                rows.append(
+                    (
+                        "margin (card, CelebA)",
+                        card.beta,
+                        card.threshold,
+                        run(g, model_id, lfw, known_q, stranger_q),
+                    )
+                )
+                raw = calibrate_decision(celeba[keep], clabels[keep], far, 1, None, betas=(0.0,), seed=0)
+                g.set_threshold("face", model_id, raw.threshold, rule="raw")
+                rows.append(("raw (CelebA)", 0.0, raw.threshold, run(g, model_id, lfw, known_q, stranger_q)))
+                t = threshold_at_far(raw_scores, far)
+                rows.append(("raw (LFW strangers)", 0.0, t, run(g, model_id, lfw, known_q, stranger_q, t)))
+                for rule, beta, thr, (right, wrong, fa, top1) in rows:
+                    print(f"{n:>9} {len(people):>7} {len(known_q):>8} {len(stranger_q):>9} {rule:<22} {far:>10g} "
+                          f"{beta:>5.2f} {thr:>9.4f} {right:>11.2%} {wrong:>10.2%} {fa:>14.2%} {top1:>7.2%}")  # fmt: skip
+            g.close()
 
 
 if __name__ == "__main__":

@@ -109,6 +109,13 @@ class Threshold(Base):
     measured_tar: Mapped[float | None] = mapped_column(Float)
     n_genuine: Mapped[int | None] = mapped_column(Integer)
     n_impostor: Mapped[int | None] = mapped_column(Integer)
+    # the open-set rule the value applies to: "raw" (best score) or "margin" (best - beta * runner-up, the
+    # runner-up being the second person or the best of ``cohort``, float32 rows of never-enrolled people)
+    rule: Mapped[str] = mapped_column(String(20), default="raw", server_default="raw")
+    beta: Mapped[float | None] = mapped_column(Float)
+    cohort: Mapped[bytes | None] = mapped_column(LargeBinary)
+    measured_dir: Mapped[float | None] = mapped_column(Float)
+    source: Mapped[str | None] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 

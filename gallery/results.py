@@ -38,7 +38,13 @@ class IdentifyResult:
     model_id: str
     matches: list[PersonMatch]
     threshold: float | None
-    known: bool | None  # None when no threshold is set for this model
+    known: bool | None  # None when no decision (calibration, model card or setting) exists for this model
+    # the decision's evidence: its rule and source, the best person's raw score, the runner-up it was weighed
+    # against (second person or cohort), and the normalised score compared with the threshold
+    decision: dict | None = None
+    score: float | None = None
+    runner_up: float | None = None
+    normalised_score: float | None = None
 
     @property
     def best(self) -> PersonMatch | None:
@@ -91,3 +97,7 @@ class CalibrationResult:
     measured_tar: float
     n_genuine: int
     n_impostor: int
+    rule: str = "raw"
+    beta: float | None = None
+    measured_dir: float | None = None  # mated probes named right and accepted (the simulated gallery)
+    cohort_size: int = 0

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from gallery.audit import AuditLog
 from gallery.db import make_engine, make_sessionmaker, migrate
+from gallery.decision import Decision, Verdict, decode_cohort, encode_cohort
 from gallery.errors import (
     DuplicatePersonError,
     EmbeddingError,
@@ -51,6 +52,7 @@ from gallery.results import (
 )
 from reid.embedder import BaseEmbedder
 from reid.images import ImageLike
+from reid.metrics.rank import EvaluationError
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,8 @@ class Gallery:
         index_dir: folder for index snapshots (default: beside an SQLite file, else no snapshots).
         embedders: ``{"face": BaseEmbedder, "body": BaseEmbedder}`` used when images are given.
         aggregation: ``"max"`` or ``"mean"`` of a person's template similarities.
-        thresholds: default decision thresholds per modality, used when none is calibrated for a model.
+        thresholds: raw-score thresholds per modality set by the operator: used when none is calibrated in the
+            database for a model, before the model card's decision.
         media_dir: per-person files (cached crops), removed on erasure (default: beside an SQLite file).
         store_id: the store this process serves (new persons belong to it; retention is per store).
         clock: returns the current UTC time (tests inject a controlled clock).
@@ -125,13 +128,17 @@ class Gallery:
         self.index_config = index_config or IndexConfig()
         self.aggregation = aggregation
         self.default_thresholds = dict(thresholds or {})
+        # model cards' calibrated decisions, by (modality, model_id): the default when nothing is calibrated here
+        self.cards: dict[Key, Decision] = {}
+        for e in self.embedders.values():
+            self.register_card(e.modality, e.model_id, getattr(e, "decision", None))
         self.indexes: dict[Key, VectorIndex] = {}
         self.person_of: dict[int, int] = {}  # template id -> person id
         self.key_of: dict[int, Key] = {}  # template id -> (modality, model_id)
         self.templates_of: dict[int, set[int]] = defaultdict(set)  # person id -> template ids
         self._lock = threading.RLock()
         self._key_locks: dict[Key, threading.Lock] = defaultdict(threading.Lock)
-        self._threshold_cache: dict[Key, tuple[float | None, float]] = {}
+        self._threshold_cache: dict[Key, tuple[Decision | None, float]] = {}
         self.applied_seq = 0  # every change-feed row up to this one is reflected in the indexes
         self._follower: ChangeFollower | None = None
         self._load_indexes()
@@ -580,17 +587,41 @@ class Gallery:
                 self._track(tids[i], pids[i], key)
 
     # ----------------------------------------------------------------------------------------------- identify
-    def threshold_for(self, modality: str, model_id: str) -> float | None:
-        """The calibrated threshold of this model (cached for a few seconds), else the modality's default."""
+    def register_card(self, modality: str, model_id: str, card: dict | None) -> None:
+        """Use a model card's calibrated decision for this model when the database holds none."""
+        if card:
+            self.cards[(modality, model_id)] = Decision.from_card(card)
+
+    def decision_for(self, modality: str, model_id: str) -> Decision | None:
+        """The decision of this model: calibrated in the database (cached for a few seconds; other processes
+        may change it) > the operator's per-modality setting (``thresholds``, a raw score) > the model card's
+        (calibrated on validation identities when the model was made) > None."""
         key = (modality, model_id)
         cached = self._threshold_cache.get(key)
         now = time.monotonic()
         if cached is None or now - cached[1] > self.THRESHOLD_TTL:
             with self.Session() as s:
                 t = s.get(Threshold, key)
-            cached = (None if t is None else float(t.value), now)
+                stored = None if t is None else self._decision_of(t)
+            cached = (stored, now)
             self._threshold_cache[key] = cached
-        return cached[0] if cached[0] is not None else self.default_thresholds.get(modality)
+        if cached[0] is not None:
+            return cached[0]
+        if self.default_thresholds.get(modality) is not None:  # the operator's explicit setting
+            return Decision(float(self.default_thresholds[modality]), source="setting")
+        return self.cards.get(key)
+
+    @staticmethod
+    def _decision_of(t: Threshold) -> Decision:
+        return Decision(
+            float(t.value), t.rule or "raw", 1.0 if t.beta is None else float(t.beta), decode_cohort(t.cohort),
+            "calibrated",
+        )  # fmt: skip
+
+    def threshold_for(self, modality: str, model_id: str) -> float | None:
+        """The threshold value of this model's decision (see ``decision_for``), or None."""
+        d = self.decision_for(modality, model_id)
+        return None if d is None else d.threshold
 
     def _rank_persons(self, index: VectorIndex, q: np.ndarray, k: int) -> list[tuple[int, float, int]]:
         """[(person_id, score, best template id)] best first."""
@@ -641,11 +672,30 @@ class Gallery:
             raise EmbeddingError(f"identify: expected one embedding, got {len(vecs)}")
         return self._identify_vec(vecs, modality, model_id, k, threshold)
 
+    def _decision(self, modality: str, model_id: str, threshold: float | None) -> Decision | None:
+        return Decision(float(threshold)) if threshold is not None else self.decision_for(modality, model_id)
+
+    def decide(
+        self,
+        modality: str,
+        model_id: str,
+        query: np.ndarray,
+        person_scores: Sequence[float],
+        threshold: float | None = None,
+    ) -> Verdict | None:
+        """This model's decision on candidate persons' scores (best first) for ``query``; e.g. to ask whether a
+        track is person B once its own person A is left out. None without a decision or candidates."""
+        decision = self._decision(modality, model_id, threshold)
+        if decision is None:
+            return None
+        return decision.verdict(np.asarray(query, np.float32).reshape(-1), list(person_scores))
+
     def _identify_vec(self, q, modality, model_id, k, threshold) -> IdentifyResult:
         key = (modality, model_id)
         index = self._index_for(key, q.shape[1], create=False)
-        ranked = self._rank_persons(index, q, k) if index is not None else []
-        thr = threshold if threshold is not None else self.threshold_for(modality, model_id)
+        # the runner-up person is evidence of the decision, so at least two are ranked
+        ranked = self._rank_persons(index, q, max(k, 2)) if index is not None else []
+        decision = self._decision(modality, model_id, threshold)
         matches = []
         if ranked:
             with self.Session() as s:
@@ -657,8 +707,18 @@ class Gallery:
                 if p is None:  # deleted by another process meanwhile
                     continue
                 matches.append(PersonMatch(pid, score, tid, p.display_name, p.external_id))
-        known = None if thr is None else bool(matches and matches[0].score >= thr)
-        return IdentifyResult(modality, model_id, matches, thr, known)
+        verdict = None if decision is None else decision.verdict(q[0], [m.score for m in matches])
+        return IdentifyResult(
+            modality,
+            model_id,
+            matches[:k],
+            None if decision is None else decision.threshold,
+            None if decision is None else bool(verdict and verdict.known),
+            decision=None if decision is None else decision.describe(),
+            score=None if verdict is None else verdict.score,
+            runner_up=None if verdict is None else verdict.runner_up,
+            normalised_score=None if verdict is None else verdict.normalised,
+        )
 
     @contextmanager
     def _key_transaction(self, key: Key):
@@ -690,10 +750,11 @@ class Gallery:
         vecs, model_id, hashes = self._vectors(
             modality, None if image is None else [image], embedding, model_id, "identify_or_enroll"
         )
-        thr = threshold if threshold is not None else self.threshold_for(modality, model_id)
-        if thr is None:
+        thr = threshold
+        if self._decision(modality, model_id, threshold) is None:
             raise GalleryError(
-                f"identify_or_enroll: no threshold for {modality}/{model_id}; calibrate one or pass threshold="
+                f"identify_or_enroll: no threshold for {modality}/{model_id} (no calibration in this gallery, "
+                "no setting, no model card); calibrate one or pass threshold="
             )
         first = self._identify_vec(vecs, modality, model_id, k, thr)
         if first.known:
@@ -864,12 +925,21 @@ class Gallery:
 
     # -------------------------------------------------------------------------------------------- thresholds
     def set_threshold(
-        self, modality: str, model_id: str, value: float, actor: str = "local", **measured: Any
+        self,
+        modality: str,
+        model_id: str,
+        value: float,
+        actor: str = "local",
+        rule: str = "raw",
+        beta: float | None = None,
+        cohort: np.ndarray | None = None,
+        **measured: Any,
     ) -> None:
-        """Store the decision threshold of a model (a configuration change: audited, with ``actor``)."""
+        """Store the decision of a model (a configuration change: audited, with ``actor``). It overrides the
+        model card's. ``rule="raw"`` compares ``value`` with the best score; ``"margin"`` with
+        best - ``beta`` * runner-up (the second person, or the best of ``cohort``)."""
         self._check_modality(modality)
-        if not np.isfinite(value):
-            raise GalleryError(f"threshold must be a finite number, got {value}")
+        decision = Decision(float(value), rule, 1.0 if beta is None else float(beta), cohort, "calibrated")
         with self.Session.begin() as s:
             AuditLog(self.Session, self.clock).write(
                 "set-threshold",
@@ -878,16 +948,19 @@ class Gallery:
                 subject=f"threshold:{modality}/{model_id}",
                 detail={
                     "value": float(value),
+                    "rule": rule,
+                    "beta": beta,
                     **{k: v for k, v in measured.items() if v is None or isinstance(v, (int, float, str))},
                 },
                 session=s,
             )
             t = s.get(Threshold, (modality, model_id)) or Threshold(modality=modality, model_id=model_id)
             t.value = float(value)
+            t.rule, t.beta, t.cohort = rule, beta, encode_cohort(cohort)
             for k, v in measured.items():
                 setattr(t, k, v)
             s.add(t)
-        self._threshold_cache[(modality, model_id)] = (float(value), time.monotonic())
+        self._threshold_cache[(modality, model_id)] = (decision, time.monotonic())
 
     def calibrate_threshold(
         self,
@@ -895,53 +968,63 @@ class Gallery:
         model_id: str,
         embeddings: np.ndarray,
         labels: Sequence[int | str],
-        target_far: float = 1e-3,
+        target_far: float = 1e-2,
         store: bool = True,
+        rule: str = "margin",
+        enroll_per_id: int = 1,
+        cohort: np.ndarray | None = None,
+        cohort_fraction: float = 1 / 3,
+        seed: int = 0,
     ) -> CalibrationResult:
-        """Open-set calibration on a labelled set: every identity plays the stranger once.
+        """Calibrate this model's open-set decision on labelled embeddings of people who are *not* enrolled.
 
-        For each sample, the impostor score is its best similarity to any sample of *another* identity (what a
-        stranger scores against a gallery holding everyone else); the genuine score is its best similarity to
-        another sample of its own identity. The threshold is the smallest value at which at most
-        ``target_far`` of the impostor scores pass; the true-accept rate at it is reported with it.
+        The gallery is simulated as it is used (``reid.metrics.open_set_decision.calibrate_decision``): each
+        identity enrolled with ``enroll_per_id`` images, its other images asked, and other identities asking as
+        strangers. ``rule="margin"`` weighs the best score against the runner-up (second person or a cohort of
+        never-enrolled people: ``cohort``, else ``cohort_fraction`` of the identities given, one image each) and
+        chooses beta; ``rule="raw"`` thresholds the best score alone. The threshold is the smallest value at
+        which at most ``target_far`` of the strangers are accepted.
         """
-        from reid.metrics import threshold_at_far
+        from reid.metrics.open_set_decision import calibrate_decision, split_cohort
 
+        if rule not in ("raw", "margin"):
+            raise GalleryError(f"calibrate: rule must be 'raw' or 'margin', got {rule!r}")
         vecs = check_vectors(embeddings, None, "calibrate")
         labels = np.asarray(labels)
         if len(labels) != len(vecs):
             raise GalleryError(f"calibrate: {len(vecs)} embeddings but {len(labels)} labels")
-        if len(np.unique(labels)) < 2:
-            raise GalleryError("calibrate: needs at least two identities")
-        if not 0 < target_far < 1:
-            raise GalleryError(f"calibrate: target_far must be in (0, 1), got {target_far}")
-        impostor = np.full(len(vecs), -np.inf, dtype=np.float64)
-        genuine = np.full(len(vecs), -np.inf, dtype=np.float64)
-        for s in range(0, len(vecs), 1024):
-            sims = vecs[s : s + 1024] @ vecs.T
-            same = labels[s : s + 1024, None] == labels[None, :]
-            rows = np.arange(sims.shape[0])
-            sims_g = np.where(same, sims, -np.inf)
-            sims_g[rows, rows + s] = -np.inf
-            genuine[s : s + 1024] = sims_g.max(1)
-            impostor[s : s + 1024] = np.where(same, -np.inf, sims).max(1)
-        genuine = genuine[np.isfinite(genuine)]
-        thr = threshold_at_far(impostor, target_far)
-        far = float((impostor >= thr).mean())
-        tar = float((genuine >= thr).mean()) if genuine.size else float("nan")
+        try:
+            if rule == "margin" and cohort is None:
+                cohort, keep = split_cohort(vecs, labels, cohort_fraction, seed)
+                vecs, labels = vecs[keep], labels[keep]
+            if cohort is not None:
+                cohort = check_vectors(cohort, vecs.shape[1], "calibrate cohort")
+            cal = calibrate_decision(
+                vecs, labels, target_far, enroll_per_id, cohort if rule == "margin" else None,
+                betas=(0.0, 0.25, 0.5, 0.75, 1.0) if rule == "margin" else (0.0,), seed=seed,
+            )  # fmt: skip
+        except EvaluationError as e:
+            raise GalleryError(str(e)) from e
         result = CalibrationResult(
-            modality, model_id, float(thr), target_far, far, tar, int(genuine.size), int(impostor.size)
-        )
+            modality, model_id, cal.threshold, target_far, cal.measured_far, cal.measured_dir,
+            cal.n_mated, cal.n_strangers, rule, cal.beta if rule == "margin" else None, cal.measured_dir,
+            0 if rule == "raw" or cohort is None else len(cohort),
+        )  # fmt: skip
         if store:
             self.set_threshold(
                 modality,
                 model_id,
-                float(thr),
+                cal.threshold,
+                rule=rule,
+                beta=result.beta,
+                cohort=cohort if rule == "margin" else None,
                 target_far=target_far,
-                measured_far=far,
-                measured_tar=tar,
-                n_genuine=int(genuine.size),
-                n_impostor=int(impostor.size),
+                measured_far=cal.measured_far,
+                measured_tar=cal.measured_dir,
+                measured_dir=cal.measured_dir,
+                n_genuine=cal.n_mated,
+                n_impostor=cal.n_strangers,
+                source=f"calibrate_threshold ({cal.n_identities} identities, {enroll_per_id} enrolled each)",
             )
         return result
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from reid.decision_card import card_from_checkpoint_extra
 from reid.images import ImageLike
 
 
@@ -21,11 +22,14 @@ class BaseEmbedder(ABC):
         model_id: identity string of the model; vectors of different ``model_id`` are never compared.
         dim: embedding dimension ``D``.
         modality: ``"body"`` or ``"face"``.
+        decision: the model card's open-set decision calibrated on validation identities
+            (``{"rule", "beta", "threshold", "cohort", ...}``, see ``reid.metrics.open_set_decision``), or None.
     """
 
     model_id: str
     dim: int
     modality: str
+    decision: dict | None = None
 
     @abstractmethod
     def embed(self, images: Sequence[ImageLike] | ImageLike, batch_size: int = 64) -> np.ndarray:
@@ -66,6 +70,7 @@ class Embedder(BaseEmbedder):
         self.modality = meta.modality
         self.input_size = tuple(meta.input_size)
         self.flip = flip
+        self.decision = card_from_checkpoint_extra(meta.extra)
         self._mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
 

@@ -21,8 +21,10 @@ from sqlalchemy import select
 from gallery import Gallery
 from gallery.models import Sighting
 from reid.cli.common import make_parser, run, setup_logging
+from reid.decision_card import card_from_checkpoint_extra
 from reid.errors import ConfigError
 from services.broker import STREAM, SUBJECT_PREFIX, TrackEvent, consume
+from services.settings import DEFAULT_BODY_CHECKPOINT
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subject-prefix", default=SUBJECT_PREFIX, help="subjects are <prefix>.<camera id>")
     p.add_argument("--durable", default="matcher", help="JetStream durable consumer name")
     p.add_argument("--threshold", type=float, default=None, help="body threshold (default: calibrated)")
+    p.add_argument(
+        "--body-checkpoint",
+        nargs="*",
+        default=[str(DEFAULT_BODY_CHECKPOINT)] if DEFAULT_BODY_CHECKPOINT.is_file() else [],
+        help="checkpoints whose model cards give the default decision (default: the shipped body model)",
+    )
     p.add_argument("--no-enroll", action="store_true", help="only recognise people already in the gallery")
     p.add_argument(
         "--idle-exit",
@@ -84,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     with Gallery(args.db) as g:
         g.follow()
-        if args.threshold is None and not g.default_thresholds:
-            logger.info("no --threshold: using each model's calibrated threshold")
+        for path in args.body_checkpoint or []:  # their model cards' decisions, when nothing is calibrated
+            from reid.models.checkpoint import read_checkpoint
+
+            meta = read_checkpoint(path)[1]
+            g.register_card(meta.modality, meta.model_id, card_from_checkpoint_extra(meta.extra))
+        if args.threshold is None:
+            logger.info("no --threshold: each model's calibrated decision (gallery, else model card)")
         m = Matcher(g, args.threshold, enroll=not args.no_enroll)
         try:
             n = asyncio.run(

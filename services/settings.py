@@ -29,7 +29,10 @@ class Settings:
     index_dir: str | None = None
     api_keys: list[ApiKey] = field(default_factory=list)
     body_checkpoint: str | None = str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None
-    face_threshold: float | None = 0.9  # dlib ResNet, cosine; replace with a calibrated value per store
+    # Raw-score thresholds that override the model cards' calibrated decisions (None: the card's decision, or a
+    # calibration stored in the gallery, applies; a fixed raw cosine threshold accepts more strangers as the
+    # gallery grows, which the cards' margin rule does not)
+    face_threshold: float | None = None
     body_threshold: float | None = None
     max_upload_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 25_000_000
@@ -50,14 +53,19 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """``REID_DATABASE_URL``, ``REID_INDEX_DIR``, ``REID_API_KEYS`` (a JSON list of {key, name, scopes} or a
-        path to such a file), ``REID_BODY_CHECKPOINT``, ``REID_FACE_THRESHOLD``, ``REID_MAX_UPLOAD_BYTES``, ``REID_STORE_ID``,
+        path to such a file), ``REID_BODY_CHECKPOINT``, ``REID_FACE_THRESHOLD``, ``REID_BODY_THRESHOLD``, ``REID_MAX_UPLOAD_BYTES``, ``REID_STORE_ID``,
         ``REID_RETENTION_DAYS``, ``REID_RETENTION_PER_STORE``."""
         s = cls()
         s.database_url = os.environ.get("REID_DATABASE_URL", s.database_url)
         s.index_dir = os.environ.get("REID_INDEX_DIR") or None
         s.body_checkpoint = os.environ.get("REID_BODY_CHECKPOINT") or s.body_checkpoint
-        if "REID_FACE_THRESHOLD" in os.environ:
-            s.face_threshold = float(os.environ["REID_FACE_THRESHOLD"])
+        for name in ("face", "body"):
+            var = f"REID_{name.upper()}_THRESHOLD"
+            if os.environ.get(var):
+                try:
+                    setattr(s, f"{name}_threshold", float(os.environ[var]))
+                except ValueError as e:
+                    raise ConfigError(f"{var}: expected a number, got {os.environ[var]!r}") from e
         if "REID_MAX_UPLOAD_BYTES" in os.environ:
             s.max_upload_bytes = int(os.environ["REID_MAX_UPLOAD_BYTES"])
         s.store_id = os.environ.get("REID_STORE_ID") or None

@@ -248,3 +248,49 @@ def test_a_track_that_started_as_someone_new_is_reassociated_by_its_whole_track(
         )
         kept = off.run(_Sequence("cam3", [_person((30, 200, 30))] * 3 + [_person(red)] * 30)).events[0]
         assert kept["global_id"] != first and len(g.list_persons()) == 2
+
+
+class _Boxes:
+    """A detector replaying a fixed list of boxes per frame index."""
+
+    def __init__(self, per_frame: list[list[tuple]]) -> None:
+        self.per_frame, self.i = per_frame, 0
+
+    def detect(self, image: np.ndarray) -> list[tuple]:
+        boxes = self.per_frame[self.i] if self.i < len(self.per_frame) else []
+        self.i += 1
+        return [(*b, 1.0) for b in boxes]
+
+
+def _scene(people: list[tuple[tuple, tuple]]) -> np.ndarray:
+    frame = np.full((480, 900, 3), 235, np.uint8)
+    for (x1, y1, x2, y2), rgb in people:
+        frame[y1:y2, x1:x2] = rgb
+    return frame
+
+
+@pytest.mark.parametrize("overlapping", [True, False])
+def test_a_short_fragment_beside_a_named_track_is_not_a_new_person(tmp_path: Path, overlapping: bool) -> None:
+    """A person in view for 30 frames is named; a 3-frame second box on a partly hidden part of someone (an
+    unknown colour, too short to be assigned while alive) overlaps it in time: it must not create a person.
+    The same short track alone in the camera (no named track at that time) still may."""
+    from tests.servers import ColourEmbedder
+
+    main_box, frag_box = (100, 40, 260, 460), (500, 200, 600, 420)
+    red, odd = (200, 30, 30), (20, 160, 170)
+    start = 10 if overlapping else 40  # the named track lives in frames 0-29
+    frames, boxes = [], []
+    for i in range(60):
+        people = [(main_box, red)] if i < 30 else []
+        if start <= i < start + 3:
+            people.append((frag_box, odd))
+        frames.append(_scene(people))
+        boxes.append([b for b, _ in people])
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.95}) as g:
+        pipe = CameraPipeline(
+            g, ColourEmbedder(), _Boxes(boxes), PipelineConfig(embed_every=1, assign_after=5, min_hits=2)
+        )
+        events = pipe.run(_Sequence("cam1", frames)).events
+        named = {e["track_id"]: e["global_id"] for e in events}
+        assert len(g.list_persons()) == (1 if overlapping else 2), named
+        assert sorted(named.values()) == ([1] if overlapping else [1, 2])

@@ -209,26 +209,74 @@ def test_concurrent_processes_create_one_person(db_url: str, tmp_path: Path) -> 
     assert len(pids) == 1 and created.count("True") == 1
 
 
-def test_calibration_against_slow_reference(gallery: Gallery) -> None:
+def test_calibration_stores_the_decision_and_identify_shows_its_evidence(gallery: Gallery) -> None:
+    from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+
     rng = np.random.default_rng(8)
-    centers = unit(rng, 30)
-    labels = np.repeat(np.arange(30), 4)
+    centers = unit(rng, 60)
+    labels = np.repeat(np.arange(60), 4)
     emb = near(centers[labels], rng, 0.15)
-    res = gallery.calibrate_threshold("face", "m", emb, labels, target_far=0.05)
-    e64 = emb.astype(np.float64)
-    n = len(e64)
-    impostor = np.array([max(e64[i] @ e64[j] for j in range(n) if labels[j] != labels[i]) for i in range(n)])
-    genuine = np.array(
-        [max(e64[i] @ e64[j] for j in range(n) if labels[j] == labels[i] and j != i) for i in range(n)]
+    res = gallery.calibrate_threshold("face", "m", emb, labels, target_far=0.05, cohort_fraction=0.25)
+    # the gallery stores what the library computes on the same split (the library is tested against a slow
+    # reference in test_metrics)
+    cohort, keep = split_cohort(emb, labels, 0.25, 0)
+    ref = calibrate_decision(emb[keep], labels[keep], 0.05, 1, cohort)
+    assert (res.rule, res.beta, res.cohort_size) == ("margin", ref.beta, 15)
+    assert res.threshold == pytest.approx(ref.threshold) and res.measured_dir == pytest.approx(
+        ref.measured_dir
     )
-    eps = 1e-6  # float32 (gallery) vs float64 (reference) dot products
-    # FAR at the threshold is within target, and it is the smallest such threshold (just below, FAR exceeds it)
-    assert np.mean(impostor >= res.threshold + eps) <= 0.05
-    assert np.mean(impostor >= res.threshold - eps) > 0.05 or res.threshold <= impostor.min() + eps
-    assert res.measured_far == pytest.approx(np.mean(impostor >= res.threshold + eps), abs=1 / n)
-    assert res.measured_tar == pytest.approx(np.mean(genuine >= res.threshold + eps), abs=1 / n)
-    assert res.measured_tar > 0.5
-    assert gallery.threshold_for("face", "m") == pytest.approx(res.threshold)
+    assert res.measured_far <= 0.05 and res.measured_dir > 0.5
+    d = gallery.decision_for("face", "m")
+    assert (d.rule, d.source, d.beta, len(d.cohort)) == ("margin", "calibrated", ref.beta, 15)
+    assert np.allclose(d.cohort, cohort)
+    # a new gallery object reads it back from the database, cohort included
+    again = Gallery(str(gallery.engine.url.render_as_string(hide_password=False)), index_dir=None)
+    try:
+        d2 = again.decision_for("face", "m")
+        assert (d2.threshold, d2.rule, d2.beta) == (d.threshold, d.rule, d.beta)
+        assert np.array_equal(d2.cohort, d.cohort)
+    finally:
+        again.close()
+    ann = gallery.enroll(embeddings=centers[40:41], modality="face", model_id="m").person_id
+    bob = gallery.enroll(embeddings=unit(rng, 1), modality="face", model_id="m").person_id
+    q = near(centers[40:41], rng, 0.05)[0]
+    r = gallery.identify(embedding=q, modality="face", model_id="m")
+    assert r.best.person_id == ann and r.known is True
+    assert r.score == pytest.approx(r.best.score)
+    assert r.runner_up == pytest.approx(max(r.matches[1].score, float((cohort @ q).max())), abs=1e-5)
+    assert r.normalised_score == pytest.approx(r.score - d.beta * r.runner_up)
+    assert r.decision == {"rule": "margin", "threshold": d.threshold, "beta": d.beta, "cohort_size": 15,
+                          "source": "calibrated"}  # fmt: skip
+    stranger = gallery.identify(embedding=unit(rng, 1)[0], modality="face", model_id="m")
+    assert stranger.known is False and stranger.normalised_score < d.threshold
+    assert {m.person_id for m in stranger.matches} == {ann, bob}
+    # an explicit threshold is a raw-score threshold for that call
+    raw = gallery.identify(embedding=unit(rng, 1)[0], modality="face", model_id="m", threshold=-1.0)
+    assert raw.known is True and raw.decision["rule"] == "raw" and raw.normalised_score == raw.score
+
+
+def test_decision_sources_calibrated_over_setting_over_model_card(db_url: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    card = {"rule": "margin", "beta": 1.0, "threshold": 0.2, "cohort": unit(rng, 5, 24)}
+    emb = ColourEmbedder()
+    emb.decision = card
+    g = Gallery(db_url, index_dir=None, embedders={"body": emb})
+    try:
+        d = g.decision_for("body", emb.model_id)
+        assert (d.source, d.rule, d.threshold, len(d.cohort)) == ("model card", "margin", 0.2, 5)
+        assert g.decision_for("body", "another-model") is None
+        g.default_thresholds["body"] = 0.7
+        assert (g.decision_for("body", emb.model_id).source, g.threshold_for("body", emb.model_id)) == (
+            "setting",
+            0.7,
+        )
+        g.set_threshold("body", emb.model_id, 0.5)
+        d = g.decision_for("body", emb.model_id)
+        assert (d.source, d.rule, d.threshold) == ("calibrated", "raw", 0.5)
+    finally:
+        g.close()
+    with pytest.raises(GalleryError, match="rule must be one of"):
+        Gallery(db_url, index_dir=None).set_threshold("body", "m", 0.5, rule="zscore")
 
 
 def test_sightings_query(gallery: Gallery) -> None:

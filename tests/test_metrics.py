@@ -205,3 +205,82 @@ def test_market_sized_problem_runs() -> None:
     res = evaluate_rank(d, qp, gp, qc, gc)
     assert time.perf_counter() - t < 60  # sanity only; speed is measured in benchmarks/eval_speed.py
     assert 0 < res.mAP < 0.05
+
+
+def _slow_decision(emb, labels, far, enroll, cohort, beta, seed):
+    """calibrate_decision's simulation written straight from its definition, one probe at a time."""
+    ids = np.unique(labels)
+    ids = ids[np.random.default_rng(seed).permutation(len(ids))]
+    halves = (list(ids[: len(ids) // 2]), list(ids[len(ids) // 2 :]))
+    mated, correct, strangers = [], [], []
+    for enrolled, others in (halves, halves[::-1]):
+        enrolled = [p for p in enrolled if (labels == p).sum() > enroll]
+        templates = {p: [i for i in range(len(labels)) if labels[i] == p][:enroll] for p in enrolled}
+        probes = [(i, True) for p in enrolled for i in np.flatnonzero(labels == p)[enroll:]]
+        probes += [(i, False) for p in others for i in np.flatnonzero(labels == p)]
+        for i, is_mated in probes:
+            person = {p: max(float(emb[i] @ emb[t]) for t in ts) for p, ts in templates.items()}
+            order = sorted(person, key=lambda p: -person[p])
+            runner = person[order[1]] if len(order) > 1 else -1.0
+            if cohort is not None:
+                runner = max(runner, max(float(emb[i] @ c) for c in cohort))
+            value = person[order[0]] - beta * runner
+            if is_mated:
+                mated.append(value)
+                correct.append(order[0] == labels[i])
+            else:
+                strangers.append(value)
+    s = sorted(strangers, reverse=True)
+    allowed = int(np.floor(far * len(s) + 1e-9))
+    thr = np.nextafter(s[allowed], np.inf)
+    return thr, np.mean([c and m >= thr for c, m in zip(correct, mated)]), np.mean([v >= thr for v in s])
+
+
+@pytest.mark.parametrize("enroll", [1, 2])
+def test_calibrate_decision_against_slow_reference(enroll: int) -> None:
+    from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+
+    rng = np.random.default_rng(11)
+    centers = rng.normal(size=(40, 16))
+    labels = np.repeat(np.arange(40), 5)
+    emb = centers[labels] + 0.9 * rng.normal(size=(200, 16))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float64)
+    cohort, keep = split_cohort(emb, labels, 0.25, seed=3)
+    assert len(cohort) == 10 and len(np.unique(labels[keep])) == 30
+    e, y = emb[keep], labels[keep]
+    cal = calibrate_decision(e, y, 0.05, enroll, cohort, betas=(0.0, 0.5, 1.0), seed=4)
+    for beta in (0.0, 0.5, 1.0):
+        thr, dir_, far = _slow_decision(e, y, 0.05, enroll, cohort, beta, seed=4)
+        assert cal.by_beta[beta] == pytest.approx(dir_, abs=1e-9)
+        if beta == cal.beta:
+            assert cal.threshold == pytest.approx(thr, abs=1e-6)  # float32 products in calibrate_decision
+            assert cal.measured_far == pytest.approx(far) and far <= 0.05
+    assert cal.by_beta[cal.beta] == max(cal.by_beta.values())
+    assert cal.n_identities == 30 and cal.n_strangers == 150
+
+
+def test_margin_names_more_known_people_than_the_raw_score_when_queries_differ_in_scale() -> None:
+    """Queries whose similarity to everyone is shifted (hubs, poor photos): the raw best score mixes them up
+    with strangers; the margin over the runner-up does not. The calibration must find that."""
+    from reid.metrics.open_set_decision import calibrate_decision, open_set_scores
+
+    rng = np.random.default_rng(5)
+    n_id, per = 60, 4
+    labels = np.repeat(np.arange(n_id), per)
+    centers = rng.normal(size=(n_id, 64))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    emb = (
+        centers[labels] * rng.uniform(0.35, 1.0, size=(len(labels), 1))
+        + 0.5 * rng.normal(size=(len(labels), 64)) / 8.0
+    )
+    emb += 0.6 * rng.normal(size=(1, 64)) * rng.uniform(0, 1, size=(len(labels), 1))  # query-dependent shift
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cal = calibrate_decision(emb, labels, 0.05, 1, None, betas=(0.0, 1.0))
+    assert cal.by_beta[1.0] > cal.by_beta[0.0] + 0.05, cal.by_beta
+    s = open_set_scores(
+        np.array([[0.9, 0.2, 0.1], [0.5, 0.49, 0.1]]), beta=1.0, cohort_best=np.array([0.3, 0.0])
+    )
+    assert s.best.tolist() == [0, 0]
+    assert s.runner_up.tolist() == pytest.approx([0.3, 0.49]) and s.normalised.tolist() == pytest.approx(
+        [0.6, 0.01]
+    )

@@ -193,6 +193,8 @@ def test_every_config_loads_and_builds(path: Path, market: Path, tmp_path: Path)
             "data.k=2",
         ],
     )
+    if cfg["data"]["val_identities"]:  # the tiny data set holds 6 training identities, and no extra views
+        cfg["data"].update(val_identities=2, extra_train=[])
     trainer = Trainer(cfg, device="cpu")
     assert trainer.model.arch == cfg["model"]["name"] and len(trainer.loss.terms) == len(cfg["losses"])
 
@@ -298,3 +300,51 @@ def test_ddp_two_processes_with_torchrun(market: Path, tmp_path: Path) -> None:
     out = json.loads(stdout[stdout.index("{") :])
     assert out["epochs"] == 1 and "eval/mAP" in out["last"]
     assert (tmp_path / "ddp" / "final.pt").is_file()
+
+
+def test_validation_identities_choose_best_and_the_card_ships_in_the_checkpoint(
+    tmp_path: Path, capsys
+) -> None:
+    """best.pt follows the held-out validation identities' metric, the test split is only logged beside it;
+    reid-calibrate then puts a decision calibrated on those same identities into the checkpoint."""
+    import torch as _torch
+
+    from reid.cli.calibrate import main as calibrate
+    from reid.cli.calibrate import validation_records
+    from reid.models.checkpoint import read_checkpoint
+
+    market = make_market(tmp_path / "market", ids=10)
+    extra = tmp_path / "extra" / "bounding_box_train"
+    extra.mkdir(parents=True)
+    for f in sorted((market / "bounding_box_train").iterdir())[::2]:  # other views of the same identities
+        Image.open(f).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(extra / f"{f.stem}_x.jpg")
+    cfg = tiny_cfg(tmp_path, market, seed=3)
+    cfg["data"].update(val_identities=6, extra_train=[str(extra.parent)])
+    cfg["train"]["epochs"] = 3
+    trainer = Trainer(cfg, device="cpu")
+    held = {r.pid for r in trainer.val_set.query}
+    assert len(held) == 6 and not held & set(trainer.train_set.pid_map)
+    assert len(trainer.train_set) == 4 * 6 + 4 * 3  # four training identities, labeled + extra views
+    result = trainer.train()
+    hist = [h for h in result["history"] if "eval/mAP" in h]
+    assert all("eval/test/mAP" in h for h in hist)
+    best_epoch = max(hist, key=lambda h: h["eval/mAP"])["epoch"]
+    _state, meta = read_checkpoint(tmp_path / "run" / "best.pt")
+    assert meta.extra["epoch"] == best_epoch and meta.extra["metrics"]["mAP"] == max(
+        h["eval/mAP"] for h in hist
+    )
+    paths, labels = validation_records(meta.extra["config"])
+    assert {int(p) for p in labels} == held and any("_x.jpg" in p for p in paths)
+    assert calibrate(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--far", "0.2", "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "6 validation identities held out" in out and "<- chosen" in out
+    emb = Embedder.from_checkpoint(tmp_path / "run" / "best.pt")  # re-verifies the weights' hash
+    assert emb.model_id == meta.model_id
+    d = emb.decision
+    assert d["rule"] == "margin" and d["target_far"] == 0.2 and d["cohort"].shape == (2, 32)
+    assert d["beta"] in (0.0, 0.25, 0.5, 0.75, 1.0) and np.isfinite(d["threshold"])
+    assert "validation identities" in d["data"]
+    assert (
+        _torch.load(tmp_path / "run" / "best.pt", weights_only=True)["extra"]["decision"]["threshold"]
+        == d["threshold"]
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reid.decision_card import read_card
 from reid.embedder import BaseEmbedder, l2_normalize
 from reid.errors import CheckpointError, ConfigError, ReidError
 from reid.images import ImageLike, to_rgb_array
@@ -175,6 +176,8 @@ class DlibFaceEmbedder(BaseEmbedder):
         )
         self._lock = threading.Lock()
         self.model_id = "dlib-resnet-v1-128" + ("-flip" if flip else "")
+        # calibrated on CelebA identities (never LFW): reid/face/cards/<model_id>.json
+        self.decision = read_card(self.model_id)
         self.fallbacks = 0  # images embedded with the centred-face assumption
 
     def face_of(self, image: ImageLike, where: str) -> Face:

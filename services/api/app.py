@@ -85,7 +85,26 @@ class MatchOut(FromResult):
     external_id: str | None
 
 
-class IdentifyOut(BaseModel):
+class DecisionOut(BaseModel):
+    rule: str = Field(
+        description="'raw': best score >= threshold; 'margin': best - beta x runner-up >= threshold"
+    )
+    threshold: float
+    beta: float | None
+    cohort_size: int = Field(description="never-enrolled people the runner-up is also taken from")
+    source: str = Field(description="'calibrated' (this gallery), 'setting', 'model card' or 'argument'")
+
+
+class Evidence(BaseModel):
+    """What the known / unknown answer was decided on."""
+
+    decision: DecisionOut | None = None
+    score: float | None = Field(None, description="the best person's raw cosine similarity")
+    runner_up: float | None = Field(None, description="the best competitor: second person, or the cohort")
+    normalised_score: float | None = Field(None, description="the value compared with the threshold")
+
+
+class IdentifyOut(Evidence):
     modality: Modality
     model_id: str
     known: bool | None
@@ -94,13 +113,13 @@ class IdentifyOut(BaseModel):
     matches: list[MatchOut]
 
 
-class IdentifyOrEnrollOut(BaseModel):
+class IdentifyOrEnrollOut(Evidence):
     person_id: int
     created: bool
-    score: float | None
+    threshold: float | None = None
 
 
-class VerifyOut(BaseModel):
+class VerifyOut(Evidence):
     same_person: bool | None
     score: float
     threshold: float | None
@@ -118,6 +137,16 @@ class SightingOut(FromResult):
 
 class MergeIn(BaseModel):
     remove: int = Field(description="the person folded into this one and deleted")
+
+
+def evidence(r) -> dict:
+    """The decision's evidence of an ``IdentifyResult`` as response fields."""
+    return {
+        "decision": r.decision,
+        "score": r.score,
+        "runner_up": r.runner_up,
+        "normalised_score": r.normalised_score,
+    }
 
 
 class ErrorOut(BaseModel):
@@ -460,6 +489,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
             threshold=r.threshold,
             person=matches[0] if r.known else None,
             matches=matches,
+            **evidence(r),
         )
 
     @app.post("/identify-or-enroll", tags=["identify"])
@@ -475,7 +505,9 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         if r.created:
             save_thumbnail(r.person_id, img, box)
         request.state.audit_subject = f"person:{r.person_id}"
-        return IdentifyOrEnrollOut(person_id=r.person_id, created=r.created, score=r.score)
+        return IdentifyOrEnrollOut(
+            person_id=r.person_id, created=r.created, threshold=r.identify.threshold, **evidence(r.identify)
+        )
 
     @app.post("/verify", tags=["identify"])
     def verify(
@@ -487,9 +519,17 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         va, model_id = embed_one(modality, read_upload(image_a, "image_a"), f"image_a ({image_a.filename})")
         vb, _ = embed_one(modality, read_upload(image_b, "image_b"), f"image_b ({image_b.filename})")
         score = float(va @ vb)
-        thr = gallery.threshold_for(modality, model_id)
+        decision = gallery.decision_for(modality, model_id)
+        # image_b as a gallery of one person: under the margin rule it is weighed against the cohort
+        v = None if decision is None else decision.verdict(va, [score])
         return VerifyOut(
-            same_person=None if thr is None else score >= thr, score=score, threshold=thr, model_id=model_id
+            same_person=None if v is None else v.known,
+            score=score,
+            threshold=None if decision is None else decision.threshold,
+            model_id=model_id,
+            decision=None if decision is None else decision.describe(),
+            runner_up=None if v is None else v.runner_up,
+            normalised_score=None if v is None else v.normalised,
         )
 
     @app.get("/sightings", tags=["sightings"])

@@ -72,20 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     embedder.flip = args.flip
     events = open(args.events, "a") if args.events else sys.stdout  # noqa: SIM115 (closed below)
     try:
-        with Gallery(args.db) as g:
-            if args.threshold is None and g.threshold_for("body", embedder.model_id) is None:
-                raise ConfigError(
-                    f"no body threshold for {embedder.model_id}: calibrate one or pass --threshold"
-                )
-            face_embedder = None
-            if args.faces:
-                from reid.face import DlibFaceEmbedder
+        face_embedder = None
+        if args.faces:
+            from reid.face import DlibFaceEmbedder
 
-                face_embedder = DlibFaceEmbedder()
-                if args.face_threshold is None and g.threshold_for("face", face_embedder.model_id) is None:
-                    raise ConfigError(
-                        f"no face threshold for {face_embedder.model_id}: calibrate one or pass --face-threshold"
-                    )
+            face_embedder = DlibFaceEmbedder()
+        # the embedders' model cards carry their calibrated decisions: no flag needed
+        cards = {"body": embedder, **({"face": face_embedder} if face_embedder else {})}
+        with Gallery(args.db, embedders=cards) as g:
+            if args.threshold is None and g.decision_for("body", embedder.model_id) is None:
+                raise ConfigError(
+                    f"no body decision for {embedder.model_id} (no model card, no calibration in {args.db}): "
+                    "calibrate one (reid-calibrate / python -m gallery calibrate) or pass --threshold"
+                )
+            if (
+                face_embedder
+                and args.face_threshold is None
+                and g.decision_for("face", face_embedder.model_id) is None
+            ):
+                raise ConfigError(
+                    f"no face decision for {face_embedder.model_id}: calibrate one or pass --face-threshold"
+                )
             pipe = CameraPipeline(
                 g,
                 embedder,

@@ -98,6 +98,7 @@ class CameraPipeline:
         self.face_embedder = face_embedder
         self.sink = sink
         self._consented: dict[int, bool] = {}
+        self._named: dict[str, dict[int, Track]] = {}  # camera -> named tracks (for the fragment rule)
 
     def _crop(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         h, w = image.shape[:2]
@@ -112,8 +113,24 @@ class CameraPipeline:
         v = np.mean(vs, axis=0)
         return (v / np.linalg.norm(v)).astype(np.float32)
 
-    def _assign(self, track: Track, camera_id: str) -> None:
+    def _fragment_of_named(self, track: Track, camera_id: str) -> Track | None:
+        """A short track (it ended before ``assign_after`` embeddings) that overlaps in time with a named track
+        of the same camera: a piece of someone already in view (a partly hidden person, a second box on
+        them), not evidence of a new person."""
+        if len(track.embeddings) >= self.config.assign_after:
+            return None
+        for other in self._named.get(camera_id, {}).values():
+            if (
+                other is not track
+                and other.first_frame <= track.last_frame
+                and track.first_frame <= other.last_frame
+            ):
+                return other
+        return None
+
+    def _assign(self, track: Track, camera_id: str, may_create: bool = True) -> None:
         g, c = self.gallery, self.config
+        self._named.setdefault(camera_id, {})[track.id] = track
         body = self._mean(track.embeddings)
         face = self._mean(track.face_embeddings) if track.face_embeddings else None
         face_id = self.face_embedder.model_id if face is not None else None
@@ -139,7 +156,7 @@ class CameraPipeline:
                             sources=[f"camera:{camera_id}"],
                         )
                 return
-        if c.enroll:
+        if c.enroll and may_create:
             r = g.identify_or_enroll(
                 embedding=body, modality="body", model_id=self.embedder.model_id, threshold=c.threshold
             )
@@ -162,22 +179,24 @@ class CameraPipeline:
             )
             track.global_id = r.best.person_id if r.known else None
             score = r.best.score if r.best else None
+        if track.global_id is None:
+            self._named[camera_id].pop(track.id, None)
         track.matched_by = "body"
         track.scores.append(float(score) if score is not None else float("nan"))
 
     def _reassociate(self, track: Track) -> None:
         """Whole-track match of a track that created its person early; merge that person into a known one."""
         g, mine = self.gallery, track.global_id
-        r = g.identify(
-            embedding=self._mean(track.embeddings),
-            modality="body",
-            model_id=self.embedder.model_id,
-            k=3,
-            threshold=self.config.threshold,
-        )
-        thr = r.threshold
-        other = next((m for m in r.matches if m.person_id != mine), None)
-        if other is None or thr is None or other.score < thr:
+        q = self._mean(track.embeddings)
+        model_id = self.embedder.model_id
+        r = g.identify(embedding=q, modality="body", model_id=model_id, k=3, threshold=self.config.threshold)
+        others = [m for m in r.matches if m.person_id != mine]
+        if not others:
+            return
+        other = others[0]
+        # the same decision as identify's, with this track's own person left out of the candidates
+        v = g.decide("body", model_id, q, [m.score for m in others], threshold=self.config.threshold)
+        if v is None or not v.known:
             return
         if set(g.templates_of.get(mine, ())) - set(track.template_ids):
             return  # someone else's observations joined this person meanwhile: leave it to staff to merge
@@ -220,7 +239,13 @@ class CameraPipeline:
             stats.tracks += 1
             return
         if track.global_id is None:
-            self._assign(track, camera_id)
+            fragment = self._fragment_of_named(track, camera_id)
+            self._assign(track, camera_id, may_create=fragment is None)
+            if track.global_id is None and fragment is not None:
+                logger.info(
+                    "track %d (%d embeddings, frames %d-%d) is a fragment beside named track %d: no new person",
+                    track.id, len(track.embeddings), track.first_frame, track.last_frame, fragment.id,
+                )  # fmt: skip
         else:
             long_track = len(track.embeddings) >= 2 * self.config.assign_after
             if self.config.reassociate and track.created_person and long_track:
@@ -279,6 +304,13 @@ class CameraPipeline:
             self._embed_tracks(frame, matched, source.camera_id)
             for t in ended:
                 self._finish(t, source.camera_id, 0.0, stats)
+            if ended:  # named tracks that ended before every live track began can overlap no fragment to come
+                oldest = min((t.first_frame for t in tracker.tracks), default=frame.index + 1)
+                named = self._named.get(source.camera_id, {})
+                for tid in [
+                    tid for tid, t in named.items() if t.last_frame < oldest and t not in tracker.tracks
+                ]:
+                    del named[tid]
             if annotate:
                 writer = self._draw(writer, annotate, frame, tracker.tracks)
             stats.frames += 1

@@ -1,0 +1,136 @@
+"""Open-set body identification on cuhk03-np test through the Gallery: named right, and strangers accepted.
+
+Protocol (issue 12): half the test identities (seeded) are enrolled from one gallery image each (seeded); their
+query images are asked; the other half's query images are strangers. Every identify goes through a real
+``Gallery`` (SQLite + FAISS) and its decision path. Decisions compared, each at each target FAR:
+
+- ``margin (validation)``: best - beta x runner-up (second person or the cohort), beta and threshold chosen on the
+  checkpoint's validation identities (held out of training) with ``reid-calibrate``'s code and seed; at the
+  card's own FAR this is the decision shipped in the checkpoint;
+- ``raw (validation)``: the raw best score, threshold calibrated on the same validation identities;
+- ``raw (test strangers)``: threshold set on these test strangers themselves: not deployable (test data choosing),
+  shown as the best the raw score could do and as the issue's baseline protocol.
+The test split only reports. ``--compare`` adds checkpoints without validation identities (raw, strangers-set).
+
+Examples:
+    python benchmarks/open_set_cuhk03.py --checkpoint models/body/mobilenetv2_cuhk03.pt
+    python benchmarks/open_set_cuhk03.py --checkpoint runs/cpu_val_mobilenetv2/best.pt --compare old.pt --far 0.01 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import describe
+from gallery import Gallery
+from reid.cli.calibrate import validation_records
+from reid.data import build_dataset
+from reid.embedder import Embedder
+from reid.metrics.open_set import threshold_at_far
+from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+
+
+def protocol(ds, seed: int):
+    """(enrolled gallery records by pid, known query records, stranger query records)."""
+    test_ids = sorted({r.pid for r in ds.query})
+    rng = random.Random(seed)
+    enrolled = set(rng.sample(test_ids, len(test_ids) // 2))
+    by_pid = defaultdict(list)
+    for r in ds.gallery:
+        by_pid[r.pid].append(r)
+    templates = {pid: rng.choice(by_pid[pid]) for pid in sorted(enrolled)}
+    known = [r for r in ds.query if r.pid in enrolled]
+    strangers = [r for r in ds.query if r.pid not in enrolled]
+    return templates, known, strangers
+
+
+def run(g: Gallery, model_id: str, vec: dict, pid_of: dict, known, strangers, threshold=None):
+    right = wrong = top1 = 0
+    for r in known:
+        res = g.identify(embedding=vec[r.path], modality="body", model_id=model_id, k=2, threshold=threshold)
+        hit = res.best.person_id == pid_of[r.pid]
+        top1 += hit
+        right += hit and res.known
+        wrong += (not hit) and res.known
+    fa = sum(
+        bool(
+            g.identify(
+                embedding=vec[r.path], modality="body", model_id=model_id, k=2, threshold=threshold
+            ).known
+        )
+        for r in strangers
+    )
+    return right / len(known), wrong / len(known), fa / len(strangers), top1 / len(known)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(SHARED / "cuhk03-np"))
+    ap.add_argument("--checkpoint", nargs="+", required=True, help="checkpoints with validation identities")
+    ap.add_argument(
+        "--compare", nargs="*", default=[], help="checkpoints without (strangers-set threshold only)"
+    )
+    ap.add_argument("--far", type=float, nargs="+", default=[0.01, 0.05])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    ds = build_dataset("cuhk03-np", args.data)
+    templates, known, strangers = protocol(ds, args.seed)
+    print(describe())
+    print(f"cuhk03-np test: {len(templates)} identities enrolled (1 gallery image each), {len(known)} known "
+          f"queries, {len(strangers)} stranger queries (seed {args.seed})")  # fmt: skip
+    print(f"{'model':<32} {'rule':<22} {'target FAR':>10} {'beta':>5} {'threshold':>9} {'named right':>11} "
+          f"{'wrong name':>10} {'strangers acc.':>14} {'rank-1':>7}")  # fmt: skip
+    for path in args.checkpoint + args.compare:
+        e = Embedder.from_checkpoint(path, device="cpu")
+        recs = list(templates.values()) + known + strangers
+        vec = dict(zip([r.path for r in recs], e.embed([r.path for r in recs], progress="test images")))
+        val = None
+        if path in args.checkpoint:
+            vpaths, vlabels = validation_records(e.meta.extra["config"])
+            val = (e.embed(vpaths, progress="validation images"), np.asarray(vlabels))
+        with tempfile.TemporaryDirectory() as d:
+            g = Gallery(f"{d}/g.db", index_dir=None)
+            pid_of = {
+                pid: g.enroll(embeddings=vec[r.path][None], modality="body", model_id=e.model_id).person_id
+                for pid, r in templates.items()
+            }
+            raw_strangers = np.array(
+                [
+                    g.identify(embedding=vec[r.path], modality="body", model_id=e.model_id, k=1).best.score
+                    for r in strangers
+                ]
+            )
+            for far in args.far:
+                rows = []
+                if val is not None:
+                    cohort, keep = split_cohort(val[0], val[1], 1 / 3, seed=0)  # as reid-calibrate
+                    cal = calibrate_decision(val[0][keep], val[1][keep], far, 1, cohort, seed=0)
+                    g.set_threshold(
+                        "body", e.model_id, cal.threshold, rule="margin", beta=cal.beta, cohort=cohort
+                    )
+                    rows.append(("margin (validation)", cal.beta, cal.threshold, None))
+                    raw = calibrate_decision(val[0][keep], val[1][keep], far, 1, None, betas=(0.0,), seed=0)
+                    rows.append(("raw (validation)", 0.0, raw.threshold, raw.threshold))
+                t = threshold_at_far(raw_strangers, far)
+                rows.append(("raw (test strangers)", 0.0, t, t))
+                for rule, beta, thr, explicit in rows:
+                    right, wrong, fa, top1 = run(g, e.model_id, vec, pid_of, known, strangers, explicit)
+                    print(f"{e.model_id:<32} {rule:<22} {far:>10g} {beta:>5.2f} {thr:>9.4f} {right:>11.2%} "
+                          f"{wrong:>10.2%} {fa:>14.2%} {top1:>7.2%}")  # fmt: skip
+            g.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Calibrate a model's open-set decision on validation identities and ship it with the model (its card).
+
+The identities must be ones the model never trained on and no test split: by default, for a checkpoint trained
+here, the identities its config held out (``data.val_identities``); for dlib's face model, a face folder such
+as CelebA's. A third of them (one image each) become the cohort of never-enrolled people; the rest simulate the
+gallery (one template set per identity, strangers against the others) to choose beta and the threshold at the
+target false-accept rate. ``--write`` stores the decision in the checkpoint (``extra["decision"]``; the
+model_id is unchanged) or, for dlib, in ``reid/face/cards/``.
+
+Examples:
+  reid-calibrate --checkpoint runs/cpu_val_mobilenetv2/best.pt --write
+  reid-calibrate --checkpoint model.pt --data ../my-store-crops --far 0.001
+  reid-calibrate --face dlib --data ../shared/data/celeba-faces --write
+  reid-calibrate --face dlib --data ../shared/data/celeba-faces --enroll-per-id 3
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from reid.cli.common import make_parser, run, setup_logging
+from reid.data import holdout_identities, read_identity_folders
+from reid.data.readers import read_extra_train, read_market_folder
+from reid.errors import ConfigError, DatasetError
+from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+
+logger = logging.getLogger(__name__)
+
+
+def validation_records(config: dict) -> tuple[list[str], list[int]]:
+    """Every image (labeled and extra views) of the identities a training config held out for validation."""
+    d = config["data"]
+    if not d.get("val_identities"):
+        raise ConfigError(
+            "this checkpoint's training config held out no validation identities (data.val_identities); "
+            "pass --data with identities it never trained on"
+        )
+    root = Path(d["root"])
+    train = read_market_folder(root / "bounding_box_train", "train")
+    extra = [r for folder in d.get("extra_train") or [] for r in read_extra_train(folder)]
+    _, val = holdout_identities(train, d["val_identities"], int(d.get("val_seed", 0)))
+    held = {r.pid for r in val.query + val.gallery}
+    recs = [r for r in train + extra if r.pid in held]
+    return [r.path for r in recs], [r.pid for r in recs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = make_parser("reid-calibrate", __doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="an embedding checkpoint (body or face) trained here")
+    src.add_argument("--face", choices=["dlib"], help="dlib's face model (its card goes to reid/face/cards)")
+    p.add_argument("--data", help="identity folders (root/<person>/<image>) never trained on")
+    p.add_argument("--far", type=float, default=0.01, help="target false-accept rate of strangers")
+    p.add_argument("--enroll-per-id", type=int, default=1)
+    p.add_argument("--cohort-fraction", type=float, default=1 / 3)
+    p.add_argument("--flip", action="store_true", help="flip-averaged embeddings (a different model_id)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", help="dlib only: .npz of embeddings in --data's order (plain / flip)")
+    p.add_argument("--write", action="store_true", help="store the decision with the model")
+    p.add_argument("--json", help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.face and not args.data:
+        raise ConfigError("--face needs --data (identity folders the model never trained on)")
+    if args.checkpoint:
+        from reid.embedder import Embedder
+
+        embedder = Embedder.from_checkpoint(args.checkpoint, flip=args.flip)
+        if args.data:
+            recs = read_identity_folders(args.data)
+            paths, labels, data = [r.path for r in recs], [r.pid for r in recs], str(args.data)
+        else:
+            cfg = embedder.meta.extra.get("config")
+            if not cfg:
+                raise ConfigError(f"{args.checkpoint}: no training config inside; pass --data")
+            paths, labels = validation_records(cfg)
+            d = cfg["data"]
+            data = (
+                f"{d['val_identities']} validation identities held out of {d['root']} "
+                f"(+ {', '.join(d.get('extra_train') or []) or 'no extra views'}), val_seed {d.get('val_seed', 0)}"
+            )
+        emb = embedder.embed(paths, progress="embedding validation identities")
+        model_id = embedder.model_id
+    else:
+        from reid.face import DlibFaceEmbedder
+
+        recs = read_identity_folders(args.data)
+        paths, labels, data = [r.path for r in recs], [r.pid for r in recs], str(args.data)
+        if args.cache and Path(args.cache).is_file():
+            z = np.load(args.cache)
+            emb = z["flip" if args.flip else "plain"]
+            if len(emb) != len(paths):
+                raise DatasetError(
+                    f"{args.cache}: {len(emb)} embeddings for {len(paths)} images in {args.data}"
+                )
+        else:
+            emb = DlibFaceEmbedder(on_no_face="center", flip=args.flip).embed(paths)
+        model_id = "dlib-resnet-v1-128" + ("-flip" if args.flip else "")
+    labels = np.asarray(labels)
+    cohort, keep = split_cohort(emb, labels, args.cohort_fraction, args.seed)
+    cal = calibrate_decision(emb[keep], labels[keep], args.far, args.enroll_per_id, cohort, seed=args.seed)
+    print(f"model {model_id}: {len(np.unique(labels))} identities, {len(labels)} images ({data})")
+    print(f"cohort {len(cohort)} identities; calibrated on {cal.n_identities} "
+          f"({cal.n_mated} mated probes, {cal.n_strangers} stranger probes, {args.enroll_per_id} enrolled each)")  # fmt: skip
+    print(f"{'beta':>6} {'DIR at FAR ' + format(args.far, 'g'):>16}")
+    for beta, d in cal.by_beta.items():
+        print(f"{beta:6.2f} {d:16.2%}{'  <- chosen' if beta == cal.beta else ''}")
+    print(f"threshold {cal.threshold:.4f} on best - {cal.beta:g} x runner-up; strangers accepted "
+          f"{cal.measured_far:.2%}, mated named {cal.measured_dir:.2%} (rank-1 {cal.rank1:.2%})")  # fmt: skip
+    card = {**cal.as_dict(), "data": data, "cohort": cohort, "seed": args.seed}
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: v for k, v in card.items() if k != "cohort"}, indent=1))
+    if args.write:
+        if args.checkpoint:
+            from reid.decision_card import attach_to_checkpoint
+
+            attach_to_checkpoint(args.checkpoint, card)
+            print(f"wrote the decision into {args.checkpoint} (model_id {model_id} unchanged)")
+        else:
+            from reid.decision_card import write_card
+
+            print(f"wrote {write_card(model_id, card)}")
+    return 0
+
+
+def cli() -> None:
+    raise SystemExit(run(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,196 @@
+"""The open-set decision: "is the best-ranked person really this person, or a stranger?"
+
+The raw best score cannot tell "first and right" from "first among strangers": a stranger's best score is the
+maximum over every enrolled person, and it grows with the gallery. What separates them is how the best score
+stands against its competitors. The decision here scores a query by
+
+    normalised = best - beta * runner_up
+
+where ``runner_up`` is the best competitor: the second-best *person* of the gallery, or the best of a fixed
+*cohort* of never-enrolled people that ships with the model, whichever is higher. ``beta = 0`` is the plain raw
+score; ``beta = 1`` is the margin over the runner-up. The cohort keeps the rule meaningful for a gallery of one
+person, and ties the stranger's competitor pool to the model rather than to how many people are enrolled.
+
+``calibrate_decision`` sets ``beta`` and the threshold on labelled validation identities, simulating the
+gallery as it will be used: one template set per enrolled identity (its first ``enroll_per_id`` images), its
+other images as mated probes, and disjoint identities as strangers probing against everyone enrolled. Roles
+are swapped between two halves (2-fold) so every identity is once enrolled and once a stranger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from reid.metrics.open_set import threshold_at_far
+from reid.metrics.rank import EvaluationError
+
+NO_COMPETITOR = -1.0  # cosine floor: the runner-up when there is no other person and no cohort
+
+
+@dataclass(frozen=True)
+class OpenSetScores:
+    best: np.ndarray  # (P,) index of the best gallery identity
+    score: np.ndarray  # (P,) its raw similarity
+    runner_up: np.ndarray  # (P,) the best competitor: second gallery identity or cohort, whichever is higher
+    normalised: np.ndarray  # (P,) score - beta * runner_up
+
+
+def open_set_scores(
+    similarity: np.ndarray, beta: float = 1.0, cohort_best: np.ndarray | None = None
+) -> OpenSetScores:
+    """``similarity``: probes x gallery identities (templates already aggregated per person).
+    ``cohort_best``: (P,) each probe's best similarity to the cohort (or None)."""
+    sim = np.asarray(similarity, dtype=np.float64)
+    if sim.ndim != 2 or sim.shape[1] == 0:
+        raise EvaluationError(f"similarity must be (probes, identities) with identities > 0, got {sim.shape}")
+    rows = np.arange(sim.shape[0])
+    if sim.shape[1] >= 2:
+        top2 = np.argpartition(-sim, 1, axis=1)[:, :2]
+        a, b = sim[rows, top2[:, 0]], sim[rows, top2[:, 1]]
+        best = np.where(a >= b, top2[:, 0], top2[:, 1])
+        second = np.minimum(a, b)
+    else:
+        best = np.zeros(sim.shape[0], dtype=np.int64)
+        second = np.full(sim.shape[0], NO_COMPETITOR)
+    score = sim[rows, best]
+    runner = second if cohort_best is None else np.maximum(second, np.asarray(cohort_best, np.float64))
+    return OpenSetScores(best, score, runner, score - beta * runner)
+
+
+def cohort_best(queries: np.ndarray, cohort: np.ndarray | None) -> np.ndarray | None:
+    """Each query's best cosine similarity to the cohort (None without a cohort)."""
+    if cohort is None or len(cohort) == 0:
+        return None
+    return (np.asarray(queries, np.float32) @ np.asarray(cohort, np.float32).T).max(axis=1).astype(np.float64)
+
+
+@dataclass
+class DecisionCalibration:
+    rule: str  # "margin" (beta = 0 is the raw score)
+    beta: float
+    threshold: float
+    target_far: float
+    measured_far: float  # strangers accepted, on the validation simulation
+    measured_dir: float  # mated probes named correctly and accepted
+    rank1: float  # mated probes whose best identity is right (no threshold)
+    n_mated: int
+    n_strangers: int
+    n_identities: int
+    enroll_per_id: int
+    by_beta: dict[float, float] = field(default_factory=dict)  # DIR at the target FAR for every beta tried
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["by_beta"] = {str(k): v for k, v in self.by_beta.items()}
+        return d
+
+
+def _fold_scores(emb, labels, enrolled_ids, stranger_ids, enroll_per_id, cohort, betas):
+    """Mated and stranger probes of one simulated gallery: (raw parts per beta) for every probe."""
+    templates, owners, mated_q, mated_y, strangers = [], [], [], [], []
+    for pid in enrolled_ids:
+        ix = np.flatnonzero(labels == pid)
+        templates.append(ix[:enroll_per_id])
+        owners += [pid] * min(enroll_per_id, len(ix))
+        mated_q.append(ix[enroll_per_id:])
+        mated_y += [pid] * max(len(ix) - enroll_per_id, 0)
+    for pid in stranger_ids:
+        strangers.append(np.flatnonzero(labels == pid))
+    t = np.concatenate(templates)
+    owners = np.asarray(owners)
+    persons, inv = np.unique(owners, return_inverse=True)
+    probes = np.concatenate(mated_q + strangers)
+    n_mated = sum(len(m) for m in mated_q)
+    sim_t = emb[probes] @ emb[t].T
+    sim = np.full((len(probes), len(persons)), -np.inf)
+    for j in range(len(persons)):  # max over each person's templates
+        sim[:, j] = sim_t[:, inv == j].max(axis=1)
+    cb = cohort_best(emb[probes], cohort)
+    out = {}
+    for beta in betas:
+        s = open_set_scores(sim, beta, cb)
+        correct = persons[s.best[:n_mated]] == np.asarray(mated_y)
+        out[beta] = (s.normalised[:n_mated], correct, s.normalised[n_mated:])
+    return out
+
+
+def calibrate_decision(
+    embeddings: np.ndarray,
+    labels,
+    target_far: float = 1e-2,
+    enroll_per_id: int = 1,
+    cohort: np.ndarray | None = None,
+    betas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    seed: int = 0,
+) -> DecisionCalibration:
+    """Choose ``beta`` (the one naming most mated probes at ``target_far``) and the threshold, on validation
+    identities that never appear in ``cohort``. Identities with fewer than ``enroll_per_id + 1`` images only
+    ever play strangers."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    labels = np.asarray(labels)
+    if emb.ndim != 2 or len(emb) != len(labels):
+        raise EvaluationError(f"calibrate: {emb.shape} embeddings for {len(labels)} labels")
+    if not 0 < target_far < 1:
+        raise EvaluationError(f"calibrate: target_far must be in (0, 1), got {target_far}")
+    ids = np.unique(labels)
+    if len(ids) < 4:
+        raise EvaluationError(f"calibrate: needs at least 4 identities, got {len(ids)}")
+    rng = np.random.default_rng(seed)
+    ids = ids[rng.permutation(len(ids))]
+    halves = (ids[: len(ids) // 2], ids[len(ids) // 2 :])
+    counts = {pid: int((labels == pid).sum()) for pid in ids}
+    pooled: dict[float, list] = {b: [[], [], []] for b in betas}
+    for enrolled, strangers in (halves, halves[::-1]):
+        enrolled = [p for p in enrolled if counts[p] > enroll_per_id]
+        if not enrolled:
+            continue
+        for beta, parts in _fold_scores(
+            emb, labels, enrolled, strangers, enroll_per_id, cohort, betas
+        ).items():
+            for acc, part in zip(pooled[beta], parts):
+                acc.append(part)
+    if not pooled[betas[0]][0]:
+        raise EvaluationError(
+            f"calibrate: no identity has more than {enroll_per_id} images to enroll and probe"
+        )
+    by_beta, best = {}, None
+    for beta in betas:
+        mated, correct, stranger = (np.concatenate(p) for p in pooled[beta])
+        thr = threshold_at_far(stranger, target_far)
+        dir_ = float((correct & (mated >= thr)).mean())
+        by_beta[float(beta)] = dir_
+        if best is None or dir_ > best[1] + 1e-12:
+            best = (
+                float(beta),
+                dir_,
+                thr,
+                float((stranger >= thr).mean()),
+                float(correct.mean()),
+                mated,
+                stranger,
+            )
+    beta, dir_, thr, far, rank1, mated, stranger = best
+    return DecisionCalibration(
+        "margin", beta, float(thr), target_far, far, dir_, rank1, len(mated), len(stranger),
+        len(ids), enroll_per_id, by_beta,
+    )  # fmt: skip
+
+
+def split_cohort(
+    embeddings: np.ndarray, labels, fraction: float = 1 / 3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a cohort out of labelled embeddings: ``fraction`` of the identities (seeded), one embedding each
+    (their first, as a gallery would enroll them). Returns ``(cohort, keep)`` where ``keep`` masks the
+    embeddings of the other identities, left for calibration."""
+    labels = np.asarray(labels)
+    ids = np.unique(labels)
+    n = round(len(ids) * fraction)
+    if not 0 < n < len(ids) - 3:
+        raise EvaluationError(
+            f"cohort: {fraction:.2f} of {len(ids)} identities leaves no cohort or too few to calibrate on"
+        )
+    chosen = np.random.default_rng(seed).permutation(ids)[:n]
+    first = [int(np.flatnonzero(labels == pid)[0]) for pid in chosen]
+    return np.asarray(embeddings, np.float32)[first], ~np.isin(labels, chosen)
