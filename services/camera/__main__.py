@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--annotate", help="folder for annotated videos")
     p.add_argument("--faces", action="store_true", help="also look for faces (dlib) and match by face first")
     p.add_argument(
+        "--face-detector",
+        choices=["mtcnn", "hog", "cnn"],
+        default="mtcnn",
+        help="face detector in each track's (enlarged) head region: mtcnn finds the small, turned faces of a "
+        "ceiling camera; hog is dlib's (needs ~80 px faces)",
+    )
+    p.add_argument(
         "--face-threshold", type=float, default=None, help="face match threshold (default: calibrated)"
     )
     p.add_argument(
@@ -74,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         face_embedder = None
         if args.faces:
-            from reid.face import DlibFaceEmbedder
+            from reid.face import DlibFaceEmbedder, FaceDetector
 
-            face_embedder = DlibFaceEmbedder()
+            face_embedder = DlibFaceEmbedder(FaceDetector(args.face_detector))
         # the embedders' model cards carry their calibrated decisions: no flag needed
         cards = {"body": embedder, **({"face": face_embedder} if face_embedder else {})}
         with Gallery(args.db, embedders=cards) as g:
@@ -116,7 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"camera {src.camera_id}: {stats.frames} frames processed (1 in {args.every}), "
                     f"{stats.fps:.1f} processed frames/s = {stats.fps * args.every:.1f} input frames/s, "
                     f"{stats.tracks} tracks, global ids {sorted({e['global_id'] for e in stats.events})}, "
-                    f"matched by {sorted({e['matched_by'] for e in stats.events})}",
+                    f"matched by {sorted({e['matched_by'] for e in stats.events})}"
+                    + (
+                        f", faces used/detected {sum(e['faces_seen'] for e in stats.events)}/"
+                        f"{sum(e['faces_detected'] for e in stats.events)} on "
+                        f"{sum(e['faces_seen'] > 0 for e in stats.events)}/"
+                        f"{sum(e['faces_detected'] > 0 for e in stats.events)} tracks"
+                        if face_embedder
+                        else ""
+                    ),
                     file=sys.stderr,
                 )
     finally:

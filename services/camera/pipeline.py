@@ -48,6 +48,10 @@ class PipelineConfig:
     segment_every: int = 0  # worker mode: an event every N body embeddings of a track (0: at its end only)
     blur_faces: bool = True  # annotated video: blur heads of people not enrolled with consent
     head_fraction: float = 0.3  # top part of a person box searched for a face / blurred
+    # a ceiling camera's faces are 10-40 px: the head region is enlarged to this width before detection, and a
+    # face is used only when its box is at least face_min_px wide in the frame (smaller ones carry no identity)
+    face_upsample_to: int = 240
+    face_min_px: int = 16
     # at the end of a track, its whole-track mean embedding is matched again: if the person this track created
     # early (from its first embeddings, often partial views) is in fact someone already known, they are merged
     reassociate: bool = True
@@ -279,7 +283,8 @@ class CameraPipeline:
             "track_id": track.id,
             "global_id": track.global_id,
             "matched_by": track.matched_by,
-            "faces_seen": len(track.face_embeddings),
+            "faces_seen": len(track.face_embeddings),  # used: large enough to carry identity
+            "faces_detected": track.faces_detected,
             "first_frame": track.first_frame,
             "last_frame": track.last_frame,
             "hits": track.hits,
@@ -344,13 +349,21 @@ class CameraPipeline:
                 self._assign(track, camera_id)
 
     def _look_for_face(self, track: Track, crop: np.ndarray) -> None:
-        head = crop[: max(8, int(crop.shape[0] * self.config.head_fraction))]
+        c = self.config
+        head = crop[: max(8, int(crop.shape[0] * c.head_fraction))]
+        scale = min(4.0, max(1.0, c.face_upsample_to / max(head.shape[1], 1)))
+        if scale > 1.0:
+            head = cv2.resize(head, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
         found = self.face_embedder.detect_and_embed(head)
-        if found:
-            face, v = found[0]
+        if not found:
+            return
+        face, v = found[0]
+        box = np.array(face.box, dtype=float) / scale
+        track.faces_detected += 1
+        x0, y0 = float(track.box[0]), float(track.box[1])
+        track.face_box = box + np.array([x0, y0, x0, y0])
+        if box[2] - box[0] >= c.face_min_px:
             track.face_embeddings.append(v)
-            x0, y0 = float(track.box[0]), float(track.box[1])
-            track.face_box = np.array(face.box, dtype=float) + np.array([x0, y0, x0, y0])
 
     def _consent(self, pid: int | None) -> bool:
         """Enrolled by staff with a consent record (cached: consent is given at enrolment)."""

@@ -25,6 +25,7 @@ class Track:
     global_id: int | None = None
     face_embeddings: list[np.ndarray] = field(default_factory=list)
     face_box: np.ndarray | None = None  # last face seen, frame coordinates
+    faces_detected: int = 0  # faces found on this track, used or too small
     matched_by: str | None = None  # "face" or "body"
     segments: int = 0  # events published so far (worker mode)
     created_person: bool = False  # this track's first match created a new (anonymous) person
