@@ -116,6 +116,7 @@ class Threshold(Base):
     cohort: Mapped[bytes | None] = mapped_column(LargeBinary)
     measured_dir: Mapped[float | None] = mapped_column(Float)
     source: Mapped[str | None] = mapped_column(String(200))
+    by_size: Mapped[dict | None] = mapped_column(JSON)  # {"persons": threshold} of a raw rule
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 

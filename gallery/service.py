@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from gallery.audit import AuditLog
 from gallery.db import make_engine, make_sessionmaker, migrate
-from gallery.decision import Decision, Verdict, decode_cohort, encode_cohort
+from gallery.decision import Decision, Verdict, decode_cohort, encode_cohort, size_table
 from gallery.errors import (
     DuplicatePersonError,
     EmbeddingError,
@@ -139,6 +139,7 @@ class Gallery:
         self._lock = threading.RLock()
         self._key_locks: dict[Key, threading.Lock] = defaultdict(threading.Lock)
         self._threshold_cache: dict[Key, tuple[Decision | None, float]] = {}
+        self._persons_cache: dict[Key, tuple[tuple[int, int], int]] = {}
         self.applied_seq = 0  # every change-feed row up to this one is reflected in the indexes
         self._follower: ChangeFollower | None = None
         self._load_indexes()
@@ -615,7 +616,7 @@ class Gallery:
     def _decision_of(t: Threshold) -> Decision:
         return Decision(
             float(t.value), t.rule or "raw", 1.0 if t.beta is None else float(t.beta), decode_cohort(t.cohort),
-            "calibrated",
+            "calibrated", size_table(t.by_size),
         )  # fmt: skip
 
     def threshold_for(self, modality: str, model_id: str) -> float | None:
@@ -688,7 +689,29 @@ class Gallery:
         decision = self._decision(modality, model_id, threshold)
         if decision is None:
             return None
-        return decision.verdict(np.asarray(query, np.float32).reshape(-1), list(person_scores))
+        persons = self.persons_count(modality, model_id)
+        return decision.verdict(np.asarray(query, np.float32).reshape(-1), list(person_scores), persons)
+
+    def persons_count(self, modality: str, model_id: str) -> int:
+        """Persons with templates of this model (what a size-aware threshold is read at); cached per index size."""
+        key = (modality, model_id)
+        index = self.indexes.get(key)
+        if index is None:
+            return 0
+        stamp = (index.ntotal, len(self.person_of))
+        cached = self._persons_cache.get(key)
+        if cached is None or cached[0] != stamp:
+            with self._lock:
+                n = len(
+                    {
+                        self.person_of[t]
+                        for t, k in list(self.key_of.items())
+                        if k == key and t in self.person_of
+                    }
+                )
+            cached = (stamp, n)
+            self._persons_cache[key] = cached
+        return cached[1]
 
     def _identify_vec(self, q, modality, model_id, k, threshold) -> IdentifyResult:
         key = (modality, model_id)
@@ -707,12 +730,13 @@ class Gallery:
                 if p is None:  # deleted by another process meanwhile
                     continue
                 matches.append(PersonMatch(pid, score, tid, p.display_name, p.external_id))
-        verdict = None if decision is None else decision.verdict(q[0], [m.score for m in matches])
+        persons = self.persons_count(modality, model_id)
+        verdict = None if decision is None else decision.verdict(q[0], [m.score for m in matches], persons)
         return IdentifyResult(
             modality,
             model_id,
             matches[:k],
-            None if decision is None else decision.threshold,
+            None if decision is None else verdict.threshold if verdict else decision.threshold_at(persons),
             None if decision is None else bool(verdict and verdict.known),
             decision=None if decision is None else decision.describe(),
             score=None if verdict is None else verdict.score,
@@ -933,13 +957,17 @@ class Gallery:
         rule: str = "raw",
         beta: float | None = None,
         cohort: np.ndarray | None = None,
+        by_size: dict[int, float] | None = None,
         **measured: Any,
     ) -> None:
         """Store the decision of a model (a configuration change: audited, with ``actor``). It overrides the
         model card's. ``rule="raw"`` compares ``value`` with the best score; ``"margin"`` with
         best - ``beta`` * runner-up (the second person, or the best of ``cohort``)."""
         self._check_modality(modality)
-        decision = Decision(float(value), rule, 1.0 if beta is None else float(beta), cohort, "calibrated")
+        table = {str(int(k)): float(v) for k, v in (by_size or {}).items()} or None
+        decision = Decision(
+            float(value), rule, 1.0 if beta is None else float(beta), cohort, "calibrated", size_table(table)
+        )
         with self.Session.begin() as s:
             AuditLog(self.Session, self.clock).write(
                 "set-threshold",
@@ -956,7 +984,7 @@ class Gallery:
             )
             t = s.get(Threshold, (modality, model_id)) or Threshold(modality=modality, model_id=model_id)
             t.value = float(value)
-            t.rule, t.beta, t.cohort = rule, beta, encode_cohort(cohort)
+            t.rule, t.beta, t.cohort, t.by_size = rule, beta, encode_cohort(cohort), table
             for k, v in measured.items():
                 setattr(t, k, v)
             s.add(t)
@@ -1005,10 +1033,11 @@ class Gallery:
             )  # fmt: skip
         except EvaluationError as e:
             raise GalleryError(str(e)) from e
+        rule = cal.rule  # "raw" when beta 0 named the most
         result = CalibrationResult(
             modality, model_id, cal.threshold, target_far, cal.measured_far, cal.measured_dir,
             cal.n_mated, cal.n_strangers, rule, cal.beta if rule == "margin" else None, cal.measured_dir,
-            0 if rule == "raw" or cohort is None else len(cohort),
+            0 if rule == "raw" or cohort is None else len(cohort), cal.by_size,
         )  # fmt: skip
         if store:
             self.set_threshold(
@@ -1018,6 +1047,7 @@ class Gallery:
                 rule=rule,
                 beta=result.beta,
                 cohort=cohort if rule == "margin" else None,
+                by_size=cal.by_size,
                 target_far=target_far,
                 measured_far=cal.measured_far,
                 measured_tar=cal.measured_dir,

@@ -82,6 +82,15 @@ def test_body_enroll_identify_merge_delete(server: str) -> None:
         files={"image": ("q.png", colour((200, 0, 0)), "image/png")},
     ).json()
     assert r["known"] is True and r["person"]["person_id"] == p["id"]
+    # the decision's evidence: this server's body threshold is the operator's raw setting
+    assert r["decision"] == {
+        "rule": "raw",
+        "threshold": 0.99,
+        "beta": None,
+        "cohort_size": 0,
+        "source": "setting",
+    }
+    assert r["score"] == pytest.approx(1.0, abs=1e-5) and r["normalised_score"] == r["score"]
     r = httpx.post(
         f"{server}/identify-or-enroll",
         headers=ADMIN,
@@ -151,10 +160,22 @@ def test_faces_identify_verify_and_face_errors(server: str, lfw_root: Path) -> N
         f"{server}/identify", headers=READ, files={"image": ("a3.jpg", a3.read_bytes(), "image/jpeg")}
     ).json()
     assert r["matches"][0]["person_id"] == p["id"] and r["known"] is True
+    # out of the box, faces are decided by dlib's model card (calibrated on CelebA identities, never LFW):
+    # the best score against the runner-up, here the card's cohort of never-enrolled people
+    from reid.face import DlibFaceEmbedder
+
+    card = DlibFaceEmbedder().decision
+    assert r["decision"]["source"] == "model card" and r["decision"]["rule"] == card["rule"] == "margin"
+    assert (
+        r["decision"]["threshold"] == pytest.approx(card["threshold"]) and r["decision"]["cohort_size"] > 50
+    )
+    assert r["normalised_score"] == pytest.approx(r["score"] - card["beta"] * r["runner_up"], abs=1e-6)
+    assert r["normalised_score"] >= r["decision"]["threshold"]
     r = httpx.post(
         f"{server}/identify", headers=READ, files={"image": ("b.jpg", b.read_bytes(), "image/jpeg")}
     ).json()
     assert r["known"] is False and r["person"] is None
+    assert r["normalised_score"] < r["decision"]["threshold"] and r["matches"][0]["person_id"] == p["id"]
     v = httpx.post(
         f"{server}/verify",
         headers=READ,

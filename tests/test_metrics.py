@@ -284,3 +284,23 @@ def test_margin_names_more_known_people_than_the_raw_score_when_queries_differ_i
     assert s.runner_up.tolist() == pytest.approx([0.3, 0.49]) and s.normalised.tolist() == pytest.approx(
         [0.6, 0.01]
     )
+
+
+def test_thresholds_by_gallery_size_hold_the_false_accept_rate_of_random_galleries() -> None:
+    """The size model against brute force: galleries of n persons drawn from the M validation persons, each
+    stranger probe's best score counted directly; the modelled threshold must give the target rate."""
+    from reid.metrics.open_set_decision import _solve, thresholds_by_gallery_size
+
+    rng = np.random.default_rng(7)
+    hub = rng.uniform(0, 0.4, size=(400, 1))  # probes that score high against everyone
+    sims = np.tanh(rng.normal(0.2, 0.15, size=(400, 60)) + hub)
+    for n in (5, 20, 60):
+        t = _solve([sims], 0.05, n, "empirical")
+        brute = np.mean(
+            [(sims[:, rng.choice(60, n, replace=False)].max(axis=1) >= t).mean() for _ in range(300)]
+        )
+        assert brute == pytest.approx(0.05, abs=0.012), (n, brute)
+    table = thresholds_by_gallery_size([sims], 0.05, sizes=(1, 5, 20, 60, 500, 5000))
+    assert table[60] == pytest.approx(_solve([sims], 0.05, 60, "empirical"))
+    assert table[1] == table[5] == table[20] == table[60]  # below the validation size: floored at its value
+    assert table[60] < table[500] < table[5000] < 1.0  # past it: rising with the gallery

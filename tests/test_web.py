@@ -75,6 +75,10 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
         page.select_option("#identify-modality", "body")
         page.click("#identify-form button[type=submit]")
         expect(page.locator("#identify-result .known")).to_contain_text("Red Shirt")
+        # the evidence: this server's body threshold is an operator setting on the raw score
+        expect(page.locator("#identify-result .evidence")).to_have_text(
+            re.compile(r"^score 1\.000 >= threshold 0\.\d{3} \(setting\)$")
+        )
         page.set_input_files("#identify-file", str(blue))
         page.click("#identify-form button[type=submit]")
         expect(page.locator("#identify-result .unknown")).to_have_text("Nobody we know")

@@ -80,10 +80,14 @@ class DecisionCalibration:
     n_identities: int
     enroll_per_id: int
     by_beta: dict[float, float] = field(default_factory=dict)  # DIR at the target FAR for every beta tried
+    # raw rule (beta 0): the threshold for each gallery size (persons), from the same validation strangers
+    by_size: dict[int, float] = field(default_factory=dict)
+    gallery_size: int = 0  # persons enrolled in each simulated gallery (what ``threshold`` is for)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["by_beta"] = {str(k): v for k, v in self.by_beta.items()}
+        d["by_size"] = {str(k): v for k, v in self.by_size.items()}
         return d
 
 
@@ -113,6 +117,97 @@ def _fold_scores(emb, labels, enrolled_ids, stranger_ids, enroll_per_id, cohort,
         s = open_set_scores(sim, beta, cb)
         correct = persons[s.best[:n_mated]] == np.asarray(mated_y)
         out[beta] = (s.normalised[:n_mated], correct, s.normalised[n_mated:])
+    return out, sim[n_mated:]
+
+
+# gallery sizes (persons) at which a raw-score decision's threshold is tabulated; identify interpolates in log N
+GALLERY_SIZES = (
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    1_000_000,
+)
+
+
+def far_at_size(stranger_sims: list[np.ndarray], t: float, n: int, tail: str = "empirical") -> float:
+    """Strangers accepted by ``best >= t`` in a gallery of ``n`` persons, from each stranger probe's scores
+    against the ``M`` enrolled validation persons: the probe's share ``p(t)`` of persons scoring ``>= t``
+    (``tail="empirical"``; for ``n <= M`` exactly the chance that a random ``n`` of them hold one, drawn
+    without replacement) or a normal fitted to its Fisher-z scores
+    (``tail="normal"``, extends past the ``M`` seen); one of ``n`` persons drawn like them passes with
+    ``1 - (1 - p(t)) ** n``. Per probe, so a probe's hubness (high scores against everyone) is kept."""
+    from scipy.special import gammaln
+    from scipy.stats import norm
+
+    far, count = 0.0, 0
+    for sims in stranger_sims:
+        m = sims.shape[1]
+        if tail == "empirical" and n <= m:  # n of the M persons drawn without replacement: exact
+            k = (sims >= t).sum(axis=1)
+            free = m - k  # persons below t
+            log_none = (
+                gammaln(free + 1) - gammaln(np.maximum(free - n, 0) + 1) - gammaln(m + 1) + gammaln(m - n + 1)
+            )
+            far += float(np.where(free >= n, -np.expm1(log_none), 1.0).sum())
+            count += len(k)
+            continue
+        if tail == "empirical":
+            p = (sims >= t).mean(axis=1)
+        else:
+            z = np.arctanh(np.clip(sims, -0.999999, 0.999999))  # Fisher z: a normal there respects |s| < 1
+            p = norm.sf(
+                (np.arctanh(min(max(t, -0.999999), 0.999999)) - z.mean(axis=1))
+                / np.maximum(z.std(axis=1), 1e-6)
+            )
+        far += float((-np.expm1(n * np.log1p(-np.minimum(p, 1 - 1e-15)))).sum())
+        count += len(p)
+    return far / max(count, 1)
+
+
+def _solve(stranger_sims: list[np.ndarray], target_far: float, n: int, tail: str) -> float:
+    lo, hi = -1.0, 1.0 + 1e-6  # far_at_size falls as t rises
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if far_at_size(stranger_sims, mid, n, tail) <= target_far:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def thresholds_by_gallery_size(
+    stranger_sims: list[np.ndarray], target_far: float, sizes: tuple[int, ...] = GALLERY_SIZES
+) -> dict[int, float]:
+    """For each gallery size, the raw threshold at which ``target_far`` of the validation strangers are
+    accepted, "as the gallery sees them" at that size (a stranger's best score is a maximum over every
+    enrolled person, so the threshold rises with the gallery). Up to the ``M`` persons the validation
+    galleries held, the empirical model; past it, the normal model's rise added to the empirical value at
+    ``M`` (an extrapolation, anchored where it was measured)."""
+    m = min(x.shape[1] for x in stranger_sims)
+    anchor = _solve(stranger_sims, target_far, m, "empirical")
+    base = _solve(stranger_sims, target_far, m, "normal")
+    out = {}
+    for n in sizes:
+        if n <= m:
+            # never below the value measured at the validation galleries' size: below it the model rests on one
+            # pair at a time, and a new scene (one room, one light) makes strangers look more alike than the
+            # validation set does; a small gallery then accepts fewer strangers than the target, not more
+            out[n] = max(_solve(stranger_sims, target_far, n, "empirical"), anchor)
+        else:
+            out[n] = min(1.0, anchor + _solve(stranger_sims, target_far, n, "normal") - base)
     return out
 
 
@@ -142,15 +237,16 @@ def calibrate_decision(
     halves = (ids[: len(ids) // 2], ids[len(ids) // 2 :])
     counts = {pid: int((labels == pid).sum()) for pid in ids}
     pooled: dict[float, list] = {b: [[], [], []] for b in betas}
+    per_person: list[np.ndarray] = []  # strangers x enrolled persons, per fold
     for enrolled, strangers in (halves, halves[::-1]):
         enrolled = [p for p in enrolled if counts[p] > enroll_per_id]
         if not enrolled:
             continue
-        for beta, parts in _fold_scores(
-            emb, labels, enrolled, strangers, enroll_per_id, cohort, betas
-        ).items():
+        fold, stranger_sims = _fold_scores(emb, labels, enrolled, strangers, enroll_per_id, cohort, betas)
+        for beta, parts in fold.items():
             for acc, part in zip(pooled[beta], parts):
                 acc.append(part)
+        per_person.append(stranger_sims)
     if not pooled[betas[0]][0]:
         raise EvaluationError(
             f"calibrate: no identity has more than {enroll_per_id} images to enroll and probe"
@@ -172,9 +268,10 @@ def calibrate_decision(
                 stranger,
             )
     beta, dir_, thr, far, rank1, mated, stranger = best
+    by_size = thresholds_by_gallery_size(per_person, target_far) if beta == 0.0 else {}
     return DecisionCalibration(
-        "margin", beta, float(thr), target_far, far, dir_, rank1, len(mated), len(stranger),
-        len(ids), enroll_per_id, by_beta,
+        "raw" if beta == 0.0 else "margin", beta, float(thr), target_far, far, dir_, rank1, len(mated), len(stranger),
+        len(ids), enroll_per_id, by_beta, by_size, round(float(np.mean([m.shape[1] for m in per_person]))),
     )  # fmt: skip
 
 

@@ -135,6 +135,15 @@ $("#identify-form").onsubmit = async (ev) => {
       out.innerHTML = `<span class="unknown">Nobody we know</span>` +
         (best ? ` (closest: person ${best.person_id}, score ${best.score.toFixed(3)})` : "");
     }
+    if (r.decision && r.normalised_score !== null) {  // the evidence the answer was decided on
+      const d = r.decision, ev = document.createElement("div");
+      ev.className = "evidence";
+      ev.textContent = d.rule === "margin"
+        ? `score ${r.score.toFixed(3)} - ${d.beta} x runner-up ${r.runner_up.toFixed(3)} = ` +
+          `${r.normalised_score.toFixed(3)} ${r.known ? ">=" : "<"} threshold ${d.threshold.toFixed(3)} (${d.source})`
+        : `score ${r.score.toFixed(3)} ${r.known ? ">=" : "<"} threshold ${d.threshold.toFixed(3)} (${d.source})`;
+      out.appendChild(ev);
+    }
   } catch (e) { out.innerHTML = ""; out.textContent = e.message; out.className = "error"; }
 };
 

@@ -1,4 +1,5 @@
-"""The open-set decision rule stored with each threshold: rule, beta and the never-enrolled cohort.
+"""The open-set decision stored with each threshold: rule, beta, the never-enrolled cohort, and the raw rule's
+thresholds by gallery size.
 
 Revision ID: 0004
 Revises: 0003
@@ -22,9 +23,10 @@ def upgrade() -> None:
         b.add_column(sa.Column("cohort", sa.LargeBinary(), nullable=True))
         b.add_column(sa.Column("measured_dir", sa.Float(), nullable=True))
         b.add_column(sa.Column("source", sa.String(200), nullable=True))
+        b.add_column(sa.Column("by_size", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("thresholds") as b:
-        for c in ("source", "measured_dir", "cohort", "beta", "rule"):
+        for c in ("by_size", "source", "measured_dir", "cohort", "beta", "rule"):
             b.drop_column(c)
