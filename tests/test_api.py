@@ -89,6 +89,7 @@ def test_body_enroll_identify_merge_delete(server: str) -> None:
         "beta": None,
         "cohort_size": 0,
         "source": "setting",
+        "size_aware": False,
     }
     assert r["score"] == pytest.approx(1.0, abs=1e-5) and r["normalised_score"] == r["score"]
     r = httpx.post(
@@ -265,3 +266,41 @@ def test_retention_sweep_endpoint(server: str) -> None:
     r = httpx.post(f"{server}/admin/retention/sweep", headers=ADMIN)
     assert r.status_code == 200 and r.json()["deleted"] == []  # nobody is 30 days old in this test
     assert httpx.post(f"{server}/admin/retention/sweep", headers=READ).status_code == 403
+
+
+def test_out_of_the_box_body_identify_or_enroll_uses_the_shipped_models_card(
+    cuhk03_root: Path, tmp_path: Path
+) -> None:
+    """Default settings (no threshold anywhere): the shipped body checkpoint's card decides; the same person's
+    other camera view is found again, a different person is a new one; the size-aware threshold is reported."""
+    from services.settings import DEFAULT_BODY_CHECKPOINT
+
+    settings = Settings(database_url=str(tmp_path / "g.db"), api_keys=KEYS)
+    assert settings.face_threshold is None and settings.body_threshold is None
+    test = sorted((cuhk03_root / "bounding_box_test").iterdir())
+    a1 = next(p for p in test if p.name.startswith(test[0].name[:4] + "_c1"))
+    b = next(p for p in test if not p.name.startswith(test[0].name[:4]))
+    with running(create_app(settings)) as url:
+
+        def ask(path: Path) -> dict:
+            r = httpx.post(f"{url}/identify-or-enroll", headers=ADMIN, data={"modality": "body"},
+                           files={"image": (path.name, path.read_bytes(), "image/jpeg")}, timeout=30)  # fmt: skip
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        first = ask(a1)
+        assert first["created"] is True
+        again = ask(a1)
+        assert again["created"] is False and again["person_id"] == first["person_id"]
+        assert again["decision"]["source"] == "model card" and again["decision"]["rule"] == "raw"
+        assert again["decision"]["size_aware"] is True and again["score"] >= again["threshold"]
+        other = ask(b)
+        assert other["created"] is True and other["person_id"] != first["person_id"]
+        assert other["score"] < other["threshold"]
+    from reid.embedder import Embedder
+
+    assert (
+        Embedder.from_checkpoint(DEFAULT_BODY_CHECKPOINT)
+        .decision["data"]
+        .startswith("50 validation identities")
+    )

@@ -93,6 +93,9 @@ class DecisionOut(BaseModel):
     beta: float | None
     cohort_size: int = Field(description="never-enrolled people the runner-up is also taken from")
     source: str = Field(description="'calibrated' (this gallery), 'setting', 'model card' or 'argument'")
+    size_aware: bool = Field(
+        False, description="the threshold is read for the number of persons enrolled (see `threshold`)"
+    )
 
 
 class Evidence(BaseModel):
