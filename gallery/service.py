@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from gallery.audit import AuditLog
 from gallery.db import make_engine, make_sessionmaker, migrate
-from gallery.decision import Decision, Verdict, decode_cohort, encode_cohort, size_table
+from gallery.decision import RULES, Decision, Verdict, decode_cohort, encode_cohort, size_table
 from gallery.errors import (
     DuplicatePersonError,
     EmbeddingError,
@@ -136,10 +136,11 @@ class Gallery:
         self.person_of: dict[int, int] = {}  # template id -> person id
         self.key_of: dict[int, Key] = {}  # template id -> (modality, model_id)
         self.templates_of: dict[int, set[int]] = defaultdict(set)  # person id -> template ids
+        # (modality, model_id) -> person id -> templates: how many persons a size-aware threshold is read at
+        self._key_persons: dict[Key, Counter[int]] = defaultdict(Counter)
         self._lock = threading.RLock()
         self._key_locks: dict[Key, threading.Lock] = defaultdict(threading.Lock)
         self._threshold_cache: dict[Key, tuple[Decision | None, float]] = {}
-        self._persons_cache: dict[Key, tuple[tuple[int, int], int]] = {}
         self.applied_seq = 0  # every change-feed row up to this one is reflected in the indexes
         self._follower: ChangeFollower | None = None
         self._load_indexes()
@@ -226,17 +227,30 @@ class Gallery:
 
     def _track(self, tid: int, pid: int, key: Key) -> None:
         old = self.person_of.get(tid)
-        if old is not None and old != pid:
-            self.templates_of[old].discard(tid)
+        if old is not None:
+            if old == pid and self.key_of.get(tid) == key:
+                return  # a replayed change: nothing moves
+            self._count_out(tid, old)
+            if old != pid:
+                self.templates_of[old].discard(tid)
         self.person_of[tid] = pid
         self.key_of[tid] = key
         self.templates_of[pid].add(tid)
+        self._key_persons[key][pid] += 1
 
     def _untrack(self, tid: int) -> None:
-        pid = self.person_of.pop(tid, None)
-        self.key_of.pop(tid, None)
+        pid = self.person_of.get(tid)
         if pid is not None:
+            self._count_out(tid, pid)
             self.templates_of[pid].discard(tid)
+        self.person_of.pop(tid, None)
+        self.key_of.pop(tid, None)
+
+    def _count_out(self, tid: int, pid: int) -> None:
+        persons = self._key_persons[self.key_of[tid]]
+        persons[pid] -= 1
+        if persons[pid] <= 0:
+            del persons[pid]
 
     def rebuild_index(self, modality: str | None = None, model_id: str | None = None) -> list[Key]:
         """Rebuild indexes from the database (all, or those matching the filters)."""
@@ -693,25 +707,8 @@ class Gallery:
         return decision.verdict(np.asarray(query, np.float32).reshape(-1), list(person_scores), persons)
 
     def persons_count(self, modality: str, model_id: str) -> int:
-        """Persons with templates of this model (what a size-aware threshold is read at); cached per index size."""
-        key = (modality, model_id)
-        index = self.indexes.get(key)
-        if index is None:
-            return 0
-        stamp = (index.ntotal, len(self.person_of))
-        cached = self._persons_cache.get(key)
-        if cached is None or cached[0] != stamp:
-            with self._lock:
-                n = len(
-                    {
-                        self.person_of[t]
-                        for t, k in list(self.key_of.items())
-                        if k == key and t in self.person_of
-                    }
-                )
-            cached = (stamp, n)
-            self._persons_cache[key] = cached
-        return cached[1]
+        """Persons with templates of this model (what a size-aware threshold is read at)."""
+        return len(self._key_persons.get((modality, model_id), ()))
 
     def _identify_vec(self, q, modality, model_id, k, threshold) -> IdentifyResult:
         key = (modality, model_id)
@@ -774,20 +771,19 @@ class Gallery:
         vecs, model_id, hashes = self._vectors(
             modality, None if image is None else [image], embedding, model_id, "identify_or_enroll"
         )
-        thr = threshold
         if self._decision(modality, model_id, threshold) is None:
             raise GalleryError(
                 f"identify_or_enroll: no threshold for {modality}/{model_id} (no calibration in this gallery, "
                 "no setting, no model card); calibrate one or pass threshold="
             )
-        first = self._identify_vec(vecs, modality, model_id, k, thr)
+        first = self._identify_vec(vecs, modality, model_id, k, threshold)
         if first.known:
             return IdentifyOrEnrollResult(first.best.person_id, False, first.best.score, first)
         key = (modality, model_id)
         index = self._index_for(key, vecs.shape[1], create=True)
         with self._key_transaction(key) as s:
             self.sync()  # everything committed before this lock was granted, by any process
-            again = self._identify_vec(vecs, modality, model_id, k, thr)
+            again = self._identify_vec(vecs, modality, model_id, k, threshold)
             if again.known:
                 return IdentifyOrEnrollResult(again.best.person_id, False, again.best.score, again)
             result, stored = self._enroll_tx(s, None, vecs, key, hashes, None, None, display_name, None, kind)
@@ -1015,8 +1011,8 @@ class Gallery:
         """
         from reid.metrics.open_set_decision import calibrate_decision, split_cohort
 
-        if rule not in ("raw", "margin"):
-            raise GalleryError(f"calibrate: rule must be 'raw' or 'margin', got {rule!r}")
+        if rule not in RULES:
+            raise GalleryError(f"calibrate: rule must be one of {RULES}, got {rule!r}")
         vecs = check_vectors(embeddings, None, "calibrate")
         labels = np.asarray(labels)
         if len(labels) != len(vecs):

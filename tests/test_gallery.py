@@ -120,8 +120,10 @@ def test_merge_and_delete(gallery: Gallery) -> None:
     pa = gallery.enroll(embeddings=near(a, rng)[None], modality="face", model_id="m").person_id
     pb = gallery.enroll(embeddings=np.stack([b, near(b, rng)]), modality="face", model_id="m").person_id
     gallery.record_sighting(pb, "cam1", 0.9, "face")
+    assert gallery.persons_count("face", "m") == 2
     info = gallery.merge(pa, pb)
     assert info.templates == {"face/m": 3} and info.sightings == 1
+    assert gallery.persons_count("face", "m") == 1 and gallery.persons_count("body", "m") == 0
     with pytest.raises(UnknownPersonError):
         gallery.get_person(pb)
     assert gallery.identify(embedding=b, modality="face", model_id="m").matches[0].person_id == pa
@@ -129,6 +131,7 @@ def test_merge_and_delete(gallery: Gallery) -> None:
     assert removed == 3
     assert gallery.identify(embedding=b, modality="face", model_id="m").matches == []
     assert gallery.sightings(person_id=pa) == []
+    assert gallery.persons_count("face", "m") == 0
     assert gallery.check_consistency() == {"face/m": {"database": 0, "index": 0}}
 
 
