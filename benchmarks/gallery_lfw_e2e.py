@@ -38,7 +38,7 @@ from benchmarks.machine import describe
 from gallery import Gallery
 from reid.data import read_identity_folders, read_lfw
 from reid.metrics.open_set import threshold_at_far
-from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+from reid.metrics.open_set_decision import calibrate_with_cohort
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 
@@ -82,7 +82,10 @@ def main() -> None:
     cz = embed_all([r.path for r in celeba_recs], Path(args.celeba_cache))
     celeba = cz[1 if args.flip else 0]
     clabels = np.array([r.pid for r in celeba_recs])
-    cohort, keep = split_cohort(celeba, clabels, 1 / 3, seed=0)  # as reid-calibrate makes the card
+    # chosen on CelebA once per target FAR, as reid-calibrate makes the card (the raw rule on the same split)
+    cards = {far: calibrate_with_cohort(celeba, clabels, far) for far in args.far}
+    raws = {far: calibrate_with_cohort(celeba, clabels, far, betas=(0.0,))[0] for far in args.far}
+    cohort = cards[args.far[0]][1]
 
     by_person: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(paths):
@@ -115,7 +118,7 @@ def main() -> None:
             )
             for far in args.far:
                 rows = []
-                card = calibrate_decision(celeba[keep], clabels[keep], far, 1, cohort, seed=0)
+                card, cohort = cards[far]
                 g.set_threshold("face", model_id, card.threshold, rule=card.rule, beta=card.beta, cohort=cohort,
                                 by_size=card.by_size)  # fmt: skip
                 thr = g.decision_for("face", model_id).threshold_at(len(people))
@@ -127,7 +130,7 @@ def main() -> None:
                         run(g, model_id, lfw, known_q, stranger_q),
                     )
                 )
-                raw = calibrate_decision(celeba[keep], clabels[keep], far, 1, None, betas=(0.0,), seed=0)
+                raw = raws[far]
                 g.set_threshold("face", model_id, raw.threshold, rule="raw", by_size=raw.by_size)
                 thr = g.decision_for("face", model_id).threshold_at(len(people))
                 rows.append(("raw by size (CelebA)", 0.0, thr, run(g, model_id, lfw, known_q, stranger_q)))

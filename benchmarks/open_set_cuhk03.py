@@ -37,7 +37,7 @@ from reid.cli.calibrate import validation_records
 from reid.data import build_dataset
 from reid.embedder import Embedder
 from reid.metrics.open_set import threshold_at_far
-from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+from reid.metrics.open_set_decision import calibrate_with_cohort
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 
@@ -116,15 +116,14 @@ def main() -> None:
             for far in args.far:
                 rows = []
                 if val is not None:
-                    cohort, keep = split_cohort(val[0], val[1], 1 / 3, seed=0)  # as reid-calibrate
-                    cal = calibrate_decision(val[0][keep], val[1][keep], far, 1, cohort, seed=0)
+                    cal, cohort = calibrate_with_cohort(val[0], val[1], far)  # as reid-calibrate
                     g.set_threshold("body", e.model_id, cal.threshold, rule=cal.rule, beta=cal.beta, cohort=cohort,
                                     by_size=cal.by_size)  # fmt: skip
                     thr = g.decision_for("body", e.model_id).threshold_at(len(templates))
                     rows.append(
                         (f"card: {cal.rule}" + (" by size" if cal.by_size else ""), cal.beta, thr, None)
                     )
-                    raw = calibrate_decision(val[0][keep], val[1][keep], far, 1, None, betas=(0.0,), seed=0)
+                    raw, _ = calibrate_with_cohort(val[0], val[1], far, betas=(0.0,))
                     rows.append((f"raw at val. size {raw.gallery_size}", 0.0, raw.threshold, raw.threshold))
                 t = threshold_at_far(raw_strangers, far)
                 rows.append(("raw (test strangers)", 0.0, t, t))

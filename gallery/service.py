@@ -1009,7 +1009,7 @@ class Gallery:
         chooses beta; ``rule="raw"`` thresholds the best score alone. The threshold is the smallest value at
         which at most ``target_far`` of the strangers are accepted.
         """
-        from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+        from reid.metrics.open_set_decision import calibrate_decision, calibrate_with_cohort
 
         if rule not in RULES:
             raise GalleryError(f"calibrate: rule must be one of {RULES}, got {rule!r}")
@@ -1018,15 +1018,17 @@ class Gallery:
         if len(labels) != len(vecs):
             raise GalleryError(f"calibrate: {len(vecs)} embeddings but {len(labels)} labels")
         try:
-            if rule == "margin" and cohort is None:
-                cohort, keep = split_cohort(vecs, labels, cohort_fraction, seed)
-                vecs, labels = vecs[keep], labels[keep]
-            if cohort is not None:
-                cohort = check_vectors(cohort, vecs.shape[1], "calibrate cohort")
-            cal = calibrate_decision(
-                vecs, labels, target_far, enroll_per_id, cohort if rule == "margin" else None,
-                betas=(0.0, 0.25, 0.5, 0.75, 1.0) if rule == "margin" else (0.0,), seed=seed,
-            )  # fmt: skip
+            if rule == "margin" and cohort is None:  # carved out of the identities given, as a model card's
+                cal, cohort = calibrate_with_cohort(
+                    vecs, labels, target_far, enroll_per_id, cohort_fraction, seed
+                )
+            else:
+                if cohort is not None:
+                    cohort = check_vectors(cohort, vecs.shape[1], "calibrate cohort")
+                cal = calibrate_decision(
+                    vecs, labels, target_far, enroll_per_id, cohort if rule == "margin" else None,
+                    betas=(0.0, 0.25, 0.5, 0.75, 1.0) if rule == "margin" else (0.0,), seed=seed,
+                )  # fmt: skip
         except EvaluationError as e:
             raise GalleryError(str(e)) from e
         rule = cal.rule  # "raw" when beta 0 named the most

@@ -26,7 +26,7 @@ from reid.cli.common import make_parser, run, setup_logging
 from reid.data import holdout_identities, read_identity_folders
 from reid.data.readers import read_extra_train, read_market_folder
 from reid.errors import ConfigError, DatasetError
-from reid.metrics.open_set_decision import calibrate_decision, split_cohort
+from reid.metrics.open_set_decision import calibrate_with_cohort
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             emb = DlibFaceEmbedder(on_no_face="center", flip=args.flip).embed(paths)
         model_id = "dlib-resnet-v1-128" + ("-flip" if args.flip else "")
     labels = np.asarray(labels)
-    cohort, keep = split_cohort(emb, labels, args.cohort_fraction, args.seed)
-    cal = calibrate_decision(emb[keep], labels[keep], args.far, args.enroll_per_id, cohort, seed=args.seed)
+    cal, cohort = calibrate_with_cohort(
+        emb, labels, args.far, args.enroll_per_id, args.cohort_fraction, args.seed
+    )
     print(f"model {model_id}: {len(np.unique(labels))} identities, {len(labels)} images ({data})")
     print(f"cohort {len(cohort)} identities; calibrated on {cal.n_identities} "
           f"({cal.n_mated} mated probes, {cal.n_strangers} stranger probes, {args.enroll_per_id} enrolled each)")  # fmt: skip

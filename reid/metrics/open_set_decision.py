@@ -291,3 +291,20 @@ def split_cohort(
     chosen = np.random.default_rng(seed).permutation(ids)[:n]
     first = [int(np.flatnonzero(labels == pid)[0]) for pid in chosen]
     return np.asarray(embeddings, np.float32)[first], ~np.isin(labels, chosen)
+
+
+def calibrate_with_cohort(
+    embeddings: np.ndarray,
+    labels,
+    target_far: float = 1e-2,
+    enroll_per_id: int = 1,
+    cohort_fraction: float = 1 / 3,
+    seed: int = 0,
+    betas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
+) -> tuple[DecisionCalibration, np.ndarray]:
+    """How a model card is made (``reid-calibrate``): ``split_cohort`` carves the cohort out of the validation
+    identities, the others calibrate. Returns the calibration and the cohort it was made with."""
+    labels = np.asarray(labels)
+    cohort, keep = split_cohort(embeddings, labels, cohort_fraction, seed)
+    emb = np.asarray(embeddings)[keep]
+    return calibrate_decision(emb, labels[keep], target_far, enroll_per_id, cohort, betas, seed), cohort
