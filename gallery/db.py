@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -24,6 +25,17 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def create_private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (it holds names and face embeddings; SQLite gives its
+    -wal and -shm files the same mode). An existing file keeps its mode; a loose one is warned about."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            logger.warning("%s is readable by other users (it holds names and embeddings): chmod 600 it", path)
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     try:
@@ -33,7 +45,7 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
         if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(Path(db))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")

@@ -10,13 +10,17 @@ With no REID_API_KEYS configured, an admin key is created in <db>.keys.json and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sys
 from pathlib import Path
 
 from reid.cli.common import make_parser, run, setup_logging
+from reid.errors import ConfigError
 from services.settings import Settings, parse_api_keys
+
+logger = logging.getLogger("reid-serve")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,20 +38,36 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.api_keys:
         # beside an SQLite file; for a server URL, in the working directory
         keyfile = Path(args.db if "://" not in args.db else "gallery").with_suffix(".keys.json")
-        if not keyfile.exists():
-            keyfile.write_text(
-                json.dumps([{"key": secrets.token_urlsafe(24), "name": "admin", "scopes": ["admin"]}])
-            )
-            keyfile.chmod(0o600)
-            print(f"created an admin API key in {keyfile}", file=sys.stderr)
-        settings.api_keys = parse_api_keys(keyfile.read_text())
-        print(f"API key (admin): {settings.api_keys[0].key}", file=sys.stderr)
+        created = create_key_file(keyfile)
+        try:
+            settings.api_keys = parse_api_keys(keyfile.read_text(), source=str(keyfile))
+        except OSError as e:
+            raise ConfigError(f"{keyfile}: cannot read the API key file ({e.strerror})") from None
+        if created:  # the secret is shown once, when it is made; later starts only say where it is
+            print(f"created an admin API key in {keyfile}: {settings.api_keys[0].key}", file=sys.stderr)
+        else:
+            print(f"API keys: {keyfile} ({len(settings.api_keys)} keys)", file=sys.stderr)
+            if keyfile.stat().st_mode & 0o077:
+                logger.warning("%s is readable by other users: chmod 600 it", keyfile)
     import uvicorn
 
     from services.api import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def create_key_file(path: Path) -> bool:
+    """Write a new admin key to ``path`` unless it exists: created 0600 in one step (never readable by
+    others, not even for a moment), and never overwritten. True if it was created."""
+    data = json.dumps([{"key": secrets.token_urlsafe(24), "name": "admin", "scopes": ["admin"]}]).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
 
 
 def cli() -> None:

@@ -10,6 +10,16 @@ from pathlib import Path
 from reid.errors import ConfigError
 
 SCOPES = ("read", "enroll", "delete", "admin")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# integer limits settable as REID_<NAME> (e.g. REID_MAX_UPLOAD_BYTES)
+LIMITS = (
+    "max_upload_bytes",
+    "max_image_pixels",
+    "max_request_bytes",
+    "max_images_per_request",
+    "max_json_bytes",
+    "max_json_depth",
+)
 
 
 @dataclass
@@ -37,6 +47,15 @@ class Settings:
     max_upload_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 25_000_000
     min_image_side: int = 16
+    # a request body larger than this is refused from its Content-Length, or as soon as the bytes received pass
+    # it, before anything is parsed (room for an enroll of several photos of max_upload_bytes each)
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_images_per_request: int = 32
+    # person metadata and consent records: JSON of at most this many bytes and this nesting depth
+    max_json_bytes: int = 16 * 1024
+    max_json_depth: int = 8
+    # /ready answers every caller with its status; the index counts and model ids need a key unless this is set
+    public_readiness_detail: bool = False
     # scale-out and privacy
     store_id: str | None = None  # the store this process serves (retention is per store)
     follow_changes: bool = True  # follow the gallery change feed (needed when several processes share the DB)
@@ -53,7 +72,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """``REID_DATABASE_URL``, ``REID_INDEX_DIR``, ``REID_API_KEYS`` (a JSON list of {key, name, scopes} or a
-        path to such a file), ``REID_BODY_CHECKPOINT``, ``REID_FACE_THRESHOLD``, ``REID_BODY_THRESHOLD``, ``REID_MAX_UPLOAD_BYTES``, ``REID_STORE_ID``,
+        path to such a file), ``REID_BODY_CHECKPOINT``, ``REID_FACE_THRESHOLD``, ``REID_BODY_THRESHOLD``, ``REID_<LIMIT>`` for each of ``LIMITS``, ``REID_STORE_ID``,
         ``REID_RETENTION_DAYS``, ``REID_RETENTION_PER_STORE``."""
         s = cls()
         s.database_url = os.environ.get("REID_DATABASE_URL", s.database_url)
@@ -66,15 +85,21 @@ class Settings:
                     setattr(s, f"{name}_threshold", float(os.environ[var]))
                 except ValueError as e:
                     raise ConfigError(f"{var}: expected a number, got {os.environ[var]!r}") from e
-        if "REID_MAX_UPLOAD_BYTES" in os.environ:
-            s.max_upload_bytes = int(os.environ["REID_MAX_UPLOAD_BYTES"])
+        for name in LIMITS:
+            var = f"REID_{name.upper()}"
+            if os.environ.get(var):
+                try:
+                    value = int(os.environ[var])
+                except ValueError:
+                    value = 0
+                if value < 1:
+                    raise ConfigError(f"{var}: expected a positive whole number, got {os.environ[var]!r}")
+                setattr(s, name, value)
+        if "REID_PUBLIC_READINESS_DETAIL" in os.environ:
+            s.public_readiness_detail = os.environ["REID_PUBLIC_READINESS_DETAIL"].strip().lower() in TRUE
         s.store_id = os.environ.get("REID_STORE_ID") or None
         if "REID_BLUR_UNCONSENTED" in os.environ:
-            s.blur_unconsented = os.environ["REID_BLUR_UNCONSENTED"].strip().lower() not in (
-                "0",
-                "false",
-                "no",
-            )
+            s.blur_unconsented = os.environ["REID_BLUR_UNCONSENTED"].strip().lower() not in FALSE
         if os.environ.get("REID_EVENT_LOGS"):  # os.pathsep-separated
             s.event_logs = os.environ["REID_EVENT_LOGS"].split(os.pathsep)
         if "REID_RETENTION_DAYS" in os.environ:
@@ -86,24 +111,53 @@ class Settings:
                 }
             except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
                 raise ConfigError(f"REID_RETENTION_PER_STORE: expected a JSON object of days ({e})") from e
-        raw = os.environ.get("REID_API_KEYS", "")
+        raw = os.environ.get("REID_API_KEYS", "").strip()
         if raw:
-            s.api_keys = parse_api_keys(Path(raw).read_text() if Path(raw).is_file() else raw)
+            s.api_keys = parse_api_keys(read_api_keys_value(raw))
         return s
 
 
-def parse_api_keys(text: str) -> list[ApiKey]:
+def read_api_keys_value(raw: str) -> str:
+    """``REID_API_KEYS`` holds the keys as inline JSON or names a file holding them. Errors never repeat the
+    value: it is a secret."""
+    if raw.startswith(("[", "{")):
+        return raw
+    try:
+        return Path(raw).read_text()
+    except (OSError, ValueError) as e:  # ENAMETOOLONG, missing file, no permission, NUL in the value...
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise ConfigError(
+            "REID_API_KEYS: neither inline JSON (a list starting with '[') nor a readable key file "
+            f"({reason}; the value is not shown)"
+        ) from None
+
+
+def parse_api_keys(text: str, source: str = "REID_API_KEYS") -> list[ApiKey]:
+    """A JSON list of ``{"key": ..., "name": ..., "scopes": [...]}``. Errors say where, never which key."""
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"REID_API_KEYS: not valid JSON ({e})") from e
-    keys = []
+        raise ConfigError(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: expected a JSON list of keys, got a JSON {type(items).__name__}")
+    keys, names = [], set()
     for i, item in enumerate(items):
-        scopes = frozenset(item.get("scopes", ["read"]))
-        unknown = scopes - set(SCOPES)
-        if unknown or not item.get("key"):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}[{i}]: expected an object with 'key', 'name' and 'scopes'")
+        key, name, scopes = item.get("key"), item.get("name", f"key{i}"), item.get("scopes", ["read"])
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{source}[{i}]: 'key' must be a non-empty string")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{source}[{i}]: 'name' must be a non-empty string")
+        if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+            raise ConfigError(f"{source}[{i}]: 'scopes' must be a list among {SCOPES}")
+        unknown = set(scopes) - set(SCOPES)
+        if unknown or not scopes:
             raise ConfigError(
-                f"REID_API_KEYS[{i}]: needs a 'key' and scopes among {SCOPES} (got {sorted(unknown)})"
+                f"{source}[{i}]: scopes must be among {SCOPES} (got {sorted(unknown) or 'none'})"
             )
-        keys.append(ApiKey(item["key"], item.get("name", f"key{i}"), scopes))
+        if name in names:
+            raise ConfigError(f"{source}[{i}]: the name {name!r} is used twice (the audit log records names)")
+        names.add(name)
+        keys.append(ApiKey(key, name, frozenset(scopes)))
     return keys

@@ -49,3 +49,43 @@ def test_bad_settings_name_the_variable(monkeypatch, var: str, value: str, match
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=match):
         Settings.from_env()
+
+
+SECRET = "s3cret-" + "k" * 40
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        # inline JSON longer than a file name may be (255 bytes) is read as JSON, not tried as a path
+        (json.dumps([{"key": SECRET + str(i), "name": f"k{i}", "scopes": ["read"]} for i in range(8)]), None),
+        (json.dumps({"key": SECRET, "name": "ops"}), "expected a JSON list of keys, got a JSON dict"),
+        (json.dumps([SECRET]), r"REID_API_KEYS\[0\]: expected an object"),
+        (json.dumps([{"key": SECRET, "scopes": "admin"}]), r"REID_API_KEYS\[0\]: 'scopes' must be a list"),
+        (json.dumps([{"key": SECRET, "name": "a"}, {"key": SECRET + "2", "name": "a"}]), "used twice"),
+        ("[" + SECRET, "not valid JSON"),
+        ("x" * 300 + SECRET, "neither inline JSON"),  # too long for a file name: no OSError traceback
+        ("/nonexistent/" + SECRET, "neither inline JSON"),
+    ],
+)
+def test_api_keys_are_parsed_without_ever_showing_a_key(monkeypatch, value: str, match: str | None) -> None:
+    monkeypatch.setenv("REID_API_KEYS", value)
+    if match is None:
+        assert [k.name for k in Settings.from_env().api_keys] == [f"k{i}" for i in range(8)]
+        return
+    with pytest.raises(ConfigError, match=match) as e:
+        Settings.from_env()
+    # no chained exception (whose traceback would print the value) either
+    assert SECRET not in str(e.value) and e.value.__cause__ is None
+    assert e.value.__context__ is None or e.value.__suppress_context__
+
+
+def test_limits_are_set_from_the_environment_with_clear_errors(monkeypatch) -> None:
+    monkeypatch.setenv("REID_MAX_JSON_DEPTH", "4")
+    monkeypatch.setenv("REID_MAX_REQUEST_BYTES", "1000")
+    monkeypatch.setenv("REID_PUBLIC_READINESS_DETAIL", "yes")
+    s = Settings.from_env()
+    assert (s.max_json_depth, s.max_request_bytes, s.public_readiness_detail) == (4, 1000, True)
+    monkeypatch.setenv("REID_MAX_IMAGES_PER_REQUEST", "many")
+    with pytest.raises(ConfigError, match="REID_MAX_IMAGES_PER_REQUEST: expected a positive whole number"):
+        Settings.from_env()

@@ -7,6 +7,7 @@ unreadable / no face / several faces. 5xx only for server faults.
 """
 
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi import Path as FastPath
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
@@ -35,14 +37,23 @@ from gallery.privacy import RetentionPolicy, export_person, sweep_expired
 from reid.embedder import BaseEmbedder
 from reid.errors import ImageReadError, ReidError
 from reid.images import blur_boxes
+from services.api.limits import BodySizeLimit, check_json_field
 from services.erasure import scrub_event_logs
 from services.settings import ApiKey, Settings
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP"}
+# MPO: what many phone cameras write (a JPEG with extra frames); the first frame is the photo
+ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP"}
 Modality = Literal["face", "body"]
 PersonId = Annotated[int, FastPath(ge=1, le=2**63 - 1, description="person id")]
+# past this, SQLite's 64-bit OFFSET arithmetic overflows; no gallery holds 2**53 persons
+MAX_OFFSET = 2**53
+# a strict policy for the web page: its own scripts and styles only, thumbnails as blob: URLs, no framing
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 # ------------------------------------------------------------------------------------------------ schemas
@@ -188,10 +199,29 @@ AUDITED = {
 
 
 # --------------------------------------------------------------------------------------------- the app
+class KeyRing:
+    """API keys held as SHA-256 digests; a lookup compares against every key in constant time, so neither the
+    answer's timing nor a memory dump shows a key."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self._keys = [(self._digest(k.key), ApiKey("", k.name, k.scopes)) for k in keys]
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+    def find(self, given: str) -> ApiKey | None:
+        d, found = self._digest(given), None
+        for digest, key in self._keys:
+            if hmac.compare_digest(digest, d):  # no early exit: every key is compared
+                found = key
+        return found
+
+
 class ServiceState:
     def __init__(self, settings: Settings, gallery: Gallery, embedders: dict[str, BaseEmbedder]) -> None:
         self.settings, self.gallery, self.embedders = settings, gallery, embedders
-        self.keys = {k.key: k for k in settings.api_keys}
+        self.keys = KeyRing(settings.api_keys)
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "reid_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
@@ -268,38 +298,87 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         code = next(c for t, c in STATUS if isinstance(exc, t))
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
+    def request_limit(scope) -> int:
+        ctype = dict(scope["headers"]).get(b"content-type", b"")
+        if ctype.startswith(b"multipart/"):
+            return settings.max_request_bytes
+        return 2 * settings.max_json_bytes + 4096  # metadata and consent, each at most max_json_bytes
+
+    # inside `observe` (added after it), so a refused body is still counted and audited
+    app.add_middleware(BodySizeLimit, limit_for=request_limit)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with one readable line per problem; the offending input is never echoed (it may be image bytes
+        or a secret), so this handler cannot fail on what a client sent."""
+        errors = [
+            {
+                "loc": [str(x) for x in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/") and any(e["loc"][:1] == ["body"] for e in errors):
+            route = getattr(request.scope.get("route"), "path", "")
+            if route == "/persons":
+                detail += (
+                    '; POST /persons takes JSON such as {"display_name": "Ann"}: '
+                    "send photos to POST /persons/{person_id}/enroll"
+                )
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def server_fault(request: Request, exc: Exception) -> JSONResponse:
+        # reached only for faults of ours (user mistakes are 4xx above); the traceback goes to the log
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error (logged on the server)"}, status_code=500)
+
     @app.middleware("http")
     async def observe(request: Request, call_next):
         t = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        state.requests.labels(path, str(response.status_code)).inc()
-        state.latency.labels(path).observe(time.perf_counter() - t)
-        action = AUDITED.get((request.method, path))
-        if action is not None and response.status_code != 401:  # no key, no actor to record
-            pid = request.path_params.get("person_id")
-            subject = getattr(request.state, "audit_subject", None) or (f"person:{pid}" if pid else None)
-            try:  # a database write: off the event loop, like the route handlers
-                await run_in_threadpool(
-                    audit.write,
-                    action,
-                    "ok" if response.status_code < 400 else f"error {response.status_code}",
-                    key_id=getattr(request.state, "key_name", None),
-                    subject=subject,
-                )
-            except Exception:  # the answer is already computed; losing an audit row is logged loudly
-                logger.exception("audit log write failed for %s %s", action, subject)
+        try:
+            response = await call_next(request)
+            status = response.status_code
+        except Exception:
+            response, status = None, 500  # answered by server_fault; audited below all the same
+            raise
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            state.requests.labels(path, str(status)).inc()
+            state.latency.labels(path).observe(time.perf_counter() - t)
+            action = AUDITED.get((request.method, path))
+            if action is not None and status != 401:  # no key, no actor to record
+                await audit_request(request, action, status)
+        if request.url.path.startswith("/ui/") or request.url.path == "/":
+            response.headers["Content-Security-Policy"] = CSP
+            response.headers["X-Frame-Options"] = "DENY"
+            response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
-    def svc() -> ServiceState:
-        return app.state.svc
+    async def audit_request(request: Request, action: str, status: int) -> None:
+        pid = request.path_params.get("person_id")
+        subject = getattr(request.state, "audit_subject", None) or (f"person:{pid}" if pid else None)
+        try:  # a database write: off the event loop, like the route handlers
+            await run_in_threadpool(
+                audit.write,
+                action,
+                "ok" if status < 400 else f"error {status}",
+                key_id=getattr(request.state, "key_name", None),
+                subject=subject,
+            )
+        except Exception:  # the answer is already computed; losing an audit row is logged loudly
+            logger.exception("audit log write failed for %s %s", action, subject)
 
     def require(scope: str) -> Callable[..., ApiKey]:
         def dep(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> ApiKey:
             if not x_api_key:
                 raise HTTPException(401, "missing X-API-Key header")
-            key = state.keys.get(x_api_key)
+            key = state.keys.find(x_api_key)
             if key is None:
                 raise HTTPException(401, "unknown API key")
             request.state.key_name = key.name  # the audit log records the key's name, never the secret
@@ -329,6 +408,14 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
             raise HTTPException(
                 415, f"{field} ({upload.filename}): not an image (JPEG, PNG, WebP or BMP)"
             ) from None
+        except Image.DecompressionBombError:  # a few KB that would decode to gigapixels
+            raise HTTPException(
+                413,
+                f"{field} ({upload.filename}): its header declares far more than "
+                f"{state.settings.max_image_pixels} pixels",
+            ) from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise HTTPException(422, f"{field} ({upload.filename}): unreadable image header ({e})") from None
         if im.format not in ALLOWED_FORMATS:
             raise HTTPException(415, f"{field} ({upload.filename}): format {im.format} is not accepted")
         w, h = im.size
@@ -398,8 +485,12 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         return {"status": "ok"}
 
     @app.get("/ready", tags=["ops"])
-    def ready() -> dict:
-        counts = gallery.check_consistency()
+    def ready(x_api_key: Annotated[str | None, Header()] = None) -> dict:
+        """Readiness for a probe (no key needed); the index counts and model ids only for a valid key, unless
+        the operator made them public (``REID_PUBLIC_READINESS_DETAIL``)."""
+        counts = gallery.check_consistency()  # raises when database and index disagree: not ready
+        if not (settings.public_readiness_detail or (x_api_key and state.keys.find(x_api_key))):
+            return {"status": "ready"}
         return {"status": "ready", "indexes": counts, "modalities": sorted(state.embedders)}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
@@ -410,6 +501,8 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
 
     @app.post("/persons", tags=["persons"], status_code=201)
     def create_person(body: PersonIn, request: Request, _: Enroll) -> PersonOut:
+        for name in ("metadata", "consent"):
+            check_json_field(getattr(body, name), name, settings.max_json_bytes, settings.max_json_depth)
         pid = gallery.create_person(
             body.display_name, body.external_id, "enrolled", body.consent, body.metadata, purpose=body.purpose
         )
@@ -418,7 +511,9 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
 
     @app.get("/persons", tags=["persons"])
     def list_persons(
-        _: Read, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+        _: Read,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[PersonOut]:
         return [person_out(p) for p in gallery.list_persons(offset, limit)]
 
@@ -446,6 +541,10 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         modality: Annotated[Modality, Form()] = "face",
     ) -> EnrollOut:
         gallery.get_person(person_id)  # 404 before any embedding work
+        if len(images) > settings.max_images_per_request:
+            raise HTTPException(
+                413, f"images: {len(images)} files; at most {settings.max_images_per_request} per request"
+            )
         vecs, model_id, hashes, first = [], None, [], None
         for i, up in enumerate(images):
             img = read_upload(up, f"images[{i}]", hashes)

@@ -1,0 +1,58 @@
+"""`reid-serve` as a user starts it: the admin key is made once, 0600 from the start, shown once; the SQLite file
+holding names and embeddings is private too."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import REPO
+from tests.servers import free_port
+
+
+def start_and_stop(db: Path) -> str:
+    """Start the server, wait until it answers, stop it; return what it wrote to stderr."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REID_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.serve", "--db", str(db), "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.stderr.read()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    return err
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_admin_key_is_created_private_and_shown_once(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    first = start_and_stop(db)
+    keyfile = tmp_path / "g.keys.json"
+    key = json.loads(keyfile.read_text())[0]["key"]
+    assert f"created an admin API key in {keyfile}: {key}" in first
+    assert mode(keyfile) == 0o600 and mode(db) == 0o600
+    second = start_and_stop(db)
+    assert key not in second and f"API keys: {keyfile} (1 keys)" in second
+    assert json.loads(keyfile.read_text())[0]["key"] == key  # never overwritten
