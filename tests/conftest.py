@@ -9,12 +9,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REID_SHARED_DATA", REPO.parent / "shared" / "data"))
+# CI must not pass green by skipping: there, a missing real component fails the tests that need it
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing(component: str, reason: str) -> None:
+    """Skip locally; under ``CI=true`` fail, naming the component (never a silent green run)."""
+    if IN_CI:
+        pytest.fail(f"{component} is missing under CI=true: {reason}", pytrace=False)
+    pytest.skip(f"{component}: {reason}")
 
 
 def _shared(sub: str) -> Path:
     p = SHARED_DATA / sub
     if not p.exists():
-        pytest.skip(f"real data {p} is absent (set REID_SHARED_DATA or place ../shared/data beside the repo)")
+        missing(
+            "../shared/data", f"{p} is absent (set REID_SHARED_DATA or place ../shared/data beside the repo)"
+        )
     return p
 
 
@@ -47,7 +58,7 @@ def camera_feeds_root() -> Path:
 def postgres_url() -> str:
     url = os.environ.get("REID_TEST_POSTGRES_URL")
     if not url:
-        pytest.skip("REID_TEST_POSTGRES_URL is not set (CI sets it to the local PostgreSQL)")
+        missing("PostgreSQL", "REID_TEST_POSTGRES_URL is not set (.ci/run sets it to the local PostgreSQL)")
     return url
 
 

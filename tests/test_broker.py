@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.conftest import missing
+
 REPO = Path(__file__).resolve().parents[1]
 NATS = "nats://127.0.0.1:4222"
 BODY = REPO / "models" / "body" / "mobilenetv2_cuhk03.pt"
@@ -31,9 +33,9 @@ def nats_up() -> None:
     try:
         socket.create_connection(("127.0.0.1", 4222), timeout=1).close()
     except OSError:
-        pytest.skip("NATS (JetStream) is not running at 127.0.0.1:4222 (.ci/run starts it)")
+        missing("NATS", "no NATS (JetStream) server at 127.0.0.1:4222 (.ci/run starts it)")
     if not BODY.is_file():
-        pytest.skip(f"{BODY} is missing")
+        missing("the shipped body model", f"{BODY} is absent")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from reid.face import (
     dlib_model_path,
 )
 from reid.images import read_image
+from tests.conftest import missing
 
 pytestmark = pytest.mark.realdata
 
@@ -86,7 +88,8 @@ def test_mtcnn_finds_a_ceiling_camera_sized_face_that_hog_misses(lfw_root: Path)
     facenet-pytorch wheel) finds it with dlib's landmarks inside its box; dlib's HOG does not."""
     import cv2
 
-    pytest.importorskip("facenet_pytorch", reason="facenet-pytorch is installed by scripts/setup.sh")
+    if importlib.util.find_spec("facenet_pytorch") is None:
+        missing("facenet-pytorch", "MTCNN's weights come in its wheel (scripts/setup.sh installs it)")
     img = read_image(lfw_root / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")  # face ~100 px in 150
     small = cv2.resize(img, (24, 24), interpolation=cv2.INTER_AREA)  # face ~16 px
     head = np.full((60, 90, 3), 200, np.uint8)

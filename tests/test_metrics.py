@@ -22,13 +22,14 @@ from reid.metrics import (
     tar_at_far,
     threshold_at_far,
 )
+from tests.conftest import missing
 
 
 def _torchreid_module(relative: str, name: str):
     """Load one torchreid source file without importing the package (its __init__ pulls in training code)."""
     spec = importlib.util.find_spec("torchreid")
     if spec is None:
-        pytest.skip("torchreid (test extra) is not installed")
+        missing("torchreid", "the rank-evaluation oracle is a test extra (pip install -e '.[test]')")
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     s = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(s)

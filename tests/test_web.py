@@ -15,12 +15,16 @@ from PIL import Image
 
 from services.api import create_app
 from services.settings import ApiKey, Settings
+from tests.conftest import missing
 from tests.servers import ColourEmbedder, running
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
-)
+
+
+@pytest.fixture(autouse=True)
+def chromium() -> None:
+    if CHROMIUM is None:
+        missing("Chromium", "Debian's chromium is not installed (.ci/run installs it)")
 
 
 @pytest.fixture
