@@ -24,7 +24,7 @@ from reid.cli.common import make_parser, run, setup_logging
 from reid.decision_card import card_from_checkpoint_extra
 from reid.errors import ConfigError
 from services.broker import STREAM, SUBJECT_PREFIX, TrackEvent, consume
-from services.settings import DEFAULT_BODY_CHECKPOINT
+from services.settings import body_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--body-checkpoint",
         nargs="*",
-        default=[str(DEFAULT_BODY_CHECKPOINT)] if DEFAULT_BODY_CHECKPOINT.is_file() else [],
+        default=None,
         help="checkpoints whose model cards give the default decision (default: the shipped body model)",
     )
     p.add_argument("--no-enroll", action="store_true", help="only recognise people already in the gallery")
@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     with Gallery(args.db) as g:
         g.follow()
-        for path in args.body_checkpoint or []:  # their model cards' decisions, when nothing is calibrated
+        for path in args.body_checkpoint or [
+            body_checkpoint()
+        ]:  # model cards: decisions when none calibrated
             from reid.models.checkpoint import read_checkpoint
 
             meta = read_checkpoint(path)[1]

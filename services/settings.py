@@ -1,25 +1,20 @@
-"""Service settings from environment variables (``REID_*``), so a container or systemd unit configures it."""
+"""Service settings from environment variables (``REID_*``, read by pydantic-settings), so a container or systemd
+unit configures the service."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reid.errors import ConfigError
 
 SCOPES = ("read", "enroll", "delete", "admin")
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-# integer limits settable as REID_<NAME> (e.g. REID_MAX_UPLOAD_BYTES)
-LIMITS = (
-    "max_upload_bytes",
-    "max_image_pixels",
-    "max_request_bytes",
-    "max_images_per_request",
-    "max_json_bytes",
-    "max_json_depth",
-)
 
 
 @dataclass
@@ -33,88 +28,110 @@ class ApiKey:
 DEFAULT_BODY_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "body" / "mobilenetv2_cuhk03.pt"
 
 
-@dataclass
-class Settings:
+def body_checkpoint(configured: str | os.PathLike | None = None) -> str:
+    """The one place the services pick a body model: the configured checkpoint, else the shipped one."""
+    if configured:
+        return str(configured)
+    if DEFAULT_BODY_CHECKPOINT.is_file():
+        return str(DEFAULT_BODY_CHECKPOINT)
+    raise ConfigError(
+        f"no body model: the shipped {DEFAULT_BODY_CHECKPOINT} is absent; pass --body-checkpoint or set "
+        "REID_BODY_CHECKPOINT"
+    )
+
+
+def _shipped_body_checkpoint() -> str | None:
+    return str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Every field is settable as ``REID_<FIELD>`` (e.g. ``REID_MAX_UPLOAD_BYTES=4000000``); lists and maps as
+    described per field. ``Settings.from_env()`` turns a bad value into a :class:`ConfigError` naming it."""
+
+    model_config = SettingsConfigDict(env_prefix="REID_", extra="ignore", validate_assignment=True)
+
     database_url: str = "gallery.db"
     index_dir: str | None = None
-    api_keys: list[ApiKey] = field(default_factory=list)
-    body_checkpoint: str | None = str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None
+    # inline JSON list of {key, name, scopes}, or the path of a file holding it
+    api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
+    body_checkpoint: str | None = Field(default_factory=_shipped_body_checkpoint)
     # Raw-score thresholds that override the model cards' calibrated decisions (None: the card's decision, or a
     # calibration stored in the gallery, applies; a fixed raw cosine threshold accepts more strangers as the
     # gallery grows, which the cards' margin rule does not)
     face_threshold: float | None = None
     body_threshold: float | None = None
-    max_upload_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 25_000_000
-    min_image_side: int = 16
+    max_upload_bytes: PositiveInt = 8 * 1024 * 1024
+    max_image_pixels: PositiveInt = 25_000_000
+    min_image_side: PositiveInt = 16
     # a request body larger than this is refused from its Content-Length, or as soon as the bytes received pass
     # it, before anything is parsed (room for an enroll of several photos of max_upload_bytes each)
-    max_request_bytes: int = 64 * 1024 * 1024
-    max_images_per_request: int = 32
+    max_request_bytes: PositiveInt = 64 * 1024 * 1024
+    max_images_per_request: PositiveInt = 32
     # person metadata and consent records: JSON of at most this many bytes and this nesting depth
-    max_json_bytes: int = 16 * 1024
-    max_json_depth: int = 8
+    max_json_bytes: PositiveInt = 16 * 1024
+    max_json_depth: PositiveInt = 8
     # /ready answers every caller with its status; the index counts and model ids need a key unless this is set
     public_readiness_detail: bool = False
     # scale-out and privacy
     store_id: str | None = None  # the store this process serves (retention is per store)
     follow_changes: bool = True  # follow the gallery change feed (needed when several processes share the DB)
-    change_poll_interval: float = 0.5
-    retention_days: float = 30.0  # anonymous (camera-created) identities expire this long after last seen
-    retention_per_store: dict[str, float] = field(default_factory=dict)
-    retention_sweep_every: float | None = 3600.0  # seconds between sweeps; None: only on request
+    change_poll_interval: PositiveFloat = 0.5
+    retention_days: PositiveFloat = (
+        30.0  # anonymous (camera-created) identities expire this long after last seen
+    )
+    # JSON object of days per store, e.g. {"store-7": 7}
+    retention_per_store: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    retention_sweep_every: PositiveFloat | None = 3600.0  # seconds between sweeps; None: only on request
     # thumbnails of people not enrolled with consent are stored with the face blurred (REID_BLUR_UNCONSENTED=0
     # turns this off, e.g. where every person is enrolled with consent anyway)
     blur_unconsented: bool = True
-    # JSON-lines event files of the camera pipeline: an erasure also removes the person's lines from them
-    event_logs: list[str] = field(default_factory=list)
+    # JSON-lines event files of the camera pipeline (os.pathsep-separated): an erasure also removes the person's
+    # lines from them
+    event_logs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("index_dir", "store_id", "body_checkpoint", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return parse_api_keys(read_api_keys_value(v.strip())) if v.strip() else []
+        return v
+
+    @field_validator("retention_per_store", mode="before")
+    @classmethod
+    def _per_store(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"expected a JSON object of days per store ({e.msg})") from None
+            if not isinstance(v, dict):
+                raise ValueError(f"expected a JSON object of days per store, got a JSON {type(v).__name__}")
+        return v
+
+    @field_validator("event_logs", mode="before")
+    @classmethod
+    def _paths(cls, v: Any) -> Any:
+        return [x for x in v.split(os.pathsep) if x] if isinstance(v, str) else v
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """``REID_DATABASE_URL``, ``REID_INDEX_DIR``, ``REID_API_KEYS`` (a JSON list of {key, name, scopes} or a
-        path to such a file), ``REID_BODY_CHECKPOINT``, ``REID_FACE_THRESHOLD``, ``REID_BODY_THRESHOLD``, ``REID_<LIMIT>`` for each of ``LIMITS``, ``REID_STORE_ID``,
-        ``REID_RETENTION_DAYS``, ``REID_RETENTION_PER_STORE``."""
-        s = cls()
-        s.database_url = os.environ.get("REID_DATABASE_URL", s.database_url)
-        s.index_dir = os.environ.get("REID_INDEX_DIR") or None
-        s.body_checkpoint = os.environ.get("REID_BODY_CHECKPOINT") or s.body_checkpoint
-        for name in ("face", "body"):
-            var = f"REID_{name.upper()}_THRESHOLD"
-            if os.environ.get(var):
-                try:
-                    setattr(s, f"{name}_threshold", float(os.environ[var]))
-                except ValueError as e:
-                    raise ConfigError(f"{var}: expected a number, got {os.environ[var]!r}") from e
-        for name in LIMITS:
-            var = f"REID_{name.upper()}"
-            if os.environ.get(var):
-                try:
-                    value = int(os.environ[var])
-                except ValueError:
-                    value = 0
-                if value < 1:
-                    raise ConfigError(f"{var}: expected a positive whole number, got {os.environ[var]!r}")
-                setattr(s, name, value)
-        if "REID_PUBLIC_READINESS_DETAIL" in os.environ:
-            s.public_readiness_detail = os.environ["REID_PUBLIC_READINESS_DETAIL"].strip().lower() in TRUE
-        s.store_id = os.environ.get("REID_STORE_ID") or None
-        if "REID_BLUR_UNCONSENTED" in os.environ:
-            s.blur_unconsented = os.environ["REID_BLUR_UNCONSENTED"].strip().lower() not in FALSE
-        if os.environ.get("REID_EVENT_LOGS"):  # os.pathsep-separated
-            s.event_logs = os.environ["REID_EVENT_LOGS"].split(os.pathsep)
-        if "REID_RETENTION_DAYS" in os.environ:
-            s.retention_days = float(os.environ["REID_RETENTION_DAYS"])
-        if "REID_RETENTION_PER_STORE" in os.environ:  # JSON: {"store-7": 7}
-            try:
-                s.retention_per_store = {
-                    str(k): float(v) for k, v in json.loads(os.environ["REID_RETENTION_PER_STORE"]).items()
-                }
-            except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
-                raise ConfigError(f"REID_RETENTION_PER_STORE: expected a JSON object of days ({e})") from e
-        raw = os.environ.get("REID_API_KEYS", "").strip()
-        if raw:
-            s.api_keys = parse_api_keys(read_api_keys_value(raw))
-        return s
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from ``REID_*`` (``overrides`` win). A bad value is a :class:`ConfigError` naming the
+        variable (never echoing an API key)."""
+        try:
+            return cls(**overrides)
+        except ConfigError:
+            raise
+        except ValidationError as e:
+            problems = [
+                f"REID_{str(err['loc'][0]).upper()}: {err['msg'].removeprefix('Value error, ')}"
+                for err in e.errors(include_input=False)
+            ]
+            raise ConfigError("; ".join(problems)) from None
 
 
 def read_api_keys_value(raw: str) -> str:

@@ -51,9 +51,12 @@ def test_bad_source_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def imagenet_body_embedder():
-    from services.camera.__main__ import imagenet_embedder
+    from reid.embedder import Embedder
+    from reid.models import build_model
 
-    return imagenet_embedder()
+    return Embedder.from_model(
+        build_model("mobilenetv2", pretrained="torchvision-mobilenetv2-offline"), device="cpu"
+    )
 
 
 @pytest.mark.realdata

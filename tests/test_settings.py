@@ -80,12 +80,31 @@ def test_api_keys_are_parsed_without_ever_showing_a_key(monkeypatch, value: str,
     assert e.value.__context__ is None or e.value.__suppress_context__
 
 
-def test_limits_are_set_from_the_environment_with_clear_errors(monkeypatch) -> None:
-    monkeypatch.setenv("REID_MAX_JSON_DEPTH", "4")
-    monkeypatch.setenv("REID_MAX_REQUEST_BYTES", "1000")
-    monkeypatch.setenv("REID_PUBLIC_READINESS_DETAIL", "yes")
+def test_every_setting_is_read_from_the_environment_with_clear_errors(monkeypatch) -> None:
+    for var, value in {
+        "REID_MAX_JSON_DEPTH": "4",
+        "REID_MAX_REQUEST_BYTES": "1000",
+        "REID_PUBLIC_READINESS_DETAIL": "yes",
+        "REID_BODY_THRESHOLD": "0.61",
+        "REID_RETENTION_SWEEP_EVERY": "60",
+        "REID_FOLLOW_CHANGES": "false",
+        "REID_CHANGE_POLL_INTERVAL": "0.25",
+        "REID_MIN_IMAGE_SIDE": "32",
+        "REID_INDEX_DIR": "/srv/indexes",
+    }.items():
+        monkeypatch.setenv(var, value)
     s = Settings.from_env()
     assert (s.max_json_depth, s.max_request_bytes, s.public_readiness_detail) == (4, 1000, True)
+    assert (s.body_threshold, s.retention_sweep_every, s.follow_changes) == (0.61, 60.0, False)
+    assert (s.change_poll_interval, s.min_image_side, s.index_dir) == (0.25, 32, "/srv/indexes")
+    assert Settings.from_env(follow_changes=True).follow_changes is True  # arguments win over the environment
     monkeypatch.setenv("REID_MAX_IMAGES_PER_REQUEST", "many")
-    with pytest.raises(ConfigError, match="REID_MAX_IMAGES_PER_REQUEST: expected a positive whole number"):
+    monkeypatch.setenv("REID_BODY_THRESHOLD", "high")
+    with pytest.raises(
+        ConfigError, match="REID_BODY_THRESHOLD: .*number.*; REID_MAX_IMAGES_PER_REQUEST: .*integer"
+    ):
+        Settings.from_env()
+    monkeypatch.delenv("REID_BODY_THRESHOLD")
+    monkeypatch.setenv("REID_MAX_IMAGES_PER_REQUEST", "0")
+    with pytest.raises(ConfigError, match="REID_MAX_IMAGES_PER_REQUEST: Input should be greater than 0"):
         Settings.from_env()

@@ -21,20 +21,11 @@ from services.camera.pipeline import CameraPipeline, PipelineConfig
 from services.camera.sources import parse_camera
 
 
-def imagenet_embedder():
-    from reid.embedder import Embedder
-    from reid.models import build_model
-
-    return Embedder.from_model(
-        build_model("mobilenetv2", pretrained="torchvision-mobilenetv2-offline"), device="cpu"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("python -m services.camera", __doc__)
     p.add_argument("--video", action="append", required=True, help="URI:CAMERA_ID (file, rtsp:// or http://)")
     p.add_argument("--db", default="gallery.db")
-    p.add_argument("--body-checkpoint")
+    p.add_argument("--body-checkpoint", help="body model (default: the shipped models/body/ checkpoint)")
     p.add_argument("--detector", default="hog", choices=DETECTORS.names())
     p.add_argument("--every", type=int, default=1, help="process one frame in N")
     p.add_argument("--threshold", type=float, default=None, help="body match threshold (default: calibrated)")
@@ -65,17 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     sources = [parse_camera(v, args.every, args.realtime) for v in args.video]
-    from services.settings import DEFAULT_BODY_CHECKPOINT
+    from reid.embedder import Embedder
+    from services.settings import body_checkpoint
 
-    checkpoint = args.body_checkpoint or (
-        str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None
-    )
-    if checkpoint:
-        from reid.embedder import Embedder
-
-        embedder = Embedder.from_checkpoint(checkpoint, device="cpu")
-    else:
-        embedder = imagenet_embedder()
+    embedder = Embedder.from_checkpoint(body_checkpoint(args.body_checkpoint), device="cpu")
     embedder.flip = args.flip
     events = open(args.events, "a") if args.events else sys.stdout  # noqa: SIM115 (closed below)
     try:

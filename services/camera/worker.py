@@ -15,7 +15,6 @@ import asyncio
 import sys
 
 from reid.cli.common import make_parser, run, setup_logging
-from reid.errors import ConfigError
 from services.broker import STREAM, SUBJECT_PREFIX, NatsPublisher
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
@@ -24,12 +23,9 @@ from services.camera.sources import parse_camera
 
 def body_embedder(checkpoint: str | None):
     from reid.embedder import Embedder
-    from services.settings import DEFAULT_BODY_CHECKPOINT
+    from services.settings import body_checkpoint
 
-    path = checkpoint or (str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None)
-    if path is None:
-        raise ConfigError("no body model: pass --body-checkpoint (models/body/ holds the shipped one)")
-    return Embedder.from_checkpoint(path, device="cpu")
+    return Embedder.from_checkpoint(body_checkpoint(checkpoint), device="cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
