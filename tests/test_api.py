@@ -304,3 +304,25 @@ def test_out_of_the_box_body_identify_or_enroll_uses_the_shipped_models_card(
         .decision["data"]
         .startswith("50 validation identities")
     )
+
+
+def test_a_router_runs_on_its_own_app_with_its_dependencies_overridden(tmp_path: Path) -> None:
+    """The routes are importable one router at a time; `get_state` is the seam (FastAPI dependency_overrides)."""
+    from fastapi import FastAPI
+
+    from gallery import Gallery
+    from services.api.deps import get_state
+    from services.api.routes import persons
+    from services.api.state import ServiceState
+
+    settings = Settings(database_url=str(tmp_path / "g.db"), api_keys=KEYS)
+    with Gallery(settings.database_url, embedders={"body": ColourEmbedder()}) as g:
+        state = ServiceState(settings, g, {"body": ColourEmbedder()})
+        app = FastAPI()
+        app.include_router(persons.router)
+        app.dependency_overrides[get_state] = lambda: state
+        with running(app) as url:
+            r = httpx.post(f"{url}/persons", json={"display_name": "solo"}, headers=ADMIN)
+            assert r.status_code == 201 and g.get_person(r.json()["id"]).display_name == "solo"
+            assert httpx.get(f"{url}/persons", headers=READ).json()[0]["display_name"] == "solo"
+            assert httpx.get(f"{url}/identify").status_code == 404  # only the persons router is here

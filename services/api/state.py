@@ -1,0 +1,46 @@
+"""What one running API holds: settings, the gallery, the embedders, the API keys, the metrics registry."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gallery import Gallery
+from gallery.audit import AuditLog
+from gallery.privacy import RetentionPolicy
+from reid.embedder import BaseEmbedder
+from services.settings import ApiKey, Settings
+
+
+class KeyRing:
+    """API keys held as SHA-256 digests; a lookup compares against every key in constant time, so neither the
+    answer's timing nor a memory dump shows a key."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self._keys = [(self._digest(k.key), ApiKey("", k.name, k.scopes)) for k in keys]
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+    def find(self, given: str) -> ApiKey | None:
+        d, found = self._digest(given), None
+        for digest, key in self._keys:
+            if hmac.compare_digest(digest, d):  # no early exit: every key is compared
+                found = key
+        return found
+
+
+class ServiceState:
+    def __init__(self, settings: Settings, gallery: Gallery, embedders: dict[str, BaseEmbedder]) -> None:
+        self.settings, self.gallery, self.embedders = settings, gallery, embedders
+        self.keys = KeyRing(settings.api_keys)
+        self.audit = AuditLog(gallery.Session)
+        self.retention = RetentionPolicy(settings.retention_days, dict(settings.retention_per_store))
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "reid_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram("reid_request_seconds", "request latency", ["route"], registry=self.registry)
