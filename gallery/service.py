@@ -687,6 +687,11 @@ class Gallery:
             raise EmbeddingError(f"identify: expected one embedding, got {len(vecs)}")
         return self._identify_vec(vecs, modality, model_id, k, threshold)
 
+    def template_ids(self, person_id: int) -> set[int]:
+        """Ids of the person's templates in the indexes (a copy, read under the index lock)."""
+        with self._lock:
+            return set(self.templates_of.get(person_id, ()))
+
     def _decision(self, modality: str, model_id: str, threshold: float | None) -> Decision | None:
         return Decision(float(threshold)) if threshold is not None else self.decision_for(modality, model_id)
 

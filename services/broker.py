@@ -38,9 +38,17 @@ class TrackEvent:
     model_id: str
     embedding: str  # base64 of float32 little-endian, unit norm
     final: bool = False  # the track ended with this segment
+    views: int = 0  # body embeddings in the mean (0: not told, by workers older than this field)
+    face_embedding: str | None = None  # mean of the track's usable faces, when a face embedder ran
+    face_model_id: str | None = None
 
     def vector(self) -> np.ndarray:
         return np.frombuffer(base64.b64decode(self.embedding), dtype="<f4").astype(np.float32)
+
+    def face_vector(self) -> np.ndarray | None:
+        if not self.face_embedding:
+            return None
+        return np.frombuffer(base64.b64decode(self.face_embedding), dtype="<f4").astype(np.float32)
 
     @staticmethod
     def encode_vector(v: np.ndarray) -> str:

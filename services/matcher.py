@@ -21,50 +21,88 @@ from sqlalchemy import select
 from gallery import Gallery
 from gallery.models import Sighting
 from reid.cli.common import make_parser, run, setup_logging
-from reid.decision_card import card_from_checkpoint_extra
+from reid.decision_card import card_from_checkpoint_extra, read_card
 from reid.errors import ConfigError
 from services.broker import STREAM, SUBJECT_PREFIX, TrackEvent, consume
+from services.identity import Assignment, IdentityPolicy, TrackEvidence
 from services.settings import body_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 class Matcher:
-    def __init__(self, gallery: Gallery, threshold: float | None = None, enroll: bool = True) -> None:
-        self.gallery, self.threshold, self.enroll = gallery, threshold, enroll
-        self.track_person: dict[str, int] = {}
+    """Names the tracks that camera workers publish, with the same :class:`IdentityPolicy` as the in-process
+    camera pipeline (face first, body otherwise, fragments create nobody, re-association at a track's end)."""
+
+    def __init__(
+        self, gallery: Gallery, threshold: float | None = None, enroll: bool = True, assign_after: int = 4
+    ) -> None:
+        # assign_after: the workers' --segment-every, so the first event carries the views the pipeline decides on
+        self.gallery = gallery
+        self.policy = IdentityPolicy(gallery, enroll=enroll, body_threshold=threshold, assign_after=assign_after)
+        self.assigned: dict[str, Assignment] = {}  # track key -> its decision (this process's)
         self.handled = 0
+        self._face_cards: set[str] = set()
+
+    def _face_card(self, model_id: str | None) -> None:
+        """Workers with faces send dlib embeddings: their shipped card decides unless one is calibrated."""
+        if model_id and model_id not in self._face_cards:
+            self._face_cards.add(model_id)
+            card = read_card(model_id)
+            if card is not None:
+                self.gallery.register_card("face", model_id, card)
 
     def _known_track(self, track_key: str) -> int | None:
-        pid = self.track_person.get(track_key)
-        if pid is None:  # after a restart: the person an earlier event of this track was given
-            with self.gallery.Session() as s:
-                pid = s.scalar(select(Sighting.person_id).where(Sighting.track_id == track_key).limit(1))
-        return pid
+        """After a restart: the person an earlier event of this track was given."""
+        with self.gallery.Session() as s:
+            return s.scalar(select(Sighting.person_id).where(Sighting.track_id == track_key).limit(1))
 
     def handle(self, ev: TrackEvent) -> int | None:
-        g, key = self.gallery, f"{ev.camera_id}:{ev.track_id}"
-        pid, score = self._known_track(key), None
-        if pid is None:
-            v = ev.vector()
-            if self.enroll:
-                r = g.identify_or_enroll(
-                    embedding=v, modality=ev.modality, model_id=ev.model_id, threshold=self.threshold
-                )
-                pid, score = r.person_id, r.score
+        key = f"{ev.camera_id}:{ev.track_id}"
+        self._face_card(ev.face_model_id)
+        evidence = TrackEvidence(
+            key=key,
+            camera_id=ev.camera_id,
+            body=ev.vector(),
+            body_model_id=ev.model_id,
+            views=ev.views or self.policy.assign_after,  # untold: not treated as a fragment
+            first_frame=ev.first_frame,
+            last_frame=ev.last_frame,
+            face=ev.face_vector(),
+            face_model_id=ev.face_model_id,
+            ended=ev.final,
+        )
+        a, score, ours = self.assigned.get(key), None, False
+        if a is None:
+            pid = self._known_track(key)
+            if (
+                pid is not None
+            ):  # decided before a restart: what it created is not known, so nothing is redone
+                a = Assignment(pid, ev.modality)
             else:
-                r = g.identify(
-                    embedding=v, modality=ev.modality, model_id=ev.model_id, k=1, threshold=self.threshold
-                )
-                if not r.known:
+                a = self.policy.assign(evidence)
+                if a.person_id is None:
                     return None
-                pid, score = r.best.person_id, r.best.score
-        self.track_person[key] = pid
-        g.record_sighting(
-            pid, ev.camera_id, score=score, modality=ev.modality, track_id=key, event_id=ev.event_id
+                score, ours = a.score, True
+        else:
+            self.policy.seen(ev.camera_id, key, ev.last_frame)
+            ours = True
+        if ev.final and ours:
+            before = a.person_id
+            a = self.policy.finish(evidence, a)
+            if a.person_id != before:
+                score = a.score
+        self.assigned[key] = a
+        self.gallery.record_sighting(
+            a.person_id,
+            ev.camera_id,
+            score=score,
+            modality=a.matched_by or ev.modality,
+            track_id=key,
+            event_id=ev.event_id,
         )
         self.handled += 1
-        return pid
+        return a.person_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         help="checkpoints whose model cards give the default decision (default: the shipped body model)",
     )
     p.add_argument("--no-enroll", action="store_true", help="only recognise people already in the gallery")
+    p.add_argument(
+        "--assign-after",
+        type=int,
+        default=4,
+        help="body views a track needs before it is not a fragment (the workers' --segment-every)",
+    )
     p.add_argument(
         "--idle-exit",
         type=float,
@@ -101,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             g.register_card(meta.modality, meta.model_id, card_from_checkpoint_extra(meta.extra))
         if args.threshold is None:
             logger.info("no --threshold: each model's calibrated decision (gallery, else model card)")
-        m = Matcher(g, args.threshold, enroll=not args.no_enroll)
+        m = Matcher(g, args.threshold, enroll=not args.no_enroll, assign_after=args.assign_after)
         try:
             n = asyncio.run(
                 consume(

@@ -340,3 +340,64 @@ def test_the_second_person_in_double1_gets_an_id_of_their_own(lab_events) -> Non
     man = lab_events["cam1"][0]["global_id"]
     left = [e for e in lab_events["cam2"] if e["box"][0] <= 400]
     assert left and all(e["global_id"] != man for e in left)
+
+
+def _through_matcher(g: Gallery, runs: list[tuple[str, list, object]], cfg: PipelineConfig) -> list[dict]:
+    """Worker mode (events to a list, as a NATS worker would publish them) and the matcher naming them."""
+    from services.matcher import Matcher
+    from tests.servers import ColourEmbedder
+
+    published: list = []
+    worker_cfg = PipelineConfig(**{**cfg.__dict__, "segment_every": cfg.assign_after})
+    matcher = Matcher(g, enroll=True, assign_after=cfg.assign_after)
+    out = []
+    for camera, frames, detector in runs:
+        published.clear()
+        CameraPipeline(None, ColourEmbedder(), detector, worker_cfg, sink=published.append).run(
+            _Sequence(camera, frames)
+        )
+        for ev in published:
+            pid = matcher.handle(ev)
+            if ev.final and pid is not None:  # an unnamed track leaves no event, as in the pipeline
+                out.append({"camera_id": camera, "track_id": ev.track_id, "global_id": pid})
+    return out
+
+
+def test_the_matcher_decides_as_the_pipeline_fragments_and_reassociation(tmp_path: Path) -> None:
+    """One identity policy: the same tracks through the in-process pipeline and through worker + matcher give
+    the same persons (a fragment beside a named track creates nobody; an early wrong start is merged back)."""
+    from tests.servers import ColourEmbedder
+
+    main_box, frag_box = (100, 40, 260, 460), (500, 200, 600, 420)
+    red, odd = (200, 30, 30), (20, 160, 170)
+    frames, boxes = [], []
+    for i in range(60):
+        people = [(main_box, red)] if i < 30 else []
+        if 10 <= i < 13:
+            people.append((frag_box, odd))
+        frames.append(_scene(people))
+        boxes.append([b for b, _ in people])
+    dull = (60, 60, 200)
+    late = [_person(dull)] * 3 + [_person(red)] * 30
+    cfg = PipelineConfig(embed_every=1, assign_after=4, min_hits=2)
+    results = {}
+    for mode in ("pipeline", "matcher"):
+        with Gallery(str(tmp_path / f"{mode}.db"), thresholds={"body": 0.95}) as g:
+            runs = [("cam1", frames, _Boxes(boxes)), ("cam2", late, _FixedBox())]
+            if mode == "pipeline":
+                pipe = CameraPipeline(g, ColourEmbedder(), None, cfg)
+                events = []
+                for camera, fr, det in runs:
+                    pipe.detector = det
+                    events += pipe.run(_Sequence(camera, fr)).events
+            else:
+                events = _through_matcher(g, runs, cfg)
+            results[mode] = (
+                sorted((e["camera_id"], e["global_id"]) for e in events),
+                [p.id for p in g.list_persons()],
+            )
+    assert results["pipeline"] == results["matcher"]
+    ids, persons = results["matcher"]
+    assert persons == [1] and {pid for _, pid in ids} == {
+        1
+    }  # nobody new: fragment and late start are the man

@@ -32,6 +32,7 @@ from reid.images import blur_boxes
 from services.broker import TrackEvent
 from services.camera.sources import Frame, VideoSource
 from services.camera.tracker import IoUTracker, Track
+from services.identity import Assignment, IdentityPolicy, TrackEvidence, mean_unit
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,20 @@ class CameraPipeline:
         self.face_embedder = face_embedder
         self.sink = sink
         self._consented: dict[int, bool] = {}
-        self._named: dict[str, dict[int, Track]] = {}  # camera -> named tracks (for the fragment rule)
+        c = self.config
+        self.policy = (
+            None
+            if gallery is None
+            else IdentityPolicy(
+                gallery,
+                enroll=c.enroll,
+                body_threshold=c.threshold,
+                face_threshold=c.face_threshold,
+                assign_after=c.assign_after,
+                reassociate=c.reassociate,
+                track_templates=c.track_templates,
+            )
+        )
 
     def _crop(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         h, w = image.shape[:2]
@@ -112,112 +126,34 @@ class CameraPipeline:
             return None
         return image[y1:y2, x1:x2]
 
-    @staticmethod
-    def _mean(vs: list[np.ndarray]) -> np.ndarray:
-        v = np.mean(vs, axis=0)
-        return (v / np.linalg.norm(v)).astype(np.float32)
-
-    def _fragment_of_named(self, track: Track, camera_id: str) -> Track | None:
-        """A short track (it ended before ``assign_after`` embeddings) that overlaps in time with a named track
-        of the same camera: a piece of someone already in view (a partly hidden person, a second box on
-        them), not evidence of a new person."""
-        if len(track.embeddings) >= self.config.assign_after:
-            return None
-        for other in self._named.get(camera_id, {}).values():
-            if (
-                other is not track
-                and other.first_frame <= track.last_frame
-                and track.first_frame <= other.last_frame
-            ):
-                return other
-        return None
-
-    def _assign(self, track: Track, camera_id: str, may_create: bool = True) -> None:
-        g, c = self.gallery, self.config
-        self._named.setdefault(camera_id, {})[track.id] = track
-        body = self._mean(track.embeddings)
-        face = self._mean(track.face_embeddings) if track.face_embeddings else None
-        face_id = self.face_embedder.model_id if face is not None else None
-        if face is not None:
-            r = g.identify(embedding=face, modality="face", model_id=face_id, k=1, threshold=c.face_threshold)
-            if r.known:
-                track.global_id, track.matched_by = r.best.person_id, "face"
-                track.scores.append(float(r.best.score))
-                if c.enroll:  # link this body appearance to the person the face named
-                    b = g.identify(
-                        embedding=body,
-                        modality="body",
-                        model_id=self.embedder.model_id,
-                        k=1,
-                        threshold=c.threshold,
-                    )
-                    if not (b.known and b.best.person_id == track.global_id):
-                        g.enroll(
-                            track.global_id,
-                            embeddings=body[None],
-                            modality="body",
-                            model_id=self.embedder.model_id,
-                            sources=[f"camera:{camera_id}"],
-                        )
-                return
-        if c.enroll and may_create:
-            r = g.identify_or_enroll(
-                embedding=body, modality="body", model_id=self.embedder.model_id, threshold=c.threshold
-            )
-            track.global_id, score = r.person_id, r.score
-            track.created_person = r.created
-            if r.enroll is not None:
-                track.template_ids += r.enroll.template_ids
-            if face is not None:  # a face nobody knows: it now belongs to this (new or known) person
-                fe = g.enroll(
-                    track.global_id,
-                    embeddings=face[None],
-                    modality="face",
-                    model_id=face_id,
-                    sources=[f"camera:{camera_id}"],
-                )
-                track.template_ids += fe.template_ids
-        else:
-            r = g.identify(
-                embedding=body, modality="body", model_id=self.embedder.model_id, k=1, threshold=c.threshold
-            )
-            track.global_id = r.best.person_id if r.known else None
-            score = r.best.score if r.best else None
-        if track.global_id is None:
-            self._named[camera_id].pop(track.id, None)
-        track.matched_by = "body"
-        track.scores.append(float(score) if score is not None else float("nan"))
-
-    def _reassociate(self, track: Track) -> None:
-        """Whole-track match of a track that created its person early; merge that person into a known one."""
-        g, mine = self.gallery, track.global_id
-        q = self._mean(track.embeddings)
-        model_id = self.embedder.model_id
-        r = g.identify(embedding=q, modality="body", model_id=model_id, k=3, threshold=self.config.threshold)
-        others = [m for m in r.matches if m.person_id != mine]
-        if not others:
-            return
-        other = others[0]
-        # the same decision as identify's, with this track's own person left out of the candidates
-        v = g.decide("body", model_id, q, [m.score for m in others], threshold=self.config.threshold)
-        if v is None or not v.known:
-            return
-        if set(g.templates_of.get(mine, ())) - set(track.template_ids):
-            return  # someone else's observations joined this person meanwhile: leave it to staff to merge
-        logger.info(
-            "track %d: person %d is known person %d (whole-track score %.3f); merging",
-            track.id,
-            mine,
-            other.person_id,
-            other.score,
+    def _evidence(self, track: Track, camera_id: str, ended: bool = False) -> TrackEvidence:
+        return TrackEvidence(
+            key=f"{camera_id}:{track.id}",
+            camera_id=camera_id,
+            body=mean_unit(track.embeddings),
+            body_model_id=self.embedder.model_id,
+            views=len(track.embeddings),
+            first_frame=track.first_frame,
+            last_frame=track.last_frame,
+            face=mean_unit(track.face_embeddings) if track.face_embeddings else None,
+            face_model_id=self.face_embedder.model_id if track.face_embeddings else None,
+            ended=ended,
         )
-        g.merge(other.person_id, mine)
-        track.global_id = other.person_id
-        track.scores.append(float(other.score))
+
+    def _assign(self, track: Track, camera_id: str, ended: bool = False) -> None:
+        a = self.policy.assign(self._evidence(track, camera_id, ended))
+        self._take(track, a)
+
+    @staticmethod
+    def _take(track: Track, a: Assignment) -> None:
+        track.scores.append(float(a.score) if a.score is not None else float("nan"))
+        track.global_id, track.matched_by = a.person_id, a.matched_by
+        track.created_person, track.template_ids = a.created, list(a.template_ids)
 
     def _event(self, track: Track, camera_id: str, final: bool) -> TrackEvent:
         seg = track.segments
         track.segments += 1
+        ev = self._evidence(track, camera_id)
         return TrackEvent(
             event_id=f"{camera_id}:{track.id}:{seg}",
             camera_id=camera_id,
@@ -228,9 +164,12 @@ class CameraPipeline:
             hits=track.hits,
             box=[round(float(v), 1) for v in track.box],
             modality="body",
-            model_id=self.embedder.model_id,
-            embedding=TrackEvent.encode_vector(self._mean(track.embeddings)),
+            model_id=ev.body_model_id,
+            embedding=TrackEvent.encode_vector(ev.body),
             final=final,
+            views=ev.views,
+            face_embedding=None if ev.face is None else TrackEvent.encode_vector(ev.face),
+            face_model_id=ev.face_model_id,
         )
 
     def _finish(self, track: Track, camera_id: str, fps_hint: float, stats: CameraStats) -> None:
@@ -243,30 +182,16 @@ class CameraPipeline:
             stats.tracks += 1
             return
         if track.global_id is None:
-            fragment = self._fragment_of_named(track, camera_id)
-            self._assign(track, camera_id, may_create=fragment is None)
-            if track.global_id is None and fragment is not None:
-                logger.info(
-                    "track %d (%d embeddings, frames %d-%d) is a fragment beside named track %d: no new person",
-                    track.id, len(track.embeddings), track.first_frame, track.last_frame, fragment.id,
-                )  # fmt: skip
+            self._assign(track, camera_id, ended=True)
         else:
-            long_track = len(track.embeddings) >= 2 * self.config.assign_after
-            if self.config.reassociate and track.created_person and long_track:
-                self._reassociate(track)
-            if (
-                self.config.track_templates
-                and self.config.enroll
-                and long_track
-                and track.matched_by == "body"
-            ):
-                self.gallery.enroll(
-                    track.global_id,
-                    embeddings=self._mean(track.embeddings)[None],
-                    modality="body",
-                    model_id=self.embedder.model_id,
-                    sources=[f"camera:{camera_id}:track:{track.id}"],
-                )
+            ev = self._evidence(track, camera_id, ended=True)
+            a = Assignment(
+                track.global_id, track.matched_by, None, track.created_person, list(track.template_ids)
+            )
+            done = self.policy.finish(ev, a)
+            if done.person_id != track.global_id:
+                track.scores.append(float(done.score))
+            track.global_id, track.template_ids = done.person_id, done.template_ids
         if track.global_id is None:
             return
         score = track.scores[-1] if track.scores else None
@@ -309,13 +234,9 @@ class CameraPipeline:
             self._embed_tracks(frame, matched, source.camera_id)
             for t in ended:
                 self._finish(t, source.camera_id, 0.0, stats)
-            if ended:  # named tracks that ended before every live track began can overlap no fragment to come
+            if ended and self.policy is not None:  # named tracks ended before every live track began
                 oldest = min((t.first_frame for t in tracker.tracks), default=frame.index + 1)
-                named = self._named.get(source.camera_id, {})
-                for tid in [
-                    tid for tid, t in named.items() if t.last_frame < oldest and t not in tracker.tracks
-                ]:
-                    del named[tid]
+                self.policy.forget_before(source.camera_id, oldest)
             if annotate:
                 writer = self._draw(writer, annotate, frame, tracker.tracks)
             stats.frames += 1
@@ -347,6 +268,8 @@ class CameraPipeline:
                     self.sink(self._event(track, camera_id, final=False))
             elif track.global_id is None and len(track.embeddings) >= self.config.assign_after:
                 self._assign(track, camera_id)
+            elif track.global_id is not None:
+                self.policy.seen(camera_id, f"{camera_id}:{track.id}", track.last_frame)
 
     def _look_for_face(self, track: Track, crop: np.ndarray) -> None:
         c = self.config

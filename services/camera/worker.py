@@ -28,6 +28,12 @@ def body_embedder(checkpoint: str | None):
     return Embedder.from_checkpoint(body_checkpoint(checkpoint), device="cpu")
 
 
+def face_embedder(detector: str):
+    from reid.face import DlibFaceEmbedder, FaceDetector
+
+    return DlibFaceEmbedder(FaceDetector(detector))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("python -m services.camera.worker", __doc__)
     p.add_argument("--video", action="append", required=True, help="URI:CAMERA_ID (file, rtsp:// or http://)")
@@ -39,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=3, help="process one frame in N")
     p.add_argument("--realtime", action="store_true", help="play files at their frame rate (a live camera)")
     p.add_argument("--segment-every", type=int, default=4, help="publish a track event every N embeddings")
+    p.add_argument("--faces", action="store_true", help="also send each track's face embedding (dlib)")
+    p.add_argument("--face-detector", default="mtcnn", choices=["mtcnn", "hog", "cnn"])
     args = p.parse_args(argv)
     setup_logging()
     sources = [parse_camera(v, args.every, args.realtime) for v in args.video]
@@ -51,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         DETECTORS.build(args.detector),
         PipelineConfig(segment_every=args.segment_every),
         sink=lambda ev: loop.run_until_complete(pub.publish(ev)),
+        face_embedder=face_embedder(args.face_detector) if args.faces else None,
     )
     try:
         for src in sources:

@@ -1,0 +1,216 @@
+"""One way to name a track, used by the camera pipeline and by the NATS matcher alike.
+
+A track's evidence is the mean of its body embeddings and, when faces were seen, of its face embeddings. The
+decision, through the gallery's public API only:
+
+1. **Face first.** A face the gallery knows names the track; its body is linked to that person (enrolled as a
+   body template unless the body already points there).
+2. **Body otherwise.** ``identify_or_enroll`` on the body (a new anonymous person when nobody is close enough
+   and enrolling is allowed, else ``identify``). A face seen on such a track joins the person it was given.
+3. **Fragments create nobody.** A track that ended short (fewer than ``assign_after`` body views) and overlaps
+   in time with a named track of the same camera is a piece of someone already in view: it may be named, never
+   new.
+4. **At the end of a long track** (``2 x assign_after`` views): if its first decision created a person, the
+   whole-track embedding is matched again and the new person merged into a known one when the decision says so
+   (re-association); the whole-track body becomes another template of its person.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gallery import Gallery
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackEvidence:
+    """What one track saw, aggregated: mean unit embeddings and the models that made them."""
+
+    key: str  # "<camera>:<track>", unique across cameras
+    camera_id: str
+    body: np.ndarray
+    body_model_id: str
+    views: int  # body embeddings in the mean
+    first_frame: int
+    last_frame: int
+    face: np.ndarray | None = None
+    face_model_id: str | None = None
+    ended: bool = False  # the track is over: these are all the views it will ever have
+
+
+@dataclass
+class Assignment:
+    person_id: int | None
+    matched_by: str | None = None  # "face" or "body"
+    score: float | None = None
+    created: bool = False  # this track's decision created the person
+    template_ids: list[int] = field(default_factory=list)  # templates this track enrolled
+
+
+def mean_unit(vectors: list[np.ndarray]) -> np.ndarray:
+    v = np.mean(vectors, axis=0)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+class IdentityPolicy:
+    def __init__(
+        self,
+        gallery: Gallery,
+        *,
+        enroll: bool = True,
+        body_threshold: float | None = None,
+        face_threshold: float | None = None,
+        assign_after: int = 4,
+        reassociate: bool = True,
+        track_templates: bool = True,
+    ) -> None:
+        self.gallery, self.enroll = gallery, enroll
+        self.body_threshold, self.face_threshold = body_threshold, face_threshold
+        self.assign_after, self.reassociate, self.track_templates = assign_after, reassociate, track_templates
+        self._named: dict[str, dict[str, list[int]]] = {}  # camera -> named track key -> [first, last] frame
+
+    # ------------------------------------------------------------------------------------ fragments
+    def seen(self, camera_id: str, key: str, last_frame: int) -> None:
+        """A named track was seen again (call as its evidence arrives)."""
+        span = self._named.get(camera_id, {}).get(key)
+        if span is not None:
+            span[1] = max(span[1], last_frame)
+
+    def fragment_of(self, ev: TrackEvidence) -> str | None:
+        """The named track of the same camera a short, ended track overlaps in time, if any."""
+        if not ev.ended or ev.views >= self.assign_after:
+            return None
+        for key, (first, last) in self._named.get(ev.camera_id, {}).items():
+            if key != ev.key and first <= ev.last_frame and ev.first_frame <= last:
+                return key
+        return None
+
+    def forget_before(self, camera_id: str, frame: int) -> None:
+        """Named tracks that ended before ``frame`` (the first frame of every live track) can overlap no
+        fragment to come."""
+        named = self._named.get(camera_id, {})
+        for key in [k for k, (_, last) in named.items() if last < frame]:
+            del named[key]
+
+    # ------------------------------------------------------------------------------------ decisions
+    def assign(self, ev: TrackEvidence) -> Assignment:
+        """The track's first decision: face when the gallery knows it, else body."""
+        fragment = self.fragment_of(ev)
+        a = self._by_face(ev)
+        if a is None:
+            a = self._by_body(ev, may_create=self.enroll and fragment is None)
+        if a.person_id is not None:
+            self._named.setdefault(ev.camera_id, {})[ev.key] = [ev.first_frame, ev.last_frame]
+        elif fragment is not None:
+            logger.info(
+                "track %s (%d views, frames %d-%d) is a fragment beside named track %s: no new person",
+                ev.key, ev.views, ev.first_frame, ev.last_frame, fragment,
+            )  # fmt: skip
+        return a
+
+    def _by_face(self, ev: TrackEvidence) -> Assignment | None:
+        if ev.face is None:
+            return None
+        g = self.gallery
+        r = g.identify(
+            embedding=ev.face, modality="face", model_id=ev.face_model_id, k=1, threshold=self.face_threshold
+        )
+        if not r.known:
+            return None
+        a = Assignment(r.best.person_id, "face", float(r.best.score))
+        if self.enroll:  # link this body appearance to the person the face named
+            b = g.identify(
+                embedding=ev.body,
+                modality="body",
+                model_id=ev.body_model_id,
+                k=1,
+                threshold=self.body_threshold,
+            )
+            if not (b.known and b.best.person_id == a.person_id):
+                e = g.enroll(
+                    a.person_id,
+                    embeddings=ev.body[None],
+                    modality="body",
+                    model_id=ev.body_model_id,
+                    sources=[f"camera:{ev.camera_id}"],
+                )
+                a.template_ids += e.template_ids
+        return a
+
+    def _by_body(self, ev: TrackEvidence, may_create: bool) -> Assignment:
+        g = self.gallery
+        if not may_create:
+            r = g.identify(
+                embedding=ev.body,
+                modality="body",
+                model_id=ev.body_model_id,
+                k=1,
+                threshold=self.body_threshold,
+            )
+            best = r.best if r.known else None
+            return Assignment(
+                best.person_id if best else None, "body", r.best.score if r.best is not None else None
+            )
+        r = g.identify_or_enroll(
+            embedding=ev.body, modality="body", model_id=ev.body_model_id, threshold=self.body_threshold
+        )
+        a = Assignment(r.person_id, "body", r.score, created=r.created)
+        if r.enroll is not None:
+            a.template_ids += r.enroll.template_ids
+        if ev.face is not None:  # a face nobody knows: it now belongs to this (new or known) person
+            fe = g.enroll(
+                a.person_id,
+                embeddings=ev.face[None],
+                modality="face",
+                model_id=ev.face_model_id,
+                sources=[f"camera:{ev.camera_id}"],
+            )
+            a.template_ids += fe.template_ids
+        return a
+
+    def finish(self, ev: TrackEvidence, a: Assignment) -> Assignment:
+        """At the end of a named track: re-association and the whole-track template (long tracks only)."""
+        if a.person_id is None or ev.views < 2 * self.assign_after:
+            return a
+        if self.reassociate and a.created:
+            self._reassociate(ev, a)
+        if self.track_templates and self.enroll and a.matched_by == "body":
+            e = self.gallery.enroll(
+                a.person_id,
+                embeddings=ev.body[None],
+                modality="body",
+                model_id=ev.body_model_id,
+                sources=[f"camera:{ev.camera_id}:track:{ev.key.rsplit(':', 1)[-1]}"],
+            )
+            a.template_ids += e.template_ids
+        return a
+
+    def _reassociate(self, ev: TrackEvidence, a: Assignment) -> None:
+        """Whole-track match of a track that created its person early; merge that person into a known one."""
+        g, mine = self.gallery, a.person_id
+        r = g.identify(
+            embedding=ev.body, modality="body", model_id=ev.body_model_id, k=3, threshold=self.body_threshold
+        )
+        others = [m for m in r.matches if m.person_id != mine]
+        if not others:
+            return
+        # the same decision as identify's, with this track's own person left out of the candidates
+        v = g.decide(
+            "body", ev.body_model_id, ev.body, [m.score for m in others], threshold=self.body_threshold
+        )
+        if v is None or not v.known:
+            return
+        if g.template_ids(mine) - set(a.template_ids):
+            return  # someone else's observations joined this person meanwhile: leave it to staff to merge
+        other = others[0]
+        logger.info(
+            "track %s: person %d is known person %d (whole-track score %.3f); merging",
+            ev.key, mine, other.person_id, other.score,
+        )  # fmt: skip
+        g.merge(other.person_id, mine)
+        a.person_id, a.score, a.created = other.person_id, float(other.score), False
