@@ -32,6 +32,11 @@ def utcnow() -> datetime:
 # BigInteger ids on PostgreSQL; SQLite only auto-increments INTEGER PRIMARY KEY, hence the variant.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
 
+# Ids of erased rows must never be handed out again: audit rows name "person:N", exports are assembled by id
+# and another replica's index may still hold an old template id. PostgreSQL sequences never go back; SQLite's
+# plain INTEGER PRIMARY KEY reuses the highest id after it is deleted, unless the table is AUTOINCREMENT.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
 
 class Base(DeclarativeBase):
     pass
@@ -39,6 +44,7 @@ class Base(DeclarativeBase):
 
 class Person(Base):
     __tablename__ = "persons"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
@@ -64,6 +70,7 @@ class Template(Base):
         # the same image is stored once per model (re-enrolling it is a no-op)
         UniqueConstraint("modality", "model_id", "image_sha256", name="uq_template_image"),
         Index("ix_templates_key_id", "modality", "model_id", "id"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
@@ -85,6 +92,7 @@ class Sighting(Base):
     __table_args__ = (
         Index("ix_sightings_person_time", "person_id", "seen_at"),
         UniqueConstraint("event_id", name="uq_sightings_event_id"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)

@@ -403,6 +403,67 @@ def test_alembic_schema_matches_models(db_url: str) -> None:
     assert diff == []
 
 
+def test_upgrade_from_0004_keeps_rows_and_stops_reusing_ids(db_url: str, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import delete, func, insert, select
+    from sqlalchemy.exc import IntegrityError
+
+    from gallery.db import make_engine, migrate
+    from gallery.models import AuditEntry, Change, Person, Sighting, Template
+
+    engine = make_engine(db_url)
+    migrate(engine, "0004")  # a gallery made before ids were protected
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    vec = unit(np.random.default_rng(15), 1)[0].astype("<f4").tobytes()
+    with engine.begin() as c:
+        for i in range(4):
+            c.execute(insert(Person).values(display_name=f"p{i}", kind="enrolled", created_at=t0))
+        pids = list(c.scalars(select(Person.id).order_by(Person.id)))
+        for pid in pids:
+            c.execute(insert(Template).values(person_id=pid, modality="face", model_id="m", dim=32,
+                                              vector=vec, created_at=t0, image_sha256=f"h{pid}"))  # fmt: skip
+            c.execute(insert(Sighting).values(person_id=pid, camera_id="c", seen_at=t0))
+        erased = pids[-1]  # erased before the upgrade: its ids are known from the change feed and audit log
+        gone = list(c.scalars(select(Template.id).where(Template.person_id == erased)))
+        c.execute(delete(Sighting).where(Sighting.person_id == erased))
+        c.execute(delete(Template).where(Template.person_id == erased))
+        c.execute(delete(Person).where(Person.id == erased))
+        c.execute(insert(Change).values(op="delete", person_id=erased, template_ids=gone, created_at=t0))
+        c.execute(insert(AuditEntry).values(at=t0, action="delete-person", subject=f"person:{erased}",
+                                            outcome="ok"))  # fmt: skip
+
+    def rows():
+        with engine.connect() as c:
+            return [
+                sorted(
+                    tuple(r) for r in c.execute(select(Person.id, Person.display_name, Person.created_at))
+                ),
+                sorted(tuple(r) for r in c.execute(select(Template.id, Template.person_id, Template.vector))),
+                sorted(
+                    tuple(r) for r in c.execute(select(Sighting.id, Sighting.person_id, Sighting.seen_at))
+                ),
+            ]
+
+    before = rows()
+    migrate(engine)
+    assert rows() == before and len(before[1]) == 3  # nothing lost (nor cascaded away by the table rebuild)
+    with engine.connect() as c:
+        assert c.scalar(select(func.count()).select_from(AuditEntry)) == 1
+        if engine.dialect.name == "sqlite":  # switched back on after the upgrade
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+    with Gallery(db_url, index_dir=tmp_path / "idx") as g:
+        assert g.check_consistency() == {"face/m": {"database": 3, "index": 3}}
+        new = g.enroll(embeddings=unit(np.random.default_rng(16), 1), modality="face", model_id="m")
+        assert new.person_id > erased and new.template_ids[0] > max(gone)
+        g.delete_person(new.person_id)
+        again = g.enroll(embeddings=unit(np.random.default_rng(17), 1), modality="face", model_id="m")
+        assert again.person_id > new.person_id and again.template_ids[0] > new.template_ids[0]
+        with pytest.raises(IntegrityError), g.engine.begin() as c:  # foreign keys are still enforced
+            c.execute(insert(Sighting).values(person_id=new.person_id, camera_id="c", seen_at=t0))
+
+
 def test_enroll_and_identify_images_with_an_embedder(tmp_path: Path) -> None:
     from PIL import Image
 
