@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +27,12 @@ from gallery import (
 from tests.servers import ColourEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
+# a script run by path has its own folder first on sys.path: point it at this checkout's packages (not at
+# whichever checkout the environment's editable install names)
+SCRIPT_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+}
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 32) -> np.ndarray:
@@ -202,6 +209,7 @@ def test_concurrent_processes_create_one_person(db_url: str, tmp_path: Path) -> 
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
+            env=SCRIPT_ENV,
         )
         for i in range(4)
     ]
@@ -368,6 +376,7 @@ def test_sigkill_during_enrollment_loses_no_acknowledged_template(db_url: str, t
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        env=SCRIPT_ENV,
     )
     acked: list[list[int]] = []
     for line in proc.stdout:
