@@ -319,6 +319,30 @@ def test_sightings_query(gallery: Gallery) -> None:
         gallery.record_sighting(pid + 100, "c1")
 
 
+def test_datetimes_come_back_aware_in_utc(gallery: Gallery) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from gallery.audit import AuditLog
+    from gallery.privacy import export_person
+
+    pid = gallery.create_person("ann")
+    berlin = timezone(timedelta(hours=2))
+    local = datetime(2030, 6, 1, 14, 0, tzinfo=berlin)  # 12:00 UTC
+    gallery.record_sighting(pid, "c1", seen_at=local)
+    gallery.record_sighting(pid, "c2", seen_at=datetime(2030, 6, 1, 12, 30))  # naive: taken as UTC
+    AuditLog(gallery.Session).write("export", "ok", subject=f"person:{pid}")
+    person = gallery.get_person(pid)
+    seen = gallery.sightings(person_id=pid)
+    audit = AuditLog(gallery.Session).read(subject=f"person:{pid}")
+    for t in [person.created_at, person.last_seen_at, *(s.seen_at for s in seen), *(a.at for a in audit)]:
+        assert t.tzinfo is UTC, t
+    assert seen[0].seen_at == local and seen[0].seen_at.hour == 12  # the same instant, stated in UTC
+    assert person.last_seen_at == datetime(2030, 6, 1, 12, 30, tzinfo=UTC)  # the later one
+    # a bound given in another zone selects by instant (SQLite compares stored text: it must be UTC too)
+    assert [s.camera_id for s in gallery.sightings(since=local + timedelta(minutes=10))] == ["c2"]
+    assert export_person(gallery, pid)[0]["person"]["created_at"].endswith("+00:00")
+
+
 def test_restart_uses_snapshot_and_detects_stale_or_corrupt_files(tmp_path: Path, caplog) -> None:
     rng = np.random.default_rng(10)
     db = str(tmp_path / "g.db")
