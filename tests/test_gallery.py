@@ -527,6 +527,75 @@ def test_hnsw_and_ivf_indexes_delete_and_recall() -> None:
         assert not np.isin(got, ids[:10]).any() and index.ntotal == 2990
 
 
+class _ThreadsSeen:
+    """The real FAISS index, noting how many OpenMP threads each search call was given."""
+
+    def __init__(self, index) -> None:
+        self.index, self.threads = index, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.index, name)
+
+    def search(self, q, k):
+        import faiss
+
+        self.threads.append(faiss.omp_get_max_threads())
+        return self.index.search(q, k)
+
+
+def test_small_searches_use_one_openmp_thread(monkeypatch) -> None:
+    import faiss
+
+    from gallery.index import omp_threads
+
+    rng = np.random.default_rng(15)
+    vecs = unit(rng, 3000, 32)
+    ids = np.arange(1, 3001)
+    queries = near(vecs[:40], rng)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)  # "all threads" is 2 even on a one-core runner
+    try:
+        single = VectorIndex("face", "m", 32, IndexConfig(kind="flat"))
+        single.build(ids, vecs)
+        assert single.config.search_threads == 1 and single.config.small_batch == 16
+        single.index = spy = _ThreadsSeen(single.index)
+        one_by_one = [single.search(q, 5) for q in queries[:15]]
+        batch = single.search(queries, 5)
+        assert spy.threads == [1] * 15 + [2]  # < 16 queries: one thread; a batch of 40: all
+        assert faiss.omp_get_max_threads() == 2  # restored after each search
+        everything = VectorIndex("face", "m", 32, IndexConfig(kind="flat", search_threads=0))
+        everything.build(ids, vecs)
+        everything.index = spy_all = _ThreadsSeen(everything.index)
+        for q, (sims, got) in zip(queries[:15], one_by_one):
+            all_sims, all_got = everything.search(q, 5)
+            np.testing.assert_array_equal(got, all_got)
+            np.testing.assert_allclose(sims, all_sims, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(batch[1][:15, :], np.concatenate([g for _, g in one_by_one]))
+        assert spy_all.threads == [2] * 15
+        # the setting belongs to the calling thread: one request thread limiting itself leaves others alone
+        inside, release, seen = threading.Event(), threading.Event(), []
+
+        def limited() -> None:
+            with omp_threads(1):
+                seen.append(faiss.omp_get_max_threads())
+                inside.set()
+                release.wait(10)
+
+        t = threading.Thread(target=limited)
+        t.start()
+        assert inside.wait(10)
+        assert seen == [1] and faiss.omp_get_max_threads() == 2  # while the other thread is limited
+        release.set()
+        t.join()
+    finally:
+        faiss.omp_set_num_threads(before)
+    monkeypatch.setenv("REID_FAISS_THREADS", "3")
+    assert IndexConfig().search_threads == 3
+    monkeypatch.setenv("REID_FAISS_THREADS", "two")
+    with pytest.raises(GalleryError, match="REID_FAISS_THREADS must be a whole number >= 0.*'two'"):
+        IndexConfig()
+
+
 def test_ivfpq_index_compressed_codes(tmp_path: Path) -> None:
     from gallery import EmbeddingError
     from gallery.index import DBState
