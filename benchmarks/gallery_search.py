@@ -8,15 +8,24 @@ Two query sets: "re-take" queries are noisy copies of stored templates (cosine ~
 photo of an enrolled person); "random" queries are fresh random vectors (no true match, the hardest case for an
 approximate index). recall@1 = the approximate index's best person equals exact search's best person.
 
+``--threads`` instead measures single-query identify at ``--threads-size`` templates (default 20k, flat index)
+with the small-search setting ``IndexConfig.search_threads`` at 1 and at 0 (= all OpenMP threads), on an
+otherwise idle process and with a second process spinning on one core (what a busy neighbour does to a server).
+The rows alternate settings in rounds so that drifting load from elsewhere hits both alike; the load average
+is printed because the machine may be shared.
+
 Examples:
     python benchmarks/gallery_search.py --sizes 10000 100000
     python benchmarks/gallery_search.py --sizes 1000000 --workdir /tmp/gallery_bench   # about 2 GB per copy
+    python benchmarks/gallery_search.py --threads --queries 500
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,6 +114,51 @@ def run_size(n: int, workdir: Path, queries: int, cfg: IndexConfig) -> list[tupl
     return rows
 
 
+def run_threads(n: int, workdir: Path, queries: int, rounds: int = 3) -> None:
+    """Single-query identify p50/p99 with 1 vs all OpenMP threads, without and with a busy second process."""
+    db = workdir / f"g{n}.db"
+    if not db.exists():
+        populate(db, n)
+    g = Gallery(str(db), index_config=IndexConfig(kind="flat"))
+    index = g.indexes[("body", "bench-512")]
+    all_threads = faiss.omp_get_max_threads()
+    rng = np.random.default_rng(2)
+    qs = unit_rows(rng, queries)
+    print(describe() + f", faiss {faiss.__version__}, OpenMP max threads {all_threads}")
+    print(
+        f"Gallery.identify, one query per call, {n} templates (flat, dim {DIM}, SQLite), k=5; "
+        f"{rounds} rounds x {queries} queries per row; busy = one other process spinning on a core"
+    )
+    print(f"{'busy':>5} {'search threads':>15} {'p50 ms':>8} {'p99 ms':>8} {'load avg 1m':>12}")
+    settings = [(1, "1"), (0, f"all ({all_threads})")]
+    for busy in (False, True):
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            time.sleep(0.5)
+            lat: dict[int, list[float]] = {t: [] for t, _ in settings}
+            for _ in range(rounds):  # alternate the settings: load from elsewhere drifts over minutes
+                for threads, _ in settings:
+                    index.config.search_threads = threads
+                    g.identify(embedding=qs[0], modality="body", model_id="bench-512", k=5)  # warm-up
+                    for q in qs:
+                        t = time.perf_counter()
+                        g.identify(embedding=q, modality="body", model_id="bench-512", k=5)
+                        lat[threads].append((time.perf_counter() - t) * 1000)
+            load = os.getloadavg()[0]
+            for threads, label in settings:
+                a = np.array(lat[threads])
+                print(
+                    f"{'yes' if busy else 'no':>5} {label:>15} {np.percentile(a, 50):8.2f} "
+                    f"{np.percentile(a, 99):8.2f} {load:12.2f}",
+                    flush=True,
+                )
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    g.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -113,10 +167,16 @@ def main() -> None:
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-search", type=int, default=128)
     ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--threads", action="store_true", help="1 vs all OpenMP threads for single queries")
+    ap.add_argument("--threads-size", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        run_threads(args.threads_size, workdir, args.queries, args.rounds)
+        return
     cfg = IndexConfig(hnsw_m=args.hnsw_m, ef_search=args.ef_search, ef_construction=args.ef_construction)
     print(describe() + f", faiss {faiss.__version__}")
     print(

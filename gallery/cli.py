@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gallery.errors import GalleryError
+from gallery.results import PersonInfo
 from gallery.service import Gallery
 from reid.cli.common import make_parser, run, setup_logging
 
@@ -47,6 +49,40 @@ def _embedders(args: argparse.Namespace, need: str | None) -> dict:
 
 def _print(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
+
+
+# Deeper stored JSON (metadata, consent) is shown as a placeholder: printing recurses once per level, and one
+# person's 900-deep metadata must not take the listing of the whole gallery down with a RecursionError.
+MAX_SHOWN_DEPTH = 64
+
+
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether the containers (dicts, lists) in ``value`` nest more than ``limit`` levels (iterative, so any
+    depth can be measured)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, (list, tuple)):
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
+def person_record(info: PersonInfo, max_depth: int = MAX_SHOWN_DEPTH) -> dict[str, Any]:
+    """A person as a printable dict; a field nested deeper than ``max_depth`` becomes a marked placeholder."""
+    out: dict[str, Any] = {}
+    for f in fields(info):
+        value = getattr(info, f.name)
+        if nests_deeper_than(value, max_depth):
+            value = f"<{f.name}: too deep to show (nesting > {max_depth})>"
+        out[f.name] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             _print(asdict(r))
         elif args.cmd == "list":
-            _print([asdict(x) for x in g.list_persons(args.offset, args.limit)])
+            _print([person_record(x) for x in g.list_persons(args.offset, args.limit)])
         elif args.cmd == "show":
-            _print(asdict(g.get_person(args.person)))
+            _print(person_record(g.get_person(args.person)))
         elif args.cmd == "merge":
-            _print(asdict(g.merge(args.keep, args.remove)))
+            _print(person_record(g.merge(args.keep, args.remove)))
         elif args.cmd == "delete":
             print(f"deleted person {args.person} and {g.delete_person(args.person)} templates")
         elif args.cmd == "calibrate":

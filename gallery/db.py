@@ -77,17 +77,28 @@ def alembic_config(engine: Engine):
     return cfg
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (default: the newest Alembic revision; idempotent)."""
     from alembic import command
 
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # serialise concurrent migrations of several processes starting at once
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7343091)")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            # Rebuilding a table (Alembic batch mode) drops it: with foreign keys on, dropping persons would
+            # cascade to every template. The pragma is ignored inside a transaction, so it is set on the driver
+            # connection (autocommit) before BEGIN, and checked by the migrations that rebuild tables.
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                if not sqlite:
+                    # serialise concurrent migrations of several processes starting at once
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7343091)")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

@@ -5,6 +5,11 @@ and dropped at the next rebuild) and ``ivf`` (inverted lists; trained on the vec
 ``auto`` picks flat below ``hnsw_threshold`` vectors and HNSW above. Vectors are unit length, so inner product
 is cosine similarity.
 
+Searches of fewer than ``IndexConfig.small_batch`` queries (one identify) run with ``search_threads`` OpenMP
+threads (default 1, env ``REID_FAISS_THREADS``; 0 = OpenMP's default, all cores): splitting one query's scan
+over every core costs more in wake-ups and waiting than it saves, most of all when other processes (a second
+replica, the camera pipeline) want the cores too. Larger batches and index builds keep all threads.
+
 Snapshots (``save``) are written atomically with a manifest: the DB state they reflect (count, max and sum of
 template ids) and the SHA-256 of the index file. ``load`` refuses a file whose checksum or state does not match
 the database, so a stale or corrupt snapshot is rebuilt, never trusted.
@@ -18,15 +23,54 @@ import logging
 import os
 import tempfile
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from gallery.errors import EmbeddingError, IndexMismatchError
+from gallery.errors import EmbeddingError, GalleryError, IndexMismatchError
 
 logger = logging.getLogger(__name__)
+
+THREADS_ENV = "REID_FAISS_THREADS"
+
+
+def search_threads_from_env() -> int:
+    """OpenMP threads for small searches from ``REID_FAISS_THREADS`` (default 1; 0 = all)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return 1
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise GalleryError(f"{THREADS_ENV} must be a whole number >= 0 (0 = all OpenMP threads), got {raw!r}")
+    return n
+
+
+@contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """Run the body with ``n`` OpenMP threads in the calling thread, then restore its setting (``n`` <= 0:
+    leave it alone).
+
+    No lock is needed although FAISS calls the setting global: in OpenMP the thread count (nthreads-var) is
+    an ICV of the calling thread's data environment, so a request thread that limits its own search does not
+    change the threads of a batch search or build running in another thread (tests/test_gallery.py checks
+    this on the bundled runtime). A lock would instead serialise every search of every index.
+    """
+    before = faiss.omp_get_max_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @dataclass
@@ -41,6 +85,13 @@ class IndexConfig:
     # ivfpq (very large galleries): pq_m bytes of code + 8 bytes of id per template, no raw vectors in memory
     # (the database keeps them); scores are approximate and mean aggregation is unavailable
     pq_m: int = 64
+    # OpenMP threads for a search of fewer than ``small_batch`` queries (0: all); see the module docstring
+    search_threads: int = field(default_factory=search_threads_from_env)
+    small_batch: int = 16
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.search_threads, int) or self.search_threads < 0:
+            raise GalleryError(f"IndexConfig.search_threads must be an int >= 0, got {self.search_threads!r}")
 
 
 @dataclass(frozen=True)
@@ -180,7 +231,8 @@ class VectorIndex:
                 return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
             extra = len(self.tombstones)
             kk = min(k + extra, n)
-            sims, ids = self.index.search(q, kk)
+            with omp_threads(self.config.search_threads if len(q) < self.config.small_batch else 0):
+                sims, ids = self.index.search(q, kk)
             if extra:
                 dead = np.isin(ids, np.fromiter(self.tombstones, dtype=np.int64))
                 ids = np.where(dead, -1, ids)

@@ -7,11 +7,13 @@ rebuilt from it. Vectors are stored as little-endian float32 bytes.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Dialect,
     Float,
     ForeignKey,
     Index,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 MODALITIES = ("face", "body")
 
@@ -29,8 +32,42 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def to_utc(t: datetime) -> datetime:
+    """``t`` as an aware UTC datetime; a naive ``t`` is taken to be UTC already (the gallery's convention)."""
+    if not isinstance(t, datetime):
+        raise TypeError(f"expected a datetime, got {type(t).__name__} {t!r}")
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A ``DateTime(timezone=True)`` column that stores UTC and always hands back aware UTC datetimes.
+
+    SQLite has no time zones: SQLAlchemy writes the wall-clock digits and drops the offset, so an aware
+    non-UTC value would be stored as the wrong instant and every value comes back naive. Converting to UTC
+    before storing (naive input counts as UTC) and tagging results with UTC makes both backends agree.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        utc = to_utc(value)
+        # SQLite stores text: keep one (UTC, offset-free) form so that comparisons of the text are correct
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        return None if value is None else to_utc(value)
+
+
 # BigInteger ids on PostgreSQL; SQLite only auto-increments INTEGER PRIMARY KEY, hence the variant.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+# Ids of erased rows must never be handed out again: audit rows name "person:N", exports are assembled by id
+# and another replica's index may still hold an old template id. PostgreSQL sequences never go back; SQLite's
+# plain INTEGER PRIMARY KEY reuses the highest id after it is deleted, unless the table is AUTOINCREMENT.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
 class Base(DeclarativeBase):
@@ -39,6 +76,7 @@ class Base(DeclarativeBase):
 
 class Person(Base):
     __tablename__ = "persons"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
@@ -46,14 +84,14 @@ class Person(Base):
     kind: Mapped[str] = mapped_column(
         String(20), default="enrolled"
     )  # enrolled by staff | anonymous (camera)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     consent: Mapped[dict | None] = mapped_column(JSON)
     meta: Mapped[dict | None] = mapped_column("metadata", JSON)
     # privacy: which store saw/enrolled the person (its retention applies), why they are held, and when they
     # were last seen (anonymous identities expire a retention period after that)
     store_id: Mapped[str | None] = mapped_column(String(100), index=True)
     purpose: Mapped[str | None] = mapped_column(String(200))
-    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     templates: Mapped[list[Template]] = relationship(back_populates="person", passive_deletes=True)
 
@@ -64,6 +102,7 @@ class Template(Base):
         # the same image is stored once per model (re-enrolling it is a no-op)
         UniqueConstraint("modality", "model_id", "image_sha256", name="uq_template_image"),
         Index("ix_templates_key_id", "modality", "model_id", "id"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
@@ -75,7 +114,7 @@ class Template(Base):
     quality: Mapped[float | None] = mapped_column(Float)
     image_sha256: Mapped[str | None] = mapped_column(String(64))
     source: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     person: Mapped[Person] = relationship(back_populates="templates")
 
@@ -85,12 +124,13 @@ class Sighting(Base):
     __table_args__ = (
         Index("ix_sightings_person_time", "person_id", "seen_at"),
         UniqueConstraint("event_id", name="uq_sightings_event_id"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"))
     camera_id: Mapped[str] = mapped_column(String(100), index=True)
-    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     score: Mapped[float | None] = mapped_column(Float)
     modality: Mapped[str | None] = mapped_column(String(10))
     track_id: Mapped[str | None] = mapped_column(String(100))
@@ -117,7 +157,7 @@ class Threshold(Base):
     measured_dir: Mapped[float | None] = mapped_column(Float)
     source: Mapped[str | None] = mapped_column(String(200))
     by_size: Mapped[dict | None] = mapped_column(JSON)  # {"persons": threshold} of a raw rule
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class Thumbnail(Base):
@@ -127,7 +167,7 @@ class Thumbnail(Base):
 
     person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"), primary_key=True)
     jpeg: Mapped[bytes] = mapped_column(LargeBinary)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class Change(Base):
@@ -145,7 +185,7 @@ class Change(Base):
     person_id: Mapped[int] = mapped_column(IdType)
     other_person_id: Mapped[int | None] = mapped_column(IdType)  # merge: the person merged away
     template_ids: Mapped[list] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class AuditEntry(Base):
@@ -154,7 +194,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     key_id: Mapped[str | None] = mapped_column(String(100))  # API key id (never the secret), or "system"
     action: Mapped[str] = mapped_column(String(50))
     subject: Mapped[str | None] = mapped_column(String(200), index=True)  # e.g. "person:12"

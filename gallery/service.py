@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from gallery.errors import (
 )
 from gallery.feed import ChangeFollower, last_seq, pending_changes, record_change
 from gallery.index import DBState, IndexConfig, VectorIndex, check_vectors
-from gallery.models import MODALITIES, Person, Sighting, Template, Threshold, Thumbnail, utcnow
+from gallery.models import MODALITIES, Person, Sighting, Template, Threshold, Thumbnail, to_utc, utcnow
 from gallery.results import (
     CalibrationResult,
     Duplicate,
@@ -67,11 +67,6 @@ def image_hash(image: ImageLike) -> str:
     h = hashlib.sha256(str(arr.shape).encode())
     h.update(arr.tobytes())
     return h.hexdigest()
-
-
-def _aware(t: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they are stored as UTC."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _lock_key(key: Key) -> int:
@@ -897,7 +892,7 @@ class Gallery:
         a redelivered event returns the id of the sighting already stored."""
         if not camera_id:
             raise GalleryError("record_sighting: camera_id is required")
-        seen_at = seen_at or self.clock()
+        seen_at = to_utc(seen_at or self.clock())  # compared below with the stored (aware UTC) last_seen_at
         try:
             with self.Session.begin() as s:
                 p = self._require_person(s, person_id)
@@ -912,7 +907,7 @@ class Gallery:
                 )
                 s.add(row)
                 last = p.last_seen_at
-                if last is None or _aware(last) < _aware(seen_at):
+                if last is None or last < seen_at:
                     p.last_seen_at = seen_at
                 s.flush()
                 return row.id

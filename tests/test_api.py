@@ -206,6 +206,14 @@ def test_metrics_and_sightings(server: str) -> None:
     assert httpx.get(f"{server}/sightings", headers=READ, params={"since": "yesterday"}).status_code == 422
 
 
+def test_times_in_json_carry_their_zone(server: str) -> None:
+    p = httpx.post(f"{server}/persons", json={"display_name": "zoned"}, headers=ADMIN).json()
+    got = httpx.get(f"{server}/persons/{p['id']}", headers=READ).json()
+    log = httpx.get(f"{server}/audit", params={"subject": f"person:{p['id']}"}, headers=ADMIN).json()
+    for t in (p["created_at"], got["created_at"], *(e["at"] for e in log)):
+        assert t.endswith(("Z", "+00:00")), t  # the gallery's SQLite file used to hand back naive times
+
+
 def test_audit_log_records_actions_and_is_admin_only(server: str) -> None:
     p = httpx.post(f"{server}/persons", json={"display_name": "audited"}, headers=ADMIN).json()
     httpx.post(

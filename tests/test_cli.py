@@ -93,3 +93,30 @@ def test_help_has_examples() -> None:
     for mod in ("reid.cli.evaluate", "reid.cli.embed"):
         r = _run("-m", mod, "--help")
         assert r.returncode == 0 and "Examples" in r.stdout
+
+
+def test_gallery_list_and_show_survive_deeply_nested_stored_json(db_url: str) -> None:
+    from gallery import Gallery
+
+    deep: dict = {}
+    leaf = deep
+    for _ in range(899):  # 900 levels: printing it used to raise RecursionError for the whole gallery
+        leaf["a"] = {}
+        leaf = leaf["a"]
+    nested = {"l1": {"l2": {"l3": [1, {"l5": "x"}]}}}
+    with Gallery(db_url, index_dir=None) as g:
+        first = g.create_person("first", metadata=nested)
+        bad = g.create_person("deep", metadata=deep, consent={"given": True, "chain": deep})
+        last = g.create_person("last", consent={"given": True})
+    r = _run("-m", "gallery", "--db", db_url, "list")
+    assert r.returncode == 0, r.stderr[-2000:]
+    listed = {p["id"]: p for p in json.loads(r.stdout)}
+    assert sorted(listed) == [first, bad, last]
+    assert listed[bad]["metadata"] == "<metadata: too deep to show (nesting > 64)>"
+    assert listed[bad]["consent"] == "<consent: too deep to show (nesting > 64)>"
+    assert listed[bad]["display_name"] == "deep"
+    assert listed[first]["metadata"] == nested and listed[last]["consent"] == {"given": True}
+    for pid in (first, bad, last):
+        r = _run("-m", "gallery", "--db", db_url, "show", str(pid))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout) == listed[pid]

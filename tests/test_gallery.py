@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +27,12 @@ from gallery import (
 from tests.servers import ColourEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
+# a script run by path has its own folder first on sys.path: point it at this checkout's packages (not at
+# whichever checkout the environment's editable install names)
+SCRIPT_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+}
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 32) -> np.ndarray:
@@ -202,6 +209,7 @@ def test_concurrent_processes_create_one_person(db_url: str, tmp_path: Path) -> 
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
+            env=SCRIPT_ENV,
         )
         for i in range(4)
     ]
@@ -311,6 +319,30 @@ def test_sightings_query(gallery: Gallery) -> None:
         gallery.record_sighting(pid + 100, "c1")
 
 
+def test_datetimes_come_back_aware_in_utc(gallery: Gallery) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from gallery.audit import AuditLog
+    from gallery.privacy import export_person
+
+    pid = gallery.create_person("ann")
+    berlin = timezone(timedelta(hours=2))
+    local = datetime(2030, 6, 1, 14, 0, tzinfo=berlin)  # 12:00 UTC
+    gallery.record_sighting(pid, "c1", seen_at=local)
+    gallery.record_sighting(pid, "c2", seen_at=datetime(2030, 6, 1, 12, 30))  # naive: taken as UTC
+    AuditLog(gallery.Session).write("export", "ok", subject=f"person:{pid}")
+    person = gallery.get_person(pid)
+    seen = gallery.sightings(person_id=pid)
+    audit = AuditLog(gallery.Session).read(subject=f"person:{pid}")
+    for t in [person.created_at, person.last_seen_at, *(s.seen_at for s in seen), *(a.at for a in audit)]:
+        assert t.tzinfo is UTC, t
+    assert seen[0].seen_at == local and seen[0].seen_at.hour == 12  # the same instant, stated in UTC
+    assert person.last_seen_at == datetime(2030, 6, 1, 12, 30, tzinfo=UTC)  # the later one
+    # a bound given in another zone selects by instant (SQLite compares stored text: it must be UTC too)
+    assert [s.camera_id for s in gallery.sightings(since=local + timedelta(minutes=10))] == ["c2"]
+    assert export_person(gallery, pid)[0]["person"]["created_at"].endswith("+00:00")
+
+
 def test_restart_uses_snapshot_and_detects_stale_or_corrupt_files(tmp_path: Path, caplog) -> None:
     rng = np.random.default_rng(10)
     db = str(tmp_path / "g.db")
@@ -368,6 +400,7 @@ def test_sigkill_during_enrollment_loses_no_acknowledged_template(db_url: str, t
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        env=SCRIPT_ENV,
     )
     acked: list[list[int]] = []
     for line in proc.stdout:
@@ -403,6 +436,67 @@ def test_alembic_schema_matches_models(db_url: str) -> None:
     assert diff == []
 
 
+def test_upgrade_from_0004_keeps_rows_and_stops_reusing_ids(db_url: str, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import delete, func, insert, select
+    from sqlalchemy.exc import IntegrityError
+
+    from gallery.db import make_engine, migrate
+    from gallery.models import AuditEntry, Change, Person, Sighting, Template
+
+    engine = make_engine(db_url)
+    migrate(engine, "0004")  # a gallery made before ids were protected
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    vec = unit(np.random.default_rng(15), 1)[0].astype("<f4").tobytes()
+    with engine.begin() as c:
+        for i in range(4):
+            c.execute(insert(Person).values(display_name=f"p{i}", kind="enrolled", created_at=t0))
+        pids = list(c.scalars(select(Person.id).order_by(Person.id)))
+        for pid in pids:
+            c.execute(insert(Template).values(person_id=pid, modality="face", model_id="m", dim=32,
+                                              vector=vec, created_at=t0, image_sha256=f"h{pid}"))  # fmt: skip
+            c.execute(insert(Sighting).values(person_id=pid, camera_id="c", seen_at=t0))
+        erased = pids[-1]  # erased before the upgrade: its ids are known from the change feed and audit log
+        gone = list(c.scalars(select(Template.id).where(Template.person_id == erased)))
+        c.execute(delete(Sighting).where(Sighting.person_id == erased))
+        c.execute(delete(Template).where(Template.person_id == erased))
+        c.execute(delete(Person).where(Person.id == erased))
+        c.execute(insert(Change).values(op="delete", person_id=erased, template_ids=gone, created_at=t0))
+        c.execute(insert(AuditEntry).values(at=t0, action="delete-person", subject=f"person:{erased}",
+                                            outcome="ok"))  # fmt: skip
+
+    def rows():
+        with engine.connect() as c:
+            return [
+                sorted(
+                    tuple(r) for r in c.execute(select(Person.id, Person.display_name, Person.created_at))
+                ),
+                sorted(tuple(r) for r in c.execute(select(Template.id, Template.person_id, Template.vector))),
+                sorted(
+                    tuple(r) for r in c.execute(select(Sighting.id, Sighting.person_id, Sighting.seen_at))
+                ),
+            ]
+
+    before = rows()
+    migrate(engine)
+    assert rows() == before and len(before[1]) == 3  # nothing lost (nor cascaded away by the table rebuild)
+    with engine.connect() as c:
+        assert c.scalar(select(func.count()).select_from(AuditEntry)) == 1
+        if engine.dialect.name == "sqlite":  # switched back on after the upgrade
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+    with Gallery(db_url, index_dir=tmp_path / "idx") as g:
+        assert g.check_consistency() == {"face/m": {"database": 3, "index": 3}}
+        new = g.enroll(embeddings=unit(np.random.default_rng(16), 1), modality="face", model_id="m")
+        assert new.person_id > erased and new.template_ids[0] > max(gone)
+        g.delete_person(new.person_id)
+        again = g.enroll(embeddings=unit(np.random.default_rng(17), 1), modality="face", model_id="m")
+        assert again.person_id > new.person_id and again.template_ids[0] > new.template_ids[0]
+        with pytest.raises(IntegrityError), g.engine.begin() as c:  # foreign keys are still enforced
+            c.execute(insert(Sighting).values(person_id=new.person_id, camera_id="c", seen_at=t0))
+
+
 def test_enroll_and_identify_images_with_an_embedder(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -431,6 +525,75 @@ def test_hnsw_and_ivf_indexes_delete_and_recall() -> None:
         index.remove(ids[:10])
         _sims, got = index.search(vecs[:10], 5)
         assert not np.isin(got, ids[:10]).any() and index.ntotal == 2990
+
+
+class _ThreadsSeen:
+    """The real FAISS index, noting how many OpenMP threads each search call was given."""
+
+    def __init__(self, index) -> None:
+        self.index, self.threads = index, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.index, name)
+
+    def search(self, q, k):
+        import faiss
+
+        self.threads.append(faiss.omp_get_max_threads())
+        return self.index.search(q, k)
+
+
+def test_small_searches_use_one_openmp_thread(monkeypatch) -> None:
+    import faiss
+
+    from gallery.index import omp_threads
+
+    rng = np.random.default_rng(15)
+    vecs = unit(rng, 3000, 32)
+    ids = np.arange(1, 3001)
+    queries = near(vecs[:40], rng)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)  # "all threads" is 2 even on a one-core runner
+    try:
+        single = VectorIndex("face", "m", 32, IndexConfig(kind="flat"))
+        single.build(ids, vecs)
+        assert single.config.search_threads == 1 and single.config.small_batch == 16
+        single.index = spy = _ThreadsSeen(single.index)
+        one_by_one = [single.search(q, 5) for q in queries[:15]]
+        batch = single.search(queries, 5)
+        assert spy.threads == [1] * 15 + [2]  # < 16 queries: one thread; a batch of 40: all
+        assert faiss.omp_get_max_threads() == 2  # restored after each search
+        everything = VectorIndex("face", "m", 32, IndexConfig(kind="flat", search_threads=0))
+        everything.build(ids, vecs)
+        everything.index = spy_all = _ThreadsSeen(everything.index)
+        for q, (sims, got) in zip(queries[:15], one_by_one):
+            all_sims, all_got = everything.search(q, 5)
+            np.testing.assert_array_equal(got, all_got)
+            np.testing.assert_allclose(sims, all_sims, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(batch[1][:15, :], np.concatenate([g for _, g in one_by_one]))
+        assert spy_all.threads == [2] * 15
+        # the setting belongs to the calling thread: one request thread limiting itself leaves others alone
+        inside, release, seen = threading.Event(), threading.Event(), []
+
+        def limited() -> None:
+            with omp_threads(1):
+                seen.append(faiss.omp_get_max_threads())
+                inside.set()
+                release.wait(10)
+
+        t = threading.Thread(target=limited)
+        t.start()
+        assert inside.wait(10)
+        assert seen == [1] and faiss.omp_get_max_threads() == 2  # while the other thread is limited
+        release.set()
+        t.join()
+    finally:
+        faiss.omp_set_num_threads(before)
+    monkeypatch.setenv("REID_FAISS_THREADS", "3")
+    assert IndexConfig().search_threads == 3
+    monkeypatch.setenv("REID_FAISS_THREADS", "two")
+    with pytest.raises(GalleryError, match="REID_FAISS_THREADS must be a whole number >= 0.*'two'"):
+        IndexConfig()
 
 
 def test_ivfpq_index_compressed_codes(tmp_path: Path) -> None:

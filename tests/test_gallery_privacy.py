@@ -246,3 +246,28 @@ def test_retention_policy_rejects_bad_days() -> None:
 
     with pytest.raises(GalleryError, match="s9"):
         RetentionPolicy(per_store={"s9": 0})
+
+
+def test_erased_ids_are_never_handed_out_again(db_url: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    g = Gallery(db_url, index_dir=tmp_path / "a")
+    try:
+        p1, p2 = g.create_person("one"), g.create_person("two")
+        r3 = g.enroll(embeddings=unit(rng, 2), modality="body", model_id="m", display_name="three")
+        p3 = r3.person_id
+        s3 = g.record_sighting(p3, "cam1", 0.9, "body")
+        AuditLog(g.Session).write("delete-person", "ok", key_id="admin", subject=f"person:{p3}")
+        g.delete_person(p3)  # the newest person, template and sighting: what SQLite used to hand out again
+    finally:
+        g.close()
+    g = Gallery(db_url, index_dir=tmp_path / "a")  # a restart: nothing is remembered in memory
+    try:
+        r4 = g.enroll(embeddings=unit(rng, 1), modality="body", model_id="m", display_name="four")
+        assert r4.person_id > max(p1, p2, p3) and min(r4.template_ids) > max(r3.template_ids)
+        assert g.record_sighting(r4.person_id, "cam1", 0.8, "body") > s3
+        assert g.create_person("five") > r4.person_id
+        record, _ = export_person(g, r4.person_id)
+        assert record["audit"] == []  # the erased person's audit rows stay with the erased id
+        assert [t["id"] for t in record["templates"]] == r4.template_ids
+    finally:
+        g.close()
