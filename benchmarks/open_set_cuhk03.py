@@ -15,6 +15,7 @@ The test split only reports. ``--compare`` adds checkpoints without validation i
 
 Examples:
     python benchmarks/open_set_cuhk03.py --checkpoint models/body/mobilenetv2_cuhk03.pt
+    python benchmarks/open_set_cuhk03.py --checkpoint models/body/mobilenetv2_cuhk03.pt --flip
     python benchmarks/open_set_cuhk03.py --checkpoint runs/cpu_val_mobilenetv2/best.pt --compare old.pt --far 0.01 0.05
 """
 
@@ -84,6 +85,7 @@ def main() -> None:
     )
     ap.add_argument("--far", type=float, nargs="+", default=[0.01, 0.05])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flip", action="store_true", help="flip-averaged embeddings (model_id <id>-flip)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ds = build_dataset("cuhk03-np", args.data)
@@ -94,7 +96,7 @@ def main() -> None:
     print(f"{'model':<32} {'rule':<22} {'target FAR':>10} {'beta':>5} {'threshold':>9} {'named right':>11} "
           f"{'wrong name':>10} {'strangers acc.':>14} {'rank-1':>7}")  # fmt: skip
     for path in args.checkpoint + args.compare:
-        e = Embedder.from_checkpoint(path, device="cpu")
+        e = Embedder.from_checkpoint(path, device="cpu", flip=args.flip)
         recs = list(templates.values()) + known + strangers
         vec = dict(zip([r.path for r in recs], e.embed([r.path for r in recs], progress="test images")))
         val = None

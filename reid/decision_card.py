@@ -1,6 +1,7 @@
 """Model cards' decisions: the open-set rule a model ships with, calibrated on validation identities.
 
-A checkpoint carries it in ``extra["decision"]`` (the cohort as a tensor); a model that is not a checkpoint of
+A checkpoint carries it in ``extra["decision"]`` (the cohort as a tensor; ``extra["decision_flip"]`` for the
+flip-averaged embeddings, model_id ``<model_id>-flip``); a model that is not a checkpoint of
 ours (dlib's face ResNet) carries it as ``reid/face/cards/<model_id>.json`` + ``<model_id>.cohort.npy``.
 The entry is a dict: ``rule``, ``beta``, ``threshold``, ``cohort`` ((M, D) float32), and how it was made
 (``target_far``, ``measured_far``, ``measured_dir``, ``data``: which identities chose it).
@@ -47,9 +48,19 @@ def write_card(model_id: str, card: dict[str, Any], folder: str | os.PathLike = 
     return path
 
 
-def attach_to_checkpoint(path: str | os.PathLike, card: dict[str, Any]) -> str:
-    """Store ``card`` as the checkpoint's ``extra["decision"]`` (atomically). The weights, and so the
-    ``model_id``, are unchanged. Returns the model_id."""
+def flip_model_id(model_id: str, flip: bool) -> str:
+    """Flip-averaged embeddings of a model are their own embedding space: ``<model_id>-flip``."""
+    return f"{model_id}-flip" if flip else model_id
+
+
+def _key(flip: bool) -> str:
+    return "decision_flip" if flip else "decision"
+
+
+def attach_to_checkpoint(path: str | os.PathLike, card: dict[str, Any], flip: bool = False) -> str:
+    """Store ``card`` as the checkpoint's ``extra["decision"]`` (``"decision_flip"`` for its flip-averaged
+    embeddings) atomically. The weights, and so the ``model_id``, are unchanged. Returns the model_id the
+    card decides for."""
     import torch
 
     from reid.models.checkpoint import read_checkpoint
@@ -60,13 +71,13 @@ def attach_to_checkpoint(path: str | os.PathLike, card: dict[str, Any]) -> str:
     entry = dict(card)
     if entry.get("cohort") is not None:
         entry["cohort"] = torch.from_numpy(np.asarray(entry["cohort"], dtype=np.float32))
-    obj["extra"] = {**(obj.get("extra") or {}), "decision": entry}
+    obj["extra"] = {**(obj.get("extra") or {}), _key(flip): entry}
     atomic_torch_save(obj, path)
-    return obj["model_id"]
+    return flip_model_id(obj["model_id"], flip)
 
 
-def card_from_checkpoint_extra(extra: dict[str, Any]) -> dict[str, Any] | None:
-    d = extra.get("decision")
+def card_from_checkpoint_extra(extra: dict[str, Any], flip: bool = False) -> dict[str, Any] | None:
+    d = extra.get(_key(flip))
     if not d:
         return None
     d = dict(d)

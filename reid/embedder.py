@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reid.decision_card import card_from_checkpoint_extra
+from reid.decision_card import card_from_checkpoint_extra, flip_model_id
 from reid.images import ImageLike
 
 
@@ -65,14 +65,24 @@ class Embedder(BaseEmbedder):
         self.device = _resolve_device(device)
         self.model = model.to(self.device).eval()
         self.meta = meta
-        self.model_id = meta.model_id
         self.dim = int(meta.embedding_dim)
         self.modality = meta.modality
         self.input_size = tuple(meta.input_size)
-        self.flip = flip
-        self.decision = card_from_checkpoint_extra(meta.extra)
+        self.flip = flip  # sets model_id and decision
         self._mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+
+    @property
+    def flip(self) -> bool:
+        return self._flip
+
+    @flip.setter
+    def flip(self, value: bool) -> None:
+        # flip-averaged vectors are another embedding space for the gallery: their own model_id (so they never
+        # share an index with plain ones) and their own calibrated decision
+        self._flip = bool(value)
+        self.model_id = flip_model_id(self.meta.model_id, self._flip)
+        self.decision = card_from_checkpoint_extra(self.meta.extra, flip=self._flip)
 
     @classmethod
     def from_checkpoint(cls, path, device: str | None = None, flip: bool = False) -> Embedder:

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from gallery import Gallery
 from gallery.models import Sighting
 from reid.cli.common import make_parser, run, setup_logging
-from reid.decision_card import card_from_checkpoint_extra, read_card
+from reid.decision_card import card_from_checkpoint_extra, flip_model_id, read_card
 from reid.errors import ConfigError
 from services.broker import STREAM, SUBJECT_PREFIX, TrackEvent, consume
 from services.identity import Assignment, IdentityPolicy, TrackEvidence
@@ -39,7 +39,9 @@ class Matcher:
     ) -> None:
         # assign_after: the workers' --segment-every, so the first event carries the views the pipeline decides on
         self.gallery = gallery
-        self.policy = IdentityPolicy(gallery, enroll=enroll, body_threshold=threshold, assign_after=assign_after)
+        self.policy = IdentityPolicy(
+            gallery, enroll=enroll, body_threshold=threshold, assign_after=assign_after
+        )
         self.assigned: dict[str, Assignment] = {}  # track key -> its decision (this process's)
         self.handled = 0
         self._face_cards: set[str] = set()
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             from reid.models.checkpoint import read_checkpoint
 
             meta = read_checkpoint(path)[1]
-            g.register_card(meta.modality, meta.model_id, card_from_checkpoint_extra(meta.extra))
+            for flip in (False, True):  # workers may send plain or flip-averaged embeddings
+                card = card_from_checkpoint_extra(meta.extra, flip=flip)
+                g.register_card(meta.modality, flip_model_id(meta.model_id, flip), card)
         if args.threshold is None:
             logger.info("no --threshold: each model's calibrated decision (gallery, else model card)")
         m = Matcher(g, args.threshold, enroll=not args.no_enroll, assign_after=args.assign_after)

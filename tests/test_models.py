@@ -219,3 +219,25 @@ def test_embedder_on_real_images(cuhk03_root: Path) -> None:
     assert v.shape == (4, 1280)
     sims = v @ v.T
     assert np.all(sims > 0)  # ImageNet features of pedestrians are all positively correlated
+
+
+def test_flip_averaged_embeddings_are_their_own_model_with_their_own_card(tmp_path) -> None:
+    """Plain and flip-averaged vectors never share an index (model_id) and each has its own decision."""
+    import shutil
+
+    from reid.decision_card import attach_to_checkpoint
+    from reid.embedder import Embedder
+    from services.settings import DEFAULT_BODY_CHECKPOINT
+
+    ckpt = tmp_path / "body.pt"
+    shutil.copy(DEFAULT_BODY_CHECKPOINT, ckpt)
+    plain = Embedder.from_checkpoint(ckpt, device="cpu")
+    assert Embedder.from_checkpoint(ckpt, device="cpu", flip=True).model_id == plain.model_id + "-flip"
+    card = {"rule": "raw", "beta": 0.0, "threshold": 0.5}
+    assert attach_to_checkpoint(ckpt, card, flip=True) == plain.model_id + "-flip"
+    flipped = Embedder.from_checkpoint(ckpt, device="cpu", flip=True)
+    assert flipped.decision["threshold"] == 0.5
+    kept = Embedder.from_checkpoint(ckpt, device="cpu").decision  # the plain card is kept
+    assert kept["threshold"] == plain.decision["threshold"] and kept["rule"] == plain.decision["rule"]
+    flipped.flip = False
+    assert flipped.model_id == plain.model_id and flipped.decision["threshold"] == plain.decision["threshold"]

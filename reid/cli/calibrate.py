@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint:
             from reid.decision_card import attach_to_checkpoint
 
-            attach_to_checkpoint(args.checkpoint, card)
-            print(f"wrote the decision into {args.checkpoint} (model_id {model_id} unchanged)")
+            attach_to_checkpoint(args.checkpoint, card, flip=args.flip)
+            print(f"wrote the decision for {model_id} into {args.checkpoint} (its weights unchanged)")
         else:
             from reid.decision_card import write_card
 
