@@ -133,7 +133,7 @@ def main() -> None:
         t = time.perf_counter()
         while True:
             try:
-                ready = httpx.get(f"{url}/ready", timeout=2).json()
+                ready = httpx.get(f"{url}/ready", headers={"X-API-Key": KEY}, timeout=2).json()
                 break
             except httpx.HTTPError:
                 if server.poll() is not None:

@@ -134,8 +134,8 @@ def test_three_replicas_share_enrolls_deletes_and_restarts(pg_database: str) -> 
         )
         c.start()
         assert identify(c, blue) == pid2
-        ready = httpx.get(f"{c.url}/ready").json()["indexes"]
-        assert ready == httpx.get(f"{a.url}/ready").json()["indexes"]
+        ready = httpx.get(f"{c.url}/ready", headers=H).json()["indexes"]
+        assert ready == httpx.get(f"{a.url}/ready", headers=H).json()["indexes"]
 
 
 @pytest.mark.timeout(600)
