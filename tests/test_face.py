@@ -202,7 +202,10 @@ def test_a_long_detection_does_not_hold_up_another_thread(lfw_root: Path) -> Non
     det.detect(photo)  # this thread's detector is ready
     started, big_done = threading.Event(), threading.Event()
 
+    other_thread: list = []
+
     def scan_big() -> None:
+        other_thread.extend(det.detect(photo))  # this thread's own detector finds the same face
         started.set()
         det.detect(np.full((2000, 2000, 3), 255, np.uint8))
         big_done.set()
@@ -217,6 +220,8 @@ def test_a_long_detection_does_not_hold_up_another_thread(lfw_root: Path) -> Non
     finished_first = not big_done.is_set()
     t.join()
     assert len(faces) == 1 and finished_first
+    assert [f.box for f in other_thread] == [f.box for f in faces]
+    np.testing.assert_array_equal(other_thread[0].landmarks, faces[0].landmarks)
 
 
 def test_mtcnn_detects_on_the_shrunk_copy_too(lfw_root: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import pickle
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,7 +114,10 @@ class FaceDetector:
         self._local = threading.local()  # this thread's detector, and the passes of its last detect()
         self._lock = threading.Lock()  # only guards building a new thread's detector
         self._shape = dlib.shape_predictor(str(dlib_model_path("shape_predictor_5_face_landmarks.dat")))
-        self._detector()  # built now so that a missing dependency fails here, not on the first request
+        # built now so that a missing dependency fails here, not on the first request; HOG copies for other
+        # threads are unpickled from it (~1 ms) because building one parses dlib's model text (~0.4 s, GIL held)
+        self._local.detector = self._build()
+        self._hog_bytes = pickle.dumps(self._local.detector) if method == "hog" else None
 
     def _build(self) -> object:
         import dlib
@@ -137,8 +141,11 @@ class FaceDetector:
     def _detector(self) -> object:
         det = getattr(self._local, "detector", None)
         if det is None:
-            with self._lock:  # model files are read one thread at a time
-                det = self._build()
+            if self._hog_bytes is not None:
+                det = pickle.loads(self._hog_bytes)  # our own bytes, from the detector built in __init__
+            else:
+                with self._lock:  # model files are read one thread at a time
+                    det = self._build()
             self._local.detector = det
         return det
 
