@@ -116,6 +116,75 @@ def test_rank_skips_queries_without_match_and_errors() -> None:
         evaluate_rank(d, [1, 2], [1, 2], [0, 0], [0, 1, 1])
 
 
+def slow_rank_unknown_cameras(distmat, q_pids, g_pids, q_camids, g_camids, q_items, g_items, max_rank):
+    """From the definition: a gallery item is removed for a query when it is the query's own image, or the same
+    person in the same camera with both cameras known (-1 = unknown never matches)."""
+    cmcs, aps = [], []
+    for i in range(distmat.shape[0]):
+        order = sorted(range(distmat.shape[1]), key=lambda j: (distmat[i, j], j))
+        ranked = []
+        for j in order:
+            own_image = g_items[j] == q_items[i]
+            known = q_camids[i] != -1 and g_camids[j] != -1
+            if own_image or (known and g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i]):
+                continue
+            ranked.append(j)
+        rel = [g_pids[j] == q_pids[i] for j in ranked]
+        if not any(rel):
+            continue
+        hits, precs = 0, []
+        for r, is_rel in enumerate(rel, start=1):
+            if is_rel:
+                hits += 1
+                precs.append(hits / r)
+        aps.append(np.mean(precs))
+        cmcs.append([1.0 if r >= rel.index(True) else 0.0 for r in range(max_rank)])
+    return np.mean(cmcs, axis=0), np.mean(aps), len(aps)
+
+
+@pytest.mark.parametrize("seed,unknown_share", [(0, 1.0), (1, 0.5), (2, 0.2)])
+def test_rank_with_unknown_cameras_equals_slow_reference(seed: int, unknown_share: float) -> None:
+    # all-vs-all retrieval (the queries are part of the gallery), some or all cameras unknown
+    rng = np.random.default_rng(seed)
+    ng, nq = 120, 40
+    g_pids = rng.integers(0, 25, ng)
+    g_cams = np.where(rng.random(ng) < unknown_share, -1, rng.integers(0, 3, ng))
+    qsel = rng.choice(ng, nq, replace=False)
+    items = np.array([f"img/{j}.jpg" for j in range(ng)])
+    d = rng.random((nq, ng)).astype(np.float32)
+    d[np.arange(nq), qsel] = 0.0  # each query's own image is its nearest item: it must be removed
+    args = (d, g_pids[qsel], g_pids, g_cams[qsel], g_cams)
+    res = evaluate_rank(*args, max_rank=20, chunk=7, q_items=items[qsel], g_items=items)
+    cmc, mAP, n = slow_rank_unknown_cameras(*args, items[qsel], items, 20)
+    np.testing.assert_allclose(res.cmc, cmc, atol=1e-6)
+    assert res.mAP == pytest.approx(mAP, abs=1e-9)
+    assert res.num_valid_queries == n
+    assert res.rank1 < 0.5  # the own image (distance 0) never counts as a hit
+
+
+def test_rank_unknown_cameras_with_disjoint_query_and_gallery_removes_nothing() -> None:
+    # identity folders split by identity: one query per person, the person's other images in the gallery
+    d = np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.1, 0.2]])
+    res = evaluate_rank(d, [0, 1], [0, 0, 1, 1], [-1, -1], [-1, -1, -1, -1])
+    assert res.num_valid_queries == 2
+    np.testing.assert_allclose(res.cmc, [1.0, 1.0, 1.0, 1.0])
+    assert res.mAP == pytest.approx(1.0)
+    # a known camera on one side only: the same-camera rule needs both, so the match stays
+    res = evaluate_rank(d, [0, 1], [0, 0, 1, 1], [0, 0], [-1, -1, 0, 0])
+    assert res.num_valid_queries == 1 and res.mAP == pytest.approx(1.0)  # query 1 lost both (camera 0)
+    with pytest.raises(EvaluationError, match="given together"):
+        evaluate_rank(d, [0, 1], [0, 0, 1, 1], [-1, -1], [-1] * 4, q_items=["a", "b"])
+    with pytest.raises(EvaluationError, match="q_items/g_items have 2/3 entries"):
+        evaluate_rank(
+            d, [0, 1], [0, 0, 1, 1], [-1, -1], [-1] * 4, q_items=["a", "b"], g_items=["a", "b", "c"]
+        )
+
+    from reid.data import UNKNOWN_CAMERA
+    from reid.metrics.rank import UNKNOWN_CAMERA as METRIC_UNKNOWN
+
+    assert METRIC_UNKNOWN == UNKNOWN_CAMERA  # what readers write is what the metric understands
+
+
 def test_distance_matrix() -> None:
     rng = np.random.default_rng(0)
     q, g = rng.normal(size=(5, 8)), rng.normal(size=(7, 8))

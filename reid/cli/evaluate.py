@@ -93,8 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     ids = lambda rs: np.array([r.pid for r in rs])  # noqa: E731
     cams = lambda rs: np.array([r.camid for r in rs])  # noqa: E731
     if not ds.has_cameras:
-        logger.warning("camera ids unknown: the same-camera rule cannot be applied")
-    res = evaluate_rank(distmat, ids(ds.query), ids(ds.gallery), cams(ds.query), cams(ds.gallery))
+        logger.warning(
+            "camera ids unknown: the same-camera rule cannot be applied; only a query's own image is removed"
+        )
+    paths = lambda rs: np.array([r.path for r in rs])  # noqa: E731
+    res = evaluate_rank(
+        distmat,
+        ids(ds.query),
+        ids(ds.gallery),
+        cams(ds.query),
+        cams(ds.gallery),
+        q_items=paths(ds.query),
+        g_items=paths(ds.gallery),
+    )
     print(
         f"results ({ds.name}, {len(ds.query)} queries x {len(ds.gallery)} gallery, {args.metric}"
         f"{', flip' if args.flip else ''}{', re-ranked' if args.rerank else ''}):"

@@ -7,12 +7,22 @@
 - embedding: dlib's ResNet (``dlib_face_recognition_resnet_model_v1``, 128-d; dlib reports 99.38 % on LFW),
   L2-normalised here so that cosine similarity is the score everywhere in this project.
 
-dlib objects are not safe for concurrent calls: every call holds a lock.
+Threads: dlib's HOG scanner keeps scratch buffers inside the detector object ("concurrent access ... should be
+protected by a mutex", scan_fhog_pyramid_abstract.h), so each thread gets its own detector and no detection
+waits for another one; the shape predictor is documented as safe to share ("no synchronization is required",
+shape_predictor_abstract.h); the embedding network is not, and its calls hold a lock (they are short: 150x150
+chips). dlib releases the GIL while it scans, so detections in several threads run in parallel.
+
+Big photos: detection runs on a copy whose longest side is at most ``max_side`` (HOG's cost grows with the
+pixel count; a 6000x4000 blank image took ~20 s with its upsampled retry), and the retry's pixels are capped;
+boxes are mapped back and landmarks, alignment and embedding use the original image.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
+import pickle
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,46 +80,111 @@ class FaceDetector:
     ``upsample``: how many times dlib doubles the image first (finds faces smaller than ~80 px, at 4x the cost
     each time). ``retry_upsample`` tries once more with one more doubling when nothing was found.
     Landmarks always come from dlib's 5-point model inside the box, so alignment is the same for every method.
+
+    ``max_side``: detection runs on a copy shrunk so that its longest side is at most this (``None``: the full
+    image); boxes and landmarks are in original pixels. ``retry_max_pixels`` caps the retry's work (pixels
+    scanned, doublings included): an image no larger than ``max_side`` (LFW's photos) retries with one more
+    doubling exactly as before; a shrunk one retries on the original shrunk only to the cap (``None``: no cap).
+    HOG finds dlib boxes down to ~65 px without doubling, so with the defaults the retry finds boxes of ~80 px in a
+    4000x3000 photo (benchmarks/face_detect_stall.py measures the cost).
     """
 
     def __init__(
-        self, method: str = "hog", upsample: int = 0, retry_upsample: bool = True, min_score: float = 0.9
+        self,
+        method: str = "hog",
+        upsample: int = 0,
+        retry_upsample: bool = True,
+        min_score: float = 0.9,
+        max_side: int | None = 1280,
+        retry_max_pixels: int | None = 8_000_000,
     ) -> None:
         import dlib
 
         if method not in ("hog", "cnn", "haar", "mtcnn"):
             raise ConfigError(f"face detector method must be hog, cnn, haar or mtcnn, got {method!r}")
+        if max_side is not None and max_side < 64:
+            raise ConfigError(f"face detector max_side must be at least 64 pixels or None, got {max_side}")
+        if retry_max_pixels is not None and retry_max_pixels < 64 * 64:
+            raise ConfigError(
+                f"face detector retry_max_pixels must be at least 4096 or None, got {retry_max_pixels}"
+            )
         self.min_score = min_score
         self.method, self.upsample, self.retry_upsample = method, upsample, retry_upsample
-        self._lock = threading.Lock()
+        self.max_side, self.retry_max_pixels = max_side, retry_max_pixels
+        self._local = threading.local()  # this thread's detector, and the passes of its last detect()
+        self._lock = threading.Lock()  # only guards building a new thread's detector
         self._shape = dlib.shape_predictor(str(dlib_model_path("shape_predictor_5_face_landmarks.dat")))
-        if method == "hog":
-            self._hog = dlib.get_frontal_face_detector()
-        elif method == "cnn":
-            self._cnn = dlib.cnn_face_detection_model_v1(str(dlib_model_path("mmod_human_face_detector.dat")))
-        elif method == "mtcnn":
+        # built now so that a missing dependency fails here, not on the first request; HOG copies for other
+        # threads are unpickled from it (~1 ms) because building one parses dlib's model text (~0.4 s, GIL held)
+        self._local.detector = self._build()
+        self._hog_bytes = pickle.dumps(self._local.detector) if method == "hog" else None
+
+    def _build(self) -> object:
+        import dlib
+
+        if self.method == "hog":
+            return dlib.get_frontal_face_detector()
+        if self.method == "cnn":
+            return dlib.cnn_face_detection_model_v1(str(dlib_model_path("mmod_human_face_detector.dat")))
+        if self.method == "mtcnn":
             try:
                 from facenet_pytorch import MTCNN
             except ImportError as e:
                 raise ConfigError(
                     "face detector 'mtcnn' needs facenet-pytorch (pip install --no-deps facenet-pytorch==2.6.0)"
                 ) from e
-            self._mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=20)
-        else:
-            import cv2
+            return MTCNN(keep_all=True, device="cpu", min_face_size=20)
+        import cv2
 
-            self._haar = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+    def _detector(self) -> object:
+        det = getattr(self._local, "detector", None)
+        if det is None:
+            if self._hog_bytes is not None:
+                det = pickle.loads(self._hog_bytes)  # our own bytes, from the detector built in __init__
+            else:
+                with self._lock:  # model files are read one thread at a time
+                    det = self._build()
+            self._local.detector = det
+        return det
+
+    @property
+    def last_passes(self) -> list[tuple[int, int, int]]:
+        """(height, width, upsample) of the images the calling thread's last ``detect`` scanned."""
+        return list(getattr(self._local, "passes", []))
+
+    def passes(self, height: int, width: int) -> list[tuple[float, int]]:
+        """The detection plan for an image of this size: ``(scale, upsample)`` of the first pass and, when
+        ``retry_upsample`` applies and nothing is found, of the retry. ``scale`` <= 1 shrinks the image."""
+        s1 = 1.0 if self.max_side is None else min(1.0, self.max_side / max(height, width))
+        plan = [(s1, self.upsample)]
+        if not self.retry_upsample or self.method not in ("hog", "cnn"):  # the others ignore upsampling
+            return plan
+        pixels = height * width * 4**self.upsample  # what dlib scans at scale 1 (x4 per doubling)
+        cap = math.inf if self.retry_max_pixels is None else self.retry_max_pixels
+        if s1 == 1.0:  # a small image: one more doubling, as before, if its work stays within the cap
+            if pixels * 4 <= cap:
+                plan.append((1.0, self.upsample + 1))
+        else:
+            # a shrunk image: rescan the original at the largest scale within the cap (real pixels beat dlib's
+            # interpolated doubling of the shrunk copy), unless that is hardly larger than the first pass
+            s2 = min(1.0, math.sqrt(cap / pixels))
+            if s2 > s1 * 1.05:
+                plan.append((s2, self.upsample))
+        return plan
 
     def _rects(self, img: np.ndarray, upsample: int) -> list[tuple[object, float]]:
         import dlib
 
+        det = self._detector()
         if self.method == "hog":
-            rects, scores, _ = self._hog.run(img, upsample, 0.0)
+            rects, scores, _ = det.run(img, upsample, 0.0)
             return list(zip(rects, scores))
         if self.method == "cnn":
-            return [(d.rect, float(d.confidence)) for d in self._cnn(img, upsample)]
+            return [(d.rect, float(d.confidence)) for d in det(img, upsample)]
         if self.method == "mtcnn":
-            boxes, probs = self._mtcnn.detect(np.ascontiguousarray(img))
+            boxes, probs = det.detect(np.ascontiguousarray(img))
             if boxes is None:
                 return []
             h, w = img.shape[:2]
@@ -126,7 +201,7 @@ class FaceDetector:
         import cv2
 
         gray = cv2.equalizeHist(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
-        found = self._haar.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+        found = det.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
         return [(dlib.rectangle(int(x), int(y), int(x + w), int(y + h)), 1.0) for x, y, w, h in found]
 
     def landmarks(self, img: np.ndarray, rect) -> np.ndarray:
@@ -136,16 +211,41 @@ class FaceDetector:
         )
 
     def detect(self, image: ImageLike) -> list[Face]:
-        """Faces sorted largest first."""
+        """Faces sorted largest first, boxes and landmarks in the pixels of ``image``."""
+        import cv2
+        import dlib
+
         img = to_rgb_array(image)
-        with self._lock:
-            found = self._rects(img, self.upsample)
-            if not found and self.retry_upsample and self.method in ("hog", "cnn"):  # the others ignore it
-                found = self._rects(img, self.upsample + 1)
-            faces = [
-                Face((r.left(), r.top(), r.right(), r.bottom()), float(s), self.landmarks(img, r))
-                for r, s in found
-            ]
+        h, w = img.shape[:2]
+        self._local.passes = []
+        found: list[tuple[object, float]] = []
+        for scale, upsample in self.passes(h, w):
+            work = img
+            if scale < 1.0:  # INTER_AREA: the shrunk copy is an average of the pixels, not a subsample
+                size = (max(1, round(w * scale)), max(1, round(h * scale)))
+                work = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+            self._local.passes.append((work.shape[0], work.shape[1], upsample))
+            found = self._rects(work, upsample)
+            if found:
+                if work is not img:  # back to original pixels (scale per axis, as both were rounded)
+                    sx, sy = w / work.shape[1], h / work.shape[0]
+                    found = [
+                        (
+                            dlib.rectangle(
+                                round(r.left() * sx),
+                                round(r.top() * sy),
+                                round((r.right() + 1) * sx) - 1,
+                                round((r.bottom() + 1) * sy) - 1,
+                            ),
+                            sc,
+                        )
+                        for r, sc in found
+                    ]
+                break
+        faces = [
+            Face((r.left(), r.top(), r.right(), r.bottom()), float(s), self.landmarks(img, r))
+            for r, s in found
+        ]
         return sorted(faces, key=lambda f: -f.area)
 
     def center_face(self, image: ImageLike, fraction: float = 0.67) -> Face:
@@ -157,10 +257,9 @@ class FaceDetector:
         side = fraction * min(h, w)
         x1, y1 = int((w - side) / 2), int((h - side) / 2)
         rect = dlib.rectangle(x1, y1, int(x1 + side), int(y1 + side))
-        with self._lock:
-            return Face(
-                (rect.left(), rect.top(), rect.right(), rect.bottom()), 0.0, self.landmarks(img, rect), True
-            )
+        return Face(
+            (rect.left(), rect.top(), rect.right(), rect.bottom()), 0.0, self.landmarks(img, rect), True
+        )
 
 
 def align(image: ImageLike, face: Face, size: int = 150, padding: float = 0.25) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 Protocol (as torchreid's ``evaluate_rank``): gallery items sorted by ascending distance; for each query the
 gallery items with the same person id *and* the same camera are removed (junk); queries left with no true
-match are skipped; CMC is averaged over valid queries, AP is the mean of precision at each true match, and
-INP (Ye et al., 2021) is ``num_matches / (rank of the last match)``. Ties are broken by gallery order
-(stable sort). Queries are processed in chunks so memory stays at a few hundred MB for Market-sized problems.
+match are skipped. A camera id of ``UNKNOWN_CAMERA`` (-1, identity folders without cameras) never counts as
+"the same camera": for such pairs only the query's own image is removed, recognised by ``q_items`` /
+``g_items`` when given (and nothing when they are not: query and gallery are then disjoint sets).
+CMC is averaged over valid queries, AP is the mean of precision at each true match, and INP (Ye et al., 2021)
+is ``num_matches / (rank of the last match)``. Ties are broken by gallery order (stable sort). Queries are
+processed in chunks so memory stays at a few hundred MB for Market-sized problems.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import torch
 from reid.errors import ReidError
 
 logger = logging.getLogger(__name__)
+
+# Same value as reid.data.records.UNKNOWN_CAMERA (tests check it); defined here so that metrics need no data code.
+UNKNOWN_CAMERA = -1
 
 
 class EvaluationError(ReidError):
@@ -51,6 +57,25 @@ class RankResult:
         return " | ".join(parts)
 
 
+def junk_mask(
+    q_pids: np.ndarray,
+    q_camids: np.ndarray,
+    gp: np.ndarray,
+    gc: np.ndarray,
+    q_items: np.ndarray | None = None,
+    gi: np.ndarray | None = None,
+) -> np.ndarray:
+    """(queries x gallery) True where a gallery item is removed for a query: same person in the same *known*
+    camera, or the query's own image (same item id). ``gp``/``gc``/``gi`` are gallery pids/cameras/items,
+    already indexed per query (2-D, e.g. in ranked order)."""
+    q_pids, q_camids = q_pids[:, None], q_camids[:, None]
+    known = (q_camids != UNKNOWN_CAMERA) & (gc != UNKNOWN_CAMERA)
+    junk = (gp == q_pids) & (gc == q_camids) & known
+    if q_items is not None and gi is not None:
+        junk |= gi == q_items[:, None]
+    return junk
+
+
 def _check(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, ...]:
     d = distmat.detach().cpu().numpy() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
     if d.ndim != 2:
@@ -76,9 +101,25 @@ def evaluate_rank(
     g_camids: np.ndarray,
     max_rank: int = 50,
     chunk: int = 256,
+    q_items: np.ndarray | list | None = None,
+    g_items: np.ndarray | list | None = None,
 ) -> RankResult:
-    """CMC / mAP / mINP of a query x gallery *distance* matrix (smaller = more similar)."""
+    """CMC / mAP / mINP of a query x gallery *distance* matrix (smaller = more similar).
+
+    ``q_items`` / ``g_items``: optional ids of the images (e.g. paths), so that a query's own image is removed
+    from a gallery that holds it even when its camera is unknown (the same-camera rule removes it otherwise).
+    """
     d, q_pids, g_pids, q_camids, g_camids = _check(distmat, q_pids, g_pids, q_camids, g_camids)
+    if (q_items is None) != (g_items is None):
+        raise EvaluationError(
+            "q_items and g_items must be given together (ids of the query and gallery images)"
+        )
+    if q_items is not None:
+        q_items, g_items = np.asarray(q_items).reshape(-1), np.asarray(g_items).reshape(-1)
+        if len(q_items) != d.shape[0] or len(g_items) != d.shape[1]:
+            raise EvaluationError(
+                f"q_items/g_items have {len(q_items)}/{len(g_items)} entries but distmat has shape {d.shape}"
+            )
     num_q, num_g = d.shape
     if num_g < max_rank:
         logger.info("gallery has only %d items; CMC is cut at that rank", num_g)
@@ -92,7 +133,9 @@ def evaluate_rank(
         order = torch.sort(dt[s:e], dim=1, stable=True).indices.numpy()
         gp, gc = g_pids[order], g_camids[order]
         same_pid = gp == q_pids[s:e, None]
-        keep = ~(same_pid & (gc == q_camids[s:e, None]))
+        gi = None if g_items is None else g_items[order]
+        qi = None if q_items is None else q_items[s:e]
+        keep = ~junk_mask(q_pids[s:e], q_camids[s:e], gp, gc, qi, gi)
         match = same_pid & keep
         kept_rank = np.cumsum(keep, axis=1)  # 1-based rank among kept items (valid where keep)
         n_rel = match.sum(axis=1)
@@ -108,7 +151,10 @@ def evaluate_rank(
     valid = first_hit >= 0
     n_valid = int(valid.sum())
     if n_valid == 0:
-        raise EvaluationError("no query has a true match in the gallery (after removing same-camera matches)")
+        raise EvaluationError(
+            "no query has a true match in the gallery"
+            " (after removing same-camera matches and the queries' own images)"
+        )
     hist = np.bincount(first_hit[valid], minlength=num_g)[:max_rank]
     cmc = (np.cumsum(hist) / n_valid).astype(np.float32)
     return RankResult(cmc, float(ap[valid].mean()), float(inp[valid].mean()), n_valid, num_q)

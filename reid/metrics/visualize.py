@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from reid.images import read_image
+from reid.metrics.rank import junk_mask
 
 GREEN, RED, GREY = (40, 180, 60), (220, 40, 40), (150, 150, 150)
 
@@ -43,12 +44,19 @@ def ranked_grid(
     size: tuple[int, int] = (128, 64),
 ) -> Path:
     """One row per query: the query (grey border), then its top-k gallery items under the evaluation protocol
-    (same person + same camera skipped), green when the person is right, red when wrong."""
+    (same person + same known camera skipped), green when the person is right, red when wrong."""
     queries = list(range(min(8, len(query_paths)))) if queries is None else list(queries)
     rows = []
     for qi in queries:
         order = np.argsort(distmat[qi], kind="stable")
-        keep = ~((g_pids[order] == q_pids[qi]) & (g_camids[order] == q_camids[qi]))
+        keep = ~junk_mask(
+            np.asarray(q_pids)[[qi]],
+            np.asarray(q_camids)[[qi]],
+            np.asarray(g_pids)[order][None],
+            np.asarray(g_camids)[order][None],
+            np.array([query_paths[qi]]),
+            np.asarray(gallery_paths)[order][None],
+        )[0]
         order = order[keep][:topk]
         tiles = [_tile(query_paths[qi], size, GREY, f"q {q_pids[qi]}")]
         tiles += [
