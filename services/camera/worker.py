@@ -19,6 +19,7 @@ from services.broker import STREAM, SUBJECT_PREFIX, NatsPublisher
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
 from services.camera.sources import parse_camera
+from services.camera.tracker import TRACKERS
 
 
 def body_embedder(checkpoint: str | None):
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subject-prefix", default=SUBJECT_PREFIX, help="subjects are <prefix>.<camera id>")
     p.add_argument("--body-checkpoint")
     p.add_argument("--detector", default="hog", choices=DETECTORS.names())
+    p.add_argument("--tracker", default="bytetrack", choices=TRACKERS.names())
     p.add_argument("--every", type=int, default=3, help="process one frame in N")
     p.add_argument("--realtime", action="store_true", help="play files at their frame rate (a live camera)")
     p.add_argument("--segment-every", type=int, default=4, help="publish a track event every N embeddings")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         None,
         embedder,
         DETECTORS.build(args.detector),
-        PipelineConfig(segment_every=args.segment_every),
+        PipelineConfig(segment_every=args.segment_every, tracker=args.tracker),
         sink=lambda ev: loop.run_until_complete(pub.publish(ev)),
         face_embedder=face_embedder(args.face_detector) if args.faces else None,
     )
