@@ -349,3 +349,18 @@ def test_validation_identities_choose_best_and_the_card_ships_in_the_checkpoint(
         _torch.load(tmp_path / "run" / "best.pt", weights_only=True)["extra"]["decision"]["threshold"]
         == d["threshold"]
     )
+
+
+def test_evaluators_are_chosen_by_name_and_a_bad_one_fails_before_training(
+    market: Path, tmp_path: Path
+) -> None:
+    from training.evaluators import EVALUATORS
+
+    assert EVALUATORS.names() == ["lfw", "rank"]
+    cfg = tiny_cfg(tmp_path, market)
+    cfg["eval"] = {**cfg["eval"], "type": "roc"}
+    with pytest.raises(ConfigError, match="unknown evaluator .*'roc'.*lfw, rank"):
+        Trainer(cfg, device="cpu")
+    cfg["eval"] = {**cfg["eval"], "type": "lfw", "lfw_root": None}
+    with pytest.raises(ConfigError, match="eval.lfw_root is not set"):
+        Trainer(cfg, device="cpu")

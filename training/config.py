@@ -79,8 +79,8 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 1,
     },
     "eval": {
-        "type": "rank",
-        "every": 1,
+        "type": "rank",  # training.evaluators.EVALUATORS: rank, lfw
+        "every": 10,
         "metric": "mAP",
         "distance": "cosine",
         "flip": False,

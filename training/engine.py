@@ -32,24 +32,16 @@ from reid.data import (
     build_dataset,
     build_transforms,
     holdout_identities,
-    read_lfw,
 )
 from reid.data.readers import read_extra_train
 from reid.embedder import Embedder
-from reid.errors import CheckpointError, ConfigError
-from reid.images import center_crop, read_image
+from reid.errors import CheckpointError
 from reid.losses import build_combined_loss
-from reid.metrics import (
-    compute_distance_matrix,
-    evaluate_rank,
-    k_reciprocal_rerank,
-    kfold_verification,
-    pair_scores,
-)
 from reid.models import build_model, save_checkpoint
 from reid.models.checkpoint import CheckpointMeta
 from reid.utils.io import atomic_torch_save
 from training.config import dump_config
+from training.evaluators import build_evaluator
 from training.optim import EpochScheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -112,6 +104,9 @@ class Trainer:
     def _build(self) -> None:
         c = self.cfg
         d = c["data"]
+        build_evaluator(
+            c["eval"], int(d["eval_batch_size"])
+        )  # a bad eval.type or lfw_root fails now, not after an epoch
         self.dataset: ReidDataset = build_dataset(d["dataset"], d["root"], **(d.get("kwargs") or {}))
         extra = [r for folder in d["extra_train"] for r in read_extra_train(folder)]
         train_records = self.dataset.train + extra
@@ -210,13 +205,12 @@ class Trainer:
                 if self._stop:
                     break
                 self.epoch += 1
-                if self._budget_spent():  # the last, partial epoch is always evaluated
-                    epochs = self.epoch
                 self.step_in_epoch = 0
-                metrics = {}
-                if self.epoch % int(self.cfg["eval"]["every"]) == 0 or self.epoch == epochs:
-                    metrics = self.evaluate()
-                self._end_epoch(metrics, writer)
+                last = (
+                    self.epoch >= epochs or self._budget_spent()
+                )  # the last (maybe partial) epoch: evaluated
+                due = last or self.epoch % int(self.cfg["eval"]["every"]) == 0
+                self._end_epoch(self.evaluate() if due else {}, writer)
                 if self._budget_spent():
                     logger.info("time budget of %s minutes reached after epoch %d", max_minutes, self.epoch)
                     break
@@ -352,9 +346,6 @@ class Trainer:
             flip=bool(self.cfg["eval"]["flip"]),
         )
 
-    def _embed_paths(self, embedder: Embedder, paths: list[str]) -> np.ndarray:
-        return embedder.embed(paths, batch_size=int(self.cfg["data"]["eval_batch_size"]))
-
     def evaluate(self) -> dict[str, float]:
         """Metrics that choose best.pt (``eval.metric``): on the validation identities when the config holds
         some out, else on the test split. With validation and ``eval.report_test``, the test split's metrics are
@@ -367,7 +358,7 @@ class Trainer:
         return metrics
 
     def _evaluate_split(self, split: ReidDataset, allow_lfw: bool = True) -> dict[str, float]:
-        """Re-ID: CMC/mAP/mINP on query/gallery. Faces (``eval.type: lfw``): LFW 10-fold verification."""
+        """The configured evaluator (``eval.type``) on ``split``; validation identities are always ranked."""
         if not self.is_main:
             if self.distributed:
                 dist.barrier()
@@ -376,63 +367,12 @@ class Trainer:
         self.model.eval()
         try:
             ev = self.cfg["eval"]
-            embedder = self.embedder()
-            if ev["type"] == "lfw" and allow_lfw:
-                if not ev.get("lfw_root"):
-                    raise ConfigError("eval.type is 'lfw' but eval.lfw_root is not set")
-                pairs = read_lfw(ev["lfw_root"])
-                paths = pairs.image_paths()
-                pos = {p: i for i, p in enumerate(paths)}
-                frac = ev.get("lfw_center_crop")
-                if frac:
-                    emb = embedder.embed(
-                        [center_crop(read_image(p), float(frac)) for p in paths],
-                        batch_size=int(self.cfg["data"]["eval_batch_size"]),
-                    )
-                else:
-                    emb = self._embed_paths(embedder, paths)
-                scores = pair_scores(
-                    emb,
-                    np.array([pos[p.path_a] for p in pairs.pairs]),
-                    np.array([pos[p.path_b] for p in pairs.pairs]),
-                )
-                r = kfold_verification(scores, pairs.labels, pairs.folds)
-                metrics = {
-                    "accuracy": r.accuracy_mean,
-                    "accuracy_std": r.accuracy_std,
-                    "auc": r.auc,
-                    "tar@far1e-3": r.tar_at_far[1e-3],
-                }
-            elif ev["type"] == "rank" or not allow_lfw:  # validation identities are ranked like re-ID
-                q, g = split.query, split.gallery
-                if ev.get("max_queries"):
-                    q = q[: int(ev["max_queries"])]
-                if not q or not g:
-                    return {}
-                qf = self._embed_paths(embedder, [r.path for r in q])
-                gf = self._embed_paths(embedder, [r.path for r in g])
-                dm = compute_distance_matrix(qf, gf, ev["distance"])
-                if ev["rerank"]:
-                    dm = k_reciprocal_rerank(
-                        dm,
-                        compute_distance_matrix(qf, qf, ev["distance"]),
-                        compute_distance_matrix(gf, gf, ev["distance"]),
-                    )
-                res = evaluate_rank(
-                    dm,
-                    np.array([r.pid for r in q]),
-                    np.array([r.pid for r in g]),
-                    np.array([r.camid for r in q]),
-                    np.array([r.camid for r in g]),
-                )
-                metrics = {k: float(v) for k, v in res.as_dict().items() if k != "valid_queries"}
-            else:
-                raise ConfigError(f"eval.type must be 'rank' or 'lfw', got {ev['type']!r}")
+            batch = int(self.cfg["data"]["eval_batch_size"])
+            return build_evaluator(ev, batch, kind=None if allow_lfw else "rank")(self.embedder(), split)
         finally:
             self.model.train(was_training)
             if self.distributed:
                 dist.barrier()
-        return metrics
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def export(self, path: Path, extra: dict | None = None) -> CheckpointMeta:
