@@ -113,64 +113,53 @@ class IdentityPolicy:
             )  # fmt: skip
         return a
 
+    def _identify(self, ev: TrackEvidence, modality: str, k: int = 1):
+        face = modality == "face"
+        return self.gallery.identify(
+            embedding=ev.face if face else ev.body,
+            modality=modality,
+            model_id=ev.face_model_id if face else ev.body_model_id,
+            k=k,
+            threshold=self.face_threshold if face else self.body_threshold,
+        )
+
+    def _add(self, a: Assignment, ev: TrackEvidence, modality: str, source: str) -> None:
+        """One more template of ``a``'s person from this track (its mean face or body)."""
+        face = modality == "face"
+        e = self.gallery.enroll(
+            a.person_id,
+            embeddings=(ev.face if face else ev.body)[None],
+            modality=modality,
+            model_id=ev.face_model_id if face else ev.body_model_id,
+            sources=[source],
+        )
+        a.template_ids += e.template_ids
+
     def _by_face(self, ev: TrackEvidence) -> Assignment | None:
         if ev.face is None:
             return None
-        g = self.gallery
-        r = g.identify(
-            embedding=ev.face, modality="face", model_id=ev.face_model_id, k=1, threshold=self.face_threshold
-        )
+        r = self._identify(ev, "face")
         if not r.known:
             return None
         a = Assignment(r.best.person_id, "face", float(r.best.score))
         if self.enroll:  # link this body appearance to the person the face named
-            b = g.identify(
-                embedding=ev.body,
-                modality="body",
-                model_id=ev.body_model_id,
-                k=1,
-                threshold=self.body_threshold,
-            )
+            b = self._identify(ev, "body")
             if not (b.known and b.best.person_id == a.person_id):
-                e = g.enroll(
-                    a.person_id,
-                    embeddings=ev.body[None],
-                    modality="body",
-                    model_id=ev.body_model_id,
-                    sources=[f"camera:{ev.camera_id}"],
-                )
-                a.template_ids += e.template_ids
+                self._add(a, ev, "body", f"camera:{ev.camera_id}")
         return a
 
     def _by_body(self, ev: TrackEvidence, may_create: bool) -> Assignment:
-        g = self.gallery
         if not may_create:
-            r = g.identify(
-                embedding=ev.body,
-                modality="body",
-                model_id=ev.body_model_id,
-                k=1,
-                threshold=self.body_threshold,
-            )
-            best = r.best if r.known else None
-            return Assignment(
-                best.person_id if best else None, "body", r.best.score if r.best is not None else None
-            )
-        r = g.identify_or_enroll(
+            r = self._identify(ev, "body")
+            return Assignment(r.best.person_id if r.known else None, "body", r.best.score if r.best else None)
+        r = self.gallery.identify_or_enroll(
             embedding=ev.body, modality="body", model_id=ev.body_model_id, threshold=self.body_threshold
         )
         a = Assignment(r.person_id, "body", r.score, created=r.created)
         if r.enroll is not None:
             a.template_ids += r.enroll.template_ids
         if ev.face is not None:  # a face nobody knows: it now belongs to this (new or known) person
-            fe = g.enroll(
-                a.person_id,
-                embeddings=ev.face[None],
-                modality="face",
-                model_id=ev.face_model_id,
-                sources=[f"camera:{ev.camera_id}"],
-            )
-            a.template_ids += fe.template_ids
+            self._add(a, ev, "face", f"camera:{ev.camera_id}")
         return a
 
     def finish(self, ev: TrackEvidence, a: Assignment) -> Assignment:
@@ -180,14 +169,7 @@ class IdentityPolicy:
         if self.reassociate and a.created:
             self._reassociate(ev, a)
         if self.track_templates and self.enroll and a.matched_by == "body":
-            e = self.gallery.enroll(
-                a.person_id,
-                embeddings=ev.body[None],
-                modality="body",
-                model_id=ev.body_model_id,
-                sources=[f"camera:{ev.camera_id}:track:{ev.key.rsplit(':', 1)[-1]}"],
-            )
-            a.template_ids += e.template_ids
+            self._add(a, ev, "body", f"camera:{ev.camera_id}:track:{ev.key.rsplit(':', 1)[-1]}")
         return a
 
     def _reassociate(self, ev: TrackEvidence, a: Assignment) -> None:

@@ -19,13 +19,7 @@ from reid.data import ReidDataset, read_lfw
 from reid.embedder import Embedder
 from reid.errors import ConfigError
 from reid.images import center_crop, read_image
-from reid.metrics import (
-    compute_distance_matrix,
-    evaluate_rank,
-    k_reciprocal_rerank,
-    kfold_verification,
-    pair_scores,
-)
+from reid.metrics import evaluate_rank, kfold_verification, pair_scores, query_gallery_distances
 from reid.utils.registry import Registry
 
 
@@ -50,13 +44,7 @@ class RankEvaluator:
             return {}
         qf = embedder.embed([r.path for r in q], batch_size=self.batch_size)
         gf = embedder.embed([r.path for r in g], batch_size=self.batch_size)
-        dm = compute_distance_matrix(qf, gf, self.distance)
-        if self.rerank:
-            dm = k_reciprocal_rerank(
-                dm,
-                compute_distance_matrix(qf, qf, self.distance),
-                compute_distance_matrix(gf, gf, self.distance),
-            )
+        dm = query_gallery_distances(qf, gf, self.distance, self.rerank)
         res = evaluate_rank(
             dm,
             np.array([r.pid for r in q]),

@@ -22,7 +22,7 @@ from reid.cli.common import make_parser, run, setup_logging
 from reid.data import DATASETS, build_dataset
 from reid.embedder import Embedder
 from reid.errors import ConfigError
-from reid.metrics import compute_distance_matrix, evaluate_rank, k_reciprocal_rerank, plot_cmc, write_json
+from reid.metrics import evaluate_rank, plot_cmc, query_gallery_distances, write_json
 from reid.models import MODELS, OFFLINE_WEIGHTS, build_model
 
 logger = logging.getLogger("reid.eval")
@@ -83,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     qf, gf = embed(ds.query, "query"), embed(ds.gallery, "gallery")
     t_embed = time.perf_counter() - t0
-    distmat = compute_distance_matrix(qf, gf, args.metric)
-    if args.rerank:
-        distmat = k_reciprocal_rerank(
-            distmat,
-            compute_distance_matrix(qf, qf, args.metric),
-            compute_distance_matrix(gf, gf, args.metric),
-        )
+    distmat = query_gallery_distances(qf, gf, args.metric, args.rerank)
     ids = lambda rs: np.array([r.pid for r in rs])  # noqa: E731
     cams = lambda rs: np.array([r.camid for r in rs])  # noqa: E731
     if not ds.has_cameras:

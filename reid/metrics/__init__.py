@@ -4,7 +4,7 @@ from reid.metrics.distance import compute_distance_matrix
 from reid.metrics.open_set import OpenSetResult, open_set_identification, threshold_at_far
 from reid.metrics.rank import EvaluationError, RankResult, evaluate_rank
 from reid.metrics.report import plot_cmc, plot_roc, write_json
-from reid.metrics.reranking import k_reciprocal_rerank, query_expansion
+from reid.metrics.reranking import k_reciprocal_rerank, query_expansion, query_gallery_distances
 from reid.metrics.verification import (
     VerificationResult,
     best_threshold,
@@ -30,6 +30,7 @@ __all__ = [
     "plot_cmc",
     "plot_roc",
     "query_expansion",
+    "query_gallery_distances",
     "roc_auc",
     "roc_curve",
     "tar_at_far",

@@ -76,3 +76,17 @@ def query_expansion(
     expanded = q + np.einsum("qk,qkd->qd", w, g[top])
     expanded /= np.maximum(np.linalg.norm(expanded, axis=1, keepdims=True), 1e-12)
     return expanded.astype(np.float32), g.astype(np.float32)
+
+
+def query_gallery_distances(
+    qf: np.ndarray, gf: np.ndarray, metric: str = "cosine", rerank: bool = False
+) -> np.ndarray:
+    """The query x gallery distance matrix an evaluation ranks: plain, or k-reciprocal re-ranked."""
+    from reid.metrics.distance import compute_distance_matrix
+
+    dm = compute_distance_matrix(qf, gf, metric)
+    if rerank:
+        dm = k_reciprocal_rerank(
+            dm, compute_distance_matrix(qf, qf, metric), compute_distance_matrix(gf, gf, metric)
+        )
+    return dm
