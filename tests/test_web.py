@@ -4,6 +4,7 @@ see the person with a thumbnail, identify a photo, delete."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -15,10 +16,20 @@ from PIL import Image
 
 from services.api import create_app
 from services.settings import ApiKey, Settings
-from tests.conftest import missing
+from tests.conftest import REPO, missing
 from tests.servers import ColourEmbedder, running
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# the tests' screenshots of each view (for people to look at; nothing asserts on pixels)
+SCREENSHOTS = Path(os.environ.get("REID_SCREENSHOTS", REPO / "outputs" / "screenshots"))
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -49,18 +60,7 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
     Image.fromarray(np.tile(np.array([210, 20, 20], np.uint8), (64, 32, 1))).save(red)
     Image.fromarray(np.tile(np.array([20, 20, 210], np.uint8), (64, 32, 1))).save(blue)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
         page = browser.new_page()
         page.on("dialog", lambda d: d.accept())
         page.goto(server + "/")
@@ -103,4 +103,68 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
         page.fill("#api-key", "wrong")
         page.click("#save-key")
         expect(page.locator("#status")).to_contain_text("401: unknown API key")
+        browser.close()
+
+
+@pytest.mark.realdata
+def test_identify_shows_the_photo_with_its_face_box_the_candidates_and_the_decision(
+    server: str, lfw_root: Path
+) -> None:
+    """The operator sees what the answer was made from: the query photo with the face that was found, the
+    closest persons with their thumbnails and scores (the accepted one marked), and the decision's numbers;
+    and "not in the gallery" for a stranger."""
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    key = {"X-API-Key": "k1"}
+    people = {
+        "Aaron Peirsol": "Aaron_Peirsol/Aaron_Peirsol_0001.jpg",
+        "Abdullah Gul": "Abdullah_Gul/Abdullah_Gul_0001.jpg",
+    }
+    for name, photo in people.items():
+        pid = httpx.post(f"{server}/persons", json={"display_name": name}, headers=key).json()["id"]
+        r = httpx.post(f"{server}/persons/{pid}/enroll", headers=key,
+                       files={"images": ("p.jpg", (lfw_root / photo).read_bytes(), "image/jpeg")}, timeout=60)  # fmt: skip
+        assert r.status_code == 200, r.text
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(server + "/")
+        page.fill("#api-key", "k1")
+        page.click("#save-key")
+        expect(page.locator("#status")).to_have_text("2 people")
+        page.set_input_files("#identify-file", str(lfw_root / "Aaron_Peirsol" / "Aaron_Peirsol_0003.jpg"))
+        page.click("#identify-form button[type=submit]")
+        expect(page.locator("#identify-result .known")).to_contain_text("Aaron Peirsol")
+        expect(page.locator("#identify-result .evidence")).to_contain_text("runner-up")
+        expect(page.locator("#identify-result .evidence")).to_contain_text("(model card)")
+        box = page.locator("#identify-query .box")
+        expect(box).to_be_visible()
+        photo = page.locator("#identify-query img").bounding_box()
+        face = box.bounding_box()
+        # the face box lies inside the shown photo and covers a face-sized part of it (LFW: ~40% of the width)
+        assert photo["x"] <= face["x"] and face["x"] + face["width"] <= photo["x"] + photo["width"] + 1
+        assert 0.2 < face["width"] / photo["width"] < 0.8
+        items = page.locator("#identify-candidates li")
+        expect(items).to_have_count(2)
+        expect(items.first).to_have_class("accepted")
+        expect(items.first.locator(".name")).to_have_text("Aaron Peirsol")
+        expect(items.nth(1)).not_to_have_class("accepted")
+        expect(items.first.locator("img.thumb")).to_have_attribute("src", re.compile(r"^blob:"))
+        scores = [float(t.split()[1]) for t in items.locator(".score").all_inner_texts()]
+        assert scores == sorted(scores, reverse=True)
+        page.screenshot(path=str(SCREENSHOTS / "identify-known.png"), full_page=True)
+        stranger = next((lfw_root / "Aaron_Eckhart").glob("*.jpg"))  # never enrolled
+        page.set_input_files("#identify-file", str(stranger))
+        page.click("#identify-form button[type=submit]")
+        expect(page.locator("#identify-result .unknown")).to_have_text("Nobody we know")
+        expect(page.locator("#identify-result .absent")).to_have_text("(not in the gallery)")
+        expect(page.locator("#identify-candidates li.accepted")).to_have_count(0)
+        page.screenshot(path=str(SCREENSHOTS / "identify-stranger.png"), full_page=True)
+        assert not [e for e in errors if "Content Security Policy" in e], (
+            errors
+        )  # the page runs under its CSP
         browser.close()

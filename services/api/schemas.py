@@ -82,6 +82,9 @@ class IdentifyOut(Evidence):
     threshold: float | None
     person: MatchOut | None = Field(None, description="the best match when known")
     matches: list[MatchOut]
+    box: list[float] | None = Field(
+        None, description="the face found in the query photo (x1, y1, x2, y2 pixels); bodies: the whole photo"
+    )
 
 
 class IdentifyOrEnrollOut(Evidence):

@@ -119,32 +119,79 @@ $("#save-key").onclick = () => {
 $("#refresh").onclick = loadPersons;
 $("#show-audit").onclick = showAudit;
 
+// The query photo with the box the answer was made from (the face found; for bodies, the whole photo).
+function showQuery(file, box) {
+  const fig = $("#identify-query");
+  fig.hidden = false;
+  const img = fig.querySelector("img"), mark = fig.querySelector(".box");
+  mark.hidden = true;
+  img.onload = () => {
+    if (!box) return;
+    const s = img.clientWidth / img.naturalWidth;  // the photo is shown scaled
+    Object.assign(mark.style, {
+      left: `${box[0] * s}px`, top: `${box[1] * s}px`,
+      width: `${(box[2] - box[0]) * s}px`, height: `${(box[3] - box[1]) * s}px`,
+    });
+    mark.hidden = false;
+  };
+  if (img.src) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(file);
+}
+
+// The top persons, best first, with their thumbnail and score; the accepted one is marked.
+function showCandidates(r) {
+  const list = $("#identify-candidates");
+  list.innerHTML = "";
+  for (const m of r.matches.slice(0, 5)) {
+    const li = document.createElement("li");
+    li.className = r.known && r.person.person_id === m.person_id ? "accepted" : "";
+    li.innerHTML = `<img class="thumb" alt=""><span class="name"></span> <span class="score"></span>`;
+    li.querySelector(".name").textContent = m.display_name || `person ${m.person_id}`;
+    li.querySelector(".score").textContent = `score ${m.score.toFixed(3)}`;
+    thumbnail(m.person_id, li.querySelector("img"));
+    list.appendChild(li);
+  }
+}
+
+function decisionLine(r) {
+  const d = r.decision;
+  const cmp = r.known ? ">=" : "<";
+  const size = d.size_aware ? ", for this gallery's size" : "";
+  return d.rule === "margin"
+    ? `score ${r.score.toFixed(3)} - ${d.beta} x runner-up ${r.runner_up.toFixed(3)} = ` +
+      `${r.normalised_score.toFixed(3)} ${cmp} threshold ${d.threshold.toFixed(3)} (${d.source}${size})`
+    : `score ${r.score.toFixed(3)} ${cmp} threshold ${d.threshold.toFixed(3)} (${d.source}${size})`;
+}
+
 $("#identify-form").onsubmit = async (ev) => {
   ev.preventDefault();
   const out = $("#identify-result");
+  out.className = "";
+  const file = $("#identify-file").files[0];
   const form = new FormData();
-  form.append("image", $("#identify-file").files[0]);
+  form.append("image", file);
   form.append("modality", $("#identify-modality").value);
+  $("#identify-candidates").innerHTML = "";
   try {
     const r = await (await api("/identify", { method: "POST", body: form })).json();
+    showQuery(file, r.box);
     if (r.known) {
       out.innerHTML = `<span class="known">Known: <span class="who"></span></span> (score ${r.person.score.toFixed(3)})`;
       out.querySelector(".who").textContent = r.person.display_name || `person ${r.person.person_id}`;
     } else {
-      const best = r.matches[0];
-      out.innerHTML = `<span class="unknown">Nobody we know</span>` +
-        (best ? ` (closest: person ${best.person_id}, score ${best.score.toFixed(3)})` : "");
+      out.innerHTML = `<span class="unknown">Nobody we know</span> <span class="absent">(not in the gallery)</span>`;
     }
     if (r.decision && r.normalised_score !== null) {  // the evidence the answer was decided on
-      const d = r.decision, ev = document.createElement("div");
-      ev.className = "evidence";
-      ev.textContent = d.rule === "margin"
-        ? `score ${r.score.toFixed(3)} - ${d.beta} x runner-up ${r.runner_up.toFixed(3)} = ` +
-          `${r.normalised_score.toFixed(3)} ${r.known ? ">=" : "<"} threshold ${d.threshold.toFixed(3)} (${d.source})`
-        : `score ${r.score.toFixed(3)} ${r.known ? ">=" : "<"} threshold ${d.threshold.toFixed(3)} (${d.source})`;
-      out.appendChild(ev);
+      const line = document.createElement("div");
+      line.className = "evidence";
+      line.textContent = decisionLine(r);
+      out.appendChild(line);
     }
-  } catch (e) { out.innerHTML = ""; out.textContent = e.message; out.className = "error"; }
+    showCandidates(r);
+  } catch (e) {
+    $("#identify-query").hidden = true;
+    out.innerHTML = ""; out.textContent = e.message; out.className = "error";
+  }
 };
 
 $("#enroll-form").onsubmit = async (ev) => {

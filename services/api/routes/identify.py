@@ -23,9 +23,8 @@ def identify(
     modality: Annotated[Modality, Form()] = "face",
     k: Annotated[int, Form(ge=1, le=100)] = 5,
 ) -> IdentifyOut:
-    vec, model_id = embed_one(
-        state, modality, read_upload(state, image, "image"), f"image ({image.filename})"
-    )
+    img = read_upload(state, image, "image")
+    vec, model_id, box = embed_located(state, modality, img, f"image ({image.filename})")
     r = state.gallery.identify(embedding=vec, modality=modality, model_id=model_id, k=k)
     matches = [MatchOut.model_validate(m) for m in r.matches]
     if r.known:
@@ -37,6 +36,7 @@ def identify(
         threshold=r.threshold,
         person=matches[0] if r.known else None,
         matches=matches,
+        box=None if box is None else [round(float(v), 1) for v in box],
         **evidence(r),
     )
 
