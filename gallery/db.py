@@ -33,7 +33,9 @@ def create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         if path.stat().st_mode & 0o077:
-            logger.warning("%s is readable by other users (it holds names and embeddings): chmod 600 it", path)
+            logger.warning(
+                "%s is readable by other users (it holds names and embeddings): chmod 600 it", path
+            )
 
 
 def make_engine(url: str) -> Engine:

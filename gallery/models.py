@@ -200,3 +200,29 @@ class AuditEntry(Base):
     subject: Mapped[str | None] = mapped_column(String(200), index=True)  # e.g. "person:12"
     outcome: Mapped[str] = mapped_column(String(50))
     detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+class ReviewPair(Base):
+    """A near miss for an operator to judge: a person the system created (``person_id``) whose best candidate
+    (``candidate_id``) scored just under the accept threshold. Confirmed: the two are merged; rejected: they
+    stay apart and the pair is not offered again. Rows outlive their persons (ids set to NULL on erasure) so
+    the counts of decisions stay."""
+
+    __tablename__ = "review_pairs"
+    __table_args__ = (Index("ix_review_pairs_status", "status", "id"), NEVER_REUSE_IDS)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("persons.id", ondelete="SET NULL"), index=True)
+    candidate_id: Mapped[int | None] = mapped_column(
+        ForeignKey("persons.id", ondelete="SET NULL"), index=True
+    )
+    modality: Mapped[str] = mapped_column(String(10))
+    model_id: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(200))  # "api", "camera:<id>"
+    score: Mapped[float] = mapped_column(Float)  # the candidate's raw similarity
+    normalised: Mapped[float] = mapped_column(Float)  # what the decision compared
+    threshold: Mapped[float] = mapped_column(Float)  # the accept threshold it fell under
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | confirmed | rejected
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    decided_by: Mapped[str | None] = mapped_column(String(100))  # API key name

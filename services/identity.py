@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gallery import Gallery
+from gallery.review import ReviewQueue, near_miss, offer_review
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,11 @@ class IdentityPolicy:
         assign_after: int = 4,
         reassociate: bool = True,
         track_templates: bool = True,
+        review_band: float = 0.05,
     ) -> None:
         self.gallery, self.enroll = gallery, enroll
+        # near misses (a new person just under the threshold of a known one) go to the operators' review queue
+        self.review, self.review_band = ReviewQueue(gallery.Session), review_band
         self.body_threshold, self.face_threshold = body_threshold, face_threshold
         self.assign_after, self.reassociate, self.track_templates = assign_after, reassociate, track_templates
         self._named: dict[str, dict[str, list[int]]] = {}  # camera -> named track key -> [first, last] frame
@@ -158,6 +162,10 @@ class IdentityPolicy:
         a = Assignment(r.person_id, "body", r.score, created=r.created)
         if r.enroll is not None:
             a.template_ids += r.enroll.template_ids
+        if r.created and near_miss(r.identify, self.review_band):
+            offer_review(
+                self.review, r.person_id, r.identify, "body", ev.body_model_id, f"camera:{ev.camera_id}"
+            )
         if ev.face is not None:  # a face nobody knows: it now belongs to this (new or known) person
             self._add(a, ev, "face", f"camera:{ev.camera_id}")
         return a
@@ -175,9 +183,7 @@ class IdentityPolicy:
     def _reassociate(self, ev: TrackEvidence, a: Assignment) -> None:
         """Whole-track match of a track that created its person early; merge that person into a known one."""
         g, mine = self.gallery, a.person_id
-        r = g.identify(
-            embedding=ev.body, modality="body", model_id=ev.body_model_id, k=3, threshold=self.body_threshold
-        )
+        r = self._identify(ev, "body", k=3)
         others = [m for m in r.matches if m.person_id != mine]
         if not others:
             return
@@ -185,7 +191,14 @@ class IdentityPolicy:
         v = g.decide(
             "body", ev.body_model_id, ev.body, [m.score for m in others], threshold=self.body_threshold
         )
-        if v is None or not v.known:
+        if v is None:
+            return
+        if not v.known:
+            if self.review_band and v.threshold - self.review_band <= v.normalised:
+                self.review.offer(
+                    mine, others[0].person_id, score=others[0].score, normalised=v.normalised,
+                    threshold=v.threshold, modality="body", model_id=ev.body_model_id, source=f"camera:{ev.camera_id}",
+                )  # fmt: skip
             return
         if g.template_ids(mine) - set(a.template_ids):
             return  # someone else's observations joined this person meanwhile: leave it to staff to merge

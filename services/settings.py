@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # person metadata and consent records: JSON of at most this many bytes and this nesting depth
     max_json_bytes: PositiveInt = 16 * 1024
     max_json_depth: PositiveInt = 8
+    # identify-or-enroll that creates a person although the best candidate fell short of the accept threshold by
+    # at most this much (in the decision's normalised units) offers the pair for review; 0 turns it off
+    review_band: float = Field(0.05, ge=0)
     # /ready answers every caller with its status; the index counts and model ids need a key unless this is set
     public_readiness_detail: bool = False
     # scale-out and privacy

@@ -271,3 +271,30 @@ def test_erased_ids_are_never_handed_out_again(db_url: str, tmp_path: Path) -> N
         assert [t["id"] for t in record["templates"]] == r4.template_ids
     finally:
         g.close()
+
+
+def test_review_queue_offers_once_counts_and_outlives_erasure(db_url: str, tmp_path: Path) -> None:
+    from gallery.review import ReviewDecidedError, ReviewQueue, UnknownReviewError
+
+    with Gallery(db_url, index_dir=tmp_path / "i") as g:
+        a, b, c = (g.create_person(n) for n in ("a", "b", "c"))
+        q = ReviewQueue(g.Session)
+        nums = {"score": 0.66, "normalised": 0.66, "threshold": 0.7, "modality": "body", "model_id": "m"}
+        first = q.offer(b, a, **nums, source="camera:cam1")
+        assert first is not None and q.offer(a, b, **nums) is None  # open already (either order)
+        assert q.offer(a, a, **nums) is None
+        second = q.offer(c, a, **nums)
+        assert [r.id for r in q.list()] == [second, first]  # newest first
+        assert q.close(first, "rejected", "ops").status == "rejected"
+        assert q.offer(b, a, **nums) is None  # rejected: never offered again
+        with pytest.raises(ReviewDecidedError, match="already rejected"):
+            q.close(first, "confirmed", "ops")
+        with pytest.raises(UnknownReviewError, match="review pair 999"):
+            q.close(999, "confirmed", "ops")
+        g.merge(a, c)  # what a confirmation does
+        assert q.close(second, "confirmed", "ops").decided_by == "ops"
+        assert q.counts() == {"open": 0, "confirmed": 1, "rejected": 1}
+        g.delete_person(b)  # erasure: the pair keeps its outcome, not the person
+        kept = q.get(first)
+        assert kept.person_id is None and kept.candidate_id == a and kept.status == "rejected"
+        assert q.counts() == {"open": 0, "confirmed": 1, "rejected": 1}

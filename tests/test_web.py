@@ -168,3 +168,92 @@ def test_identify_shows_the_photo_with_its_face_box_the_candidates_and_the_decis
             errors
         )  # the page runs under its CSP
         browser.close()
+
+
+@pytest.mark.realdata
+def test_review_queue_confirm_merges_and_reject_keeps_apart(server: str, lfw_root: Path) -> None:
+    """Near misses on real faces: a second photo of an enrolled person, asked through identify-or-enroll,
+    scores just under the card's threshold and becomes a new person: the pair is queued. "Same person" merges
+    them and the identify answer changes to the enrolled name; "Different people" keeps them apart and the
+    pair does not come back."""
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    key = {"X-API-Key": "k1"}
+    enrolled = {}
+    for name in ("Adam_Scott", "Aitor_Gonzalez", "Aaron_Peirsol", "Abdullah_Gul"):
+        pid = httpx.post(
+            f"{server}/persons", json={"display_name": name.replace("_", " ")}, headers=key
+        ).json()["id"]
+        photo = (lfw_root / name / f"{name}_0001.jpg").read_bytes()
+        r = httpx.post(
+            f"{server}/persons/{pid}/enroll", headers=key, files={"images": ("p.jpg", photo)}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        enrolled[name] = pid
+
+    def identify_or_enroll(name: str) -> dict:
+        photo = (lfw_root / name / f"{name}_0002.jpg").read_bytes()
+        r = httpx.post(
+            f"{server}/identify-or-enroll", headers=key, files={"image": ("q.jpg", photo)}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    new = {}
+    for name in ("Adam_Scott", "Aitor_Gonzalez"):
+        r = identify_or_enroll(name)
+        # a near miss: a new person, the enrolled one just under the threshold
+        assert (
+            r["created"]
+            and r["decision"]["threshold"] - 0.05 <= r["normalised_score"] < r["decision"]["threshold"]
+        )
+        new[name] = r["person_id"]
+    pairs = httpx.get(f"{server}/review", headers=key).json()
+    assert {(p["person_id"], p["candidate_id"]) for p in pairs} == {(new[n], enrolled[n]) for n in new}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page()
+        page.goto(server + "/")
+        page.fill("#api-key", "k1")
+        page.click("#save-key")
+        items = page.locator("#reviews li")
+        expect(items).to_have_count(2)
+        expect(page.locator("#review-counts")).to_have_text("2 to judge; 0 confirmed (merged), 0 rejected")
+        expect(items.first.locator("img.thumb")).to_have_count(2)
+        expect(items.first.locator("img.candidate")).to_have_attribute("src", re.compile(r"^blob:"))
+        page.screenshot(path=str(SCREENSHOTS / "review-queue.png"), full_page=True)
+
+        def ask(name: str):
+            page.set_input_files("#identify-file", str(lfw_root / name / f"{name}_0002.jpg"))
+            page.click("#identify-form button[type=submit]")
+            return page.locator("#identify-result .known .who")
+
+        expect(ask("Adam_Scott")).to_have_text(f"person {new['Adam_Scott']}")  # the anonymous new person
+        adam = next(p["id"] for p in pairs if p["person_id"] == new["Adam_Scott"])
+        page.locator(f"#reviews li[data-review-id='{adam}'] .confirm").click()
+        expect(page.locator("#status")).to_have_text(
+            f"merged person {new['Adam_Scott']} into person {enrolled['Adam_Scott']}"
+        )
+        expect(ask("Adam_Scott")).to_have_text("Adam Scott")  # the answer changed
+        aitor = next(p["id"] for p in pairs if p["person_id"] == new["Aitor_Gonzalez"])
+        page.locator(f"#reviews li[data-review-id='{aitor}'] .reject").click()
+        expect(page.locator("#status")).to_have_text(
+            f"kept person {new['Aitor_Gonzalez']} and person {enrolled['Aitor_Gonzalez']} apart"
+        )
+        expect(items).to_have_count(0)
+        expect(page.locator("#review-counts")).to_have_text(
+            "0 to judge; 1 confirmed (merged), 1 rejected; the system was right to keep them apart in 50%"
+        )
+        expect(ask("Aitor_Gonzalez")).to_have_text(f"person {new['Aitor_Gonzalez']}")  # still apart
+        page.screenshot(path=str(SCREENSHOTS / "review-decided.png"), full_page=True)
+        assert (
+            identify_or_enroll("Aitor_Gonzalez")["created"] is False
+        )  # named now: no new person, no new pair
+        page.click("#load-review")
+        expect(page.locator("#review-counts")).to_contain_text("0 to judge")
+        expect(items).to_have_count(0)
+        browser.close()
+    audit = httpx.get(f"{server}/audit", headers=key).json()
+    assert {a["action"] for a in audit} >= {"review-confirm", "review-reject"}

@@ -26,6 +26,7 @@ from starlette.types import Scope
 
 from gallery import DuplicatePersonError, Gallery, GalleryError, IndexMismatchError, UnknownPersonError
 from gallery.privacy import sweep_expired
+from gallery.review import ReviewDecidedError, UnknownReviewError
 from reid.embedder import BaseEmbedder
 from reid.errors import ImageReadError, ReidError
 from services.api.deps import audit_action
@@ -44,6 +45,8 @@ CSP = (
 )
 STATUS = [
     (UnknownPersonError, 404),
+    (UnknownReviewError, 404),
+    (ReviewDecidedError, 409),
     (DuplicatePersonError, 409),
     (IndexMismatchError, 409),
     (ImageReadError, 422),

@@ -141,3 +141,30 @@ def evidence(r) -> dict:
         "runner_up": r.runner_up,
         "normalised_score": r.normalised_score,
     }
+
+
+class ReviewOut(FromResult):
+    id: int
+    created_at: datetime
+    person_id: int | None = Field(description="the person the system created (None once erased or merged)")
+    candidate_id: int | None = Field(
+        description="the known person it scored just under the threshold against"
+    )
+    modality: str
+    model_id: str
+    source: str | None = Field(description="'api' or 'camera:<id>'")
+    score: float
+    normalised: float
+    threshold: float
+    status: str
+    decided_at: datetime | None
+    decided_by: str | None
+
+
+class ReviewCounts(BaseModel):
+    open: int
+    confirmed: int
+    rejected: int
+    right_near_threshold: float | None = Field(
+        description="rejected / decided: how often the system was right to keep a near miss apart"
+    )

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from gallery import Gallery
 from gallery.audit import AuditLog
 from gallery.privacy import RetentionPolicy
+from gallery.review import ReviewQueue
 from reid.embedder import BaseEmbedder
 from services.settings import ApiKey, Settings
 
@@ -38,6 +39,7 @@ class ServiceState:
         self.settings, self.gallery, self.embedders = settings, gallery, embedders
         self.keys = KeyRing(settings.api_keys)
         self.audit = AuditLog(gallery.Session)
+        self.review = ReviewQueue(gallery.Session)
         self.retention = RetentionPolicy(settings.retention_days, dict(settings.retention_per_store))
         self.registry = CollectorRegistry()
         self.requests = Counter(

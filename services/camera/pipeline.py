@@ -60,6 +60,7 @@ class PipelineConfig:
     # at the end of a long track, its whole-track mean embedding becomes another template of its person (early
     # templates come from the first few, often partial, views)
     track_templates: bool = True
+    review_band: float = 0.05  # near misses go to the review queue (0: off)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class CameraPipeline:
                 assign_after=c.assign_after,
                 reassociate=c.reassociate,
                 track_templates=c.track_templates,
+                review_band=c.review_band,
             )
         )
 

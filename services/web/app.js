@@ -111,11 +111,52 @@ async function showSightings(p) {
   if (!rows.length) box.textContent = "no sightings";
 }
 
+// Near misses: a person the system created and the known person it scored just under the threshold against.
+async function loadReviews() {
+  const list = $("#reviews");
+  try {
+    const [pairs, c] = await Promise.all([
+      (await api("/review?status=open")).json(), (await api("/review/counts")).json(),
+    ]);
+    const right = c.right_near_threshold === null ? "" :
+      `; the system was right to keep them apart in ${Math.round(100 * c.right_near_threshold)}%`;
+    $("#review-counts").textContent =
+      `${c.open} to judge; ${c.confirmed} confirmed (merged), ${c.rejected} rejected${right}`;
+    list.innerHTML = "";
+    for (const r of pairs) {
+      const li = document.createElement("li");
+      li.dataset.reviewId = r.id;
+      li.innerHTML = `<img class="thumb new" alt=""><img class="thumb candidate" alt="">` +
+        `<span class="pair"></span> <span class="numbers"></span> ` +
+        `<button class="confirm">Same person</button> <button class="reject">Different people</button>`;
+      li.querySelector(".pair").textContent = `person ${r.person_id} ~ person ${r.candidate_id}`;
+      li.querySelector(".numbers").textContent = `(score ${r.score.toFixed(3)}, ${r.normalised.toFixed(3)} < ` +
+        `threshold ${r.threshold.toFixed(3)}, ${r.source || r.modality})`;
+      thumbnail(r.person_id, li.querySelector(".new"));
+      thumbnail(r.candidate_id, li.querySelector(".candidate"));
+      li.querySelector(".confirm").onclick = () => judge(r, "confirm");
+      li.querySelector(".reject").onclick = () => judge(r, "reject");
+      list.appendChild(li);
+    }
+  } catch (e) { status(e.message, true); }
+}
+
+async function judge(r, verdict) {
+  try {
+    await api(`/review/${r.id}/${verdict}`, { method: "POST" });
+    await Promise.all([loadReviews(), loadPersons()]);
+    status(verdict === "confirm" ? `merged person ${r.person_id} into person ${r.candidate_id}`
+                                 : `kept person ${r.person_id} and person ${r.candidate_id} apart`);
+  } catch (e) { status(e.message, true); }
+}
+
 $("#save-key").onclick = () => {
   apiKey = $("#api-key").value.trim();
   localStorage.setItem("reidApiKey", apiKey);
   loadPersons();
+  loadReviews();
 };
+$("#load-review").onclick = loadReviews;
 $("#refresh").onclick = loadPersons;
 $("#show-audit").onclick = showAudit;
 
@@ -210,4 +251,4 @@ $("#enroll-form").onsubmit = async (ev) => {
   } catch (e) { status(e.message, true); }
 };
 
-if (apiKey) loadPersons();
+if (apiKey) { loadPersons(); loadReviews(); }

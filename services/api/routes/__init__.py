@@ -1,5 +1,5 @@
-"""One router per resource: ops (health, readiness, metrics), persons, identify, sightings, privacy."""
+"""One router per resource: ops (health, readiness, metrics), persons, identify, review, sightings, privacy."""
 
-from services.api.routes import identify, ops, persons, privacy, sightings
+from services.api.routes import identify, ops, persons, privacy, review, sightings
 
-ROUTERS = [ops.router, persons.router, identify.router, sightings.router, privacy.router]
+ROUTERS = [ops.router, persons.router, identify.router, review.router, sightings.router, privacy.router]

@@ -1,0 +1,56 @@
+"""The review queue: near misses an operator confirms (the two persons are merged) or rejects (kept apart,
+never offered again); every decision is audited and counted."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+
+from gallery.review import ReviewDecidedError
+from services.api.deps import Delete, Read, State, audited
+from services.api.schemas import ErrorOut, ReviewCounts, ReviewOut
+
+router = APIRouter(prefix="/review", tags=["review"])
+NOT_FOUND = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
+
+
+@router.get("")
+def list_reviews(
+    _: Read,
+    state: State,
+    status: Literal["open", "confirmed", "rejected"] = "open",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[ReviewOut]:
+    """Pairs to judge (newest first): a person the system created and the candidate it just missed."""
+    return [ReviewOut.model_validate(r) for r in state.review.list(status, limit)]
+
+
+@router.get("/counts")
+def counts(_: Read, state: State) -> ReviewCounts:
+    """How the operators judged the near misses: rejected = the system was right to keep them apart."""
+    c = state.review.counts()
+    decided = c["confirmed"] + c["rejected"]
+    return ReviewCounts(**c, right_near_threshold=c["rejected"] / decided if decided else None)
+
+
+@router.post("/{pair_id}/confirm", responses=NOT_FOUND)
+@audited("review-confirm")
+def confirm(pair_id: int, request: Request, key: Delete, state: State) -> ReviewOut:
+    """The same person: the created person is merged into the candidate."""
+    pair = state.review.get(pair_id)
+    request.state.audit_subject = f"person:{pair.candidate_id}"
+    if pair.status == "open":
+        if pair.person_id is None or pair.candidate_id is None:
+            raise ReviewDecidedError(f"review pair {pair_id}: one of its persons was erased or merged away")
+        state.gallery.merge(pair.candidate_id, pair.person_id)
+    return ReviewOut.model_validate(state.review.close(pair_id, "confirmed", key.name))
+
+
+@router.post("/{pair_id}/reject", responses=NOT_FOUND)
+@audited("review-reject")
+def reject(pair_id: int, request: Request, key: Delete, state: State) -> ReviewOut:
+    """Different people: both stay, and this pair is not offered again."""
+    pair = state.review.get(pair_id)
+    request.state.audit_subject = f"person:{pair.person_id}"
+    return ReviewOut.model_validate(state.review.close(pair_id, "rejected", key.name))
