@@ -119,7 +119,7 @@ def test_rank_skips_queries_without_match_and_errors() -> None:
 def slow_rank_unknown_cameras(distmat, q_pids, g_pids, q_camids, g_camids, q_items, g_items, max_rank):
     """From the definition: a gallery item is removed for a query when it is the query's own image, or the same
     person in the same camera with both cameras known (-1 = unknown never matches)."""
-    cmcs, aps = [], []
+    cmcs, aps, inps = [], [], []
     for i in range(distmat.shape[0]):
         order = sorted(range(distmat.shape[1]), key=lambda j: (distmat[i, j], j))
         ranked = []
@@ -139,7 +139,8 @@ def slow_rank_unknown_cameras(distmat, q_pids, g_pids, q_camids, g_camids, q_ite
                 precs.append(hits / r)
         aps.append(np.mean(precs))
         cmcs.append([1.0 if r >= rel.index(True) else 0.0 for r in range(max_rank)])
-    return np.mean(cmcs, axis=0), np.mean(aps), len(aps)
+        inps.append(sum(rel) / (len(rel) - rel[::-1].index(True)))
+    return np.mean(cmcs, axis=0), np.mean(aps), len(aps), np.mean(inps)
 
 
 @pytest.mark.parametrize("seed,unknown_share", [(0, 1.0), (1, 0.5), (2, 0.2)])
@@ -155,7 +156,7 @@ def test_rank_with_unknown_cameras_equals_slow_reference(seed: int, unknown_shar
     d[np.arange(nq), qsel] = 0.0  # each query's own image is its nearest item: it must be removed
     args = (d, g_pids[qsel], g_pids, g_cams[qsel], g_cams)
     res = evaluate_rank(*args, max_rank=20, chunk=7, q_items=items[qsel], g_items=items)
-    cmc, mAP, n = slow_rank_unknown_cameras(*args, items[qsel], items, 20)
+    cmc, mAP, n, _ = slow_rank_unknown_cameras(*args, items[qsel], items, 20)
     np.testing.assert_allclose(res.cmc, cmc, atol=1e-6)
     assert res.mAP == pytest.approx(mAP, abs=1e-9)
     assert res.num_valid_queries == n
@@ -183,6 +184,81 @@ def test_rank_unknown_cameras_with_disjoint_query_and_gallery_removes_nothing() 
     from reid.metrics.rank import UNKNOWN_CAMERA as METRIC_UNKNOWN
 
     assert METRIC_UNKNOWN == UNKNOWN_CAMERA  # what readers write is what the metric understands
+
+
+def _torchreid_stable(tr):
+    """torchreid's evaluator with its np.argsort made stable: numpy's default sort leaves the order of tied
+    distances unspecified, the protocol here breaks ties by gallery order."""
+
+    class StableNumpy:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def argsort(a, axis=-1):
+            return np.argsort(a, axis=axis, kind="stable")
+
+    tr.np = StableNumpy()
+    return tr
+
+
+@pytest.mark.parametrize(
+    "seed,nq,ng,nid,ncam,levels,unknown,max_rank",
+    [
+        (0, 60, 400, 40, 6, 0, 0.0, 50),  # no ties
+        (1, 60, 400, 40, 6, 7, 0.0, 50),  # heavy ties (7 distinct distances)
+        (2, 50, 300, 30, 3, 50, 0.3, 20),  # ties, 30 % unknown cameras
+        # max_rank larger than the gallery, many queries without a match; cameras unknown so that nothing is
+        # removed: torchreid's Python evaluator fails when fewer than max_rank items are kept
+        (3, 40, 30, 25, 2, 4, 1.0, 100),
+        (4, 37, 211, 60, 4, 0, 1.0, 50),  # all cameras unknown
+    ],
+)
+def test_fast_rank_equals_torchreid_with_ties_unknown_cameras_and_missing_matches(
+    seed, nq, ng, nid, ncam, levels, unknown, max_rank
+) -> None:
+    tr = _torchreid_stable(_torchreid_module("reid/metrics/rank.py", "torchreid_rank_stable"))
+    rng = np.random.default_rng(seed)
+    d, qp, gp, qc, gc = random_problem(seed, nq, ng, nid, ncam)
+    if levels:
+        d = (np.floor(d * levels) / levels).astype(np.float32)
+    qc = np.where(rng.random(nq) < unknown, -1, qc)
+    gc = np.where(rng.random(ng) < unknown, -1, gc)
+    # torchreid has no unknown camera: give each unknown one a camera id of its own, so it never matches
+    tq = np.where(qc == -1, -1000 - np.arange(nq), qc)
+    tg = np.where(gc == -1, -100000 - np.arange(ng), gc)
+    cmc_ref, map_ref = tr.evaluate_rank(d, qp, gp, tq, tg, max_rank=max_rank, use_cython=False)
+    cmc, mAP, n, mINP = slow_rank_unknown_cameras(
+        d, qp, gp, qc, gc, -np.ones(nq), np.arange(ng), min(max_rank, ng)
+    )
+    np.testing.assert_allclose(cmc, cmc_ref, atol=1e-6)  # the two oracles agree on the protocol
+    assert mAP == pytest.approx(map_ref, abs=1e-6)
+    assert n < nq or seed != 3  # the small gallery leaves queries without a true match
+    for workers, chunk in ((1, 64), (2, 7), (3, 1)):
+        res = evaluate_rank(d, qp, gp, qc, gc, max_rank=max_rank, chunk=chunk, workers=workers)
+        assert len(res.cmc) == min(max_rank, ng)
+        np.testing.assert_allclose(res.cmc, cmc_ref, atol=1e-6)
+        assert res.mAP == pytest.approx(map_ref, abs=1e-6)
+        assert res.mINP == pytest.approx(mINP, abs=1e-9)
+        assert res.num_valid_queries == n
+
+
+def test_fast_rank_float64_infinite_and_constant_rows_equal_slow_reference() -> None:
+    """Rows the binning cannot spread (inf, -inf, all equal, 1e-300 apart) still rank exactly."""
+    d, qp, gp, qc, gc = random_problem(9, 20, 90, 12, 3)
+    d = d.astype(np.float64)
+    d[0, ::3] = np.inf
+    d[1, ::4] = -np.inf
+    d[2] = 0.5
+    d[3] = 1e-300 * (np.arange(90) % 5)
+    d[4, 5] = -0.0
+    d[4, 6] = 0.0
+    res = evaluate_rank(d, qp, gp, qc, gc, max_rank=30, chunk=3)
+    cmc, mAP, mINP, n = slow_rank(d, qp, gp, qc, gc, 30)
+    np.testing.assert_allclose(res.cmc, cmc, atol=1e-6)
+    assert res.mAP == pytest.approx(mAP, abs=1e-9)
+    assert res.mINP == pytest.approx(mINP, abs=1e-9)
+    assert res.num_valid_queries == n
 
 
 def test_distance_matrix() -> None:

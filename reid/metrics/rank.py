@@ -1,4 +1,4 @@
-"""Ranking metrics for re-ID: CMC, mAP and mINP under the Market-1501 protocol, vectorised.
+"""Ranking metrics for re-ID: CMC, mAP and mINP under the Market-1501 protocol, without sorting the gallery.
 
 Protocol (as torchreid's ``evaluate_rank``): gallery items sorted by ascending distance; for each query the
 gallery items with the same person id *and* the same camera are removed (junk); queries left with no true
@@ -6,13 +6,23 @@ match are skipped. A camera id of ``UNKNOWN_CAMERA`` (-1, identity folders witho
 "the same camera": for such pairs only the query's own image is removed, recognised by ``q_items`` /
 ``g_items`` when given (and nothing when they are not: query and gallery are then disjoint sets).
 CMC is averaged over valid queries, AP is the mean of precision at each true match, and INP (Ye et al., 2021)
-is ``num_matches / (rank of the last match)``. Ties are broken by gallery order (stable sort). Queries are
-processed in chunks so memory stays at a few hundred MB for Market-sized problems.
+is ``num_matches / (rank of the last match)``. Ties are broken by gallery order (as a stable sort would).
+
+How: every metric only needs the rank of each true match among the kept items, so no row is sorted. Each
+query's distances are cut into ``num_gallery / 4`` equal-width bins between the row's min and max (a monotone
+map, so an item in a lower bin is always ranked before one in a higher bin); one histogram per row gives, for
+every true match, the number of items in lower bins; the few items sharing a bin with a true match are
+ordered exactly by (distance, gallery index), and the junk items ranked before each match are subtracted.
+The true matches and junk of a query come from grouping the gallery by person (and image id), not from a
+queries x gallery comparison. Work is O(gallery) per query with a handful of vectorised passes; blocks of
+queries run on a thread pool (numpy releases the GIL in its array loops).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +103,94 @@ def _check(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, ...
     return (d, *arrays)
 
 
+def _group(codes: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gallery positions grouped by code: (positions sorted by code, start and end of each code's run)."""
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    all_codes = np.arange(n_codes)
+    return (
+        order,
+        np.searchsorted(sorted_codes, all_codes, "left"),
+        np.searchsorted(sorted_codes, all_codes, "right"),
+    )
+
+
+def _pairs(q_codes: np.ndarray, groups: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(row, gallery position) of every gallery item whose code equals the row's query code."""
+    order, starts, ends = groups
+    first, count = starts[q_codes], ends[q_codes] - starts[q_codes]
+    rows = np.repeat(np.arange(len(q_codes)), count)
+    offset = np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count)
+    return rows, order[np.repeat(first, count) + offset]
+
+
+def _ranks(
+    v: np.ndarray, rows_p: np.ndarray, cols_p: np.ndarray, rows_j: np.ndarray, cols_j: np.ndarray, nbins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each true match (rows_p, cols_p) of the block ``v`` (queries x gallery): its 1-based rank among the
+    kept items (junk = (rows_j, cols_j) removed) and its index among the row's true matches (0 = best)."""
+    b, n = v.shape
+    flat = v.reshape(-1)
+    pos_p = rows_p * n + cols_p
+    # 1. bin = floor((v - row min) * nbins / row span): monotone in v, so lower bin => ranked earlier
+    lo, hi = v.min(axis=1), v.max(axis=1)
+    span = hi.astype(np.float64) - lo
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scale = nbins / span
+    ok = np.isfinite(span) & (span > 0) & (scale < np.finfo(v.dtype).max / 4)
+    with np.errstate(invalid="ignore"):  # rows with inf/-inf or a zero span: all in bin 0, set below
+        t = np.subtract(v, lo[:, None])
+        t *= np.where(ok, scale, 0).astype(v.dtype)[:, None]
+        np.minimum(t, nbins - 1, out=t)
+        bins = t.astype(np.intp)
+    del t
+    if not ok.all():
+        bins[~ok] = 0
+    bins += (np.arange(b) * nbins)[:, None]  # one histogram per row in one bincount
+    bins = bins.reshape(-1)
+    hist = np.bincount(bins, minlength=b * nbins)
+    before_bin = np.cumsum(hist) - hist  # items in earlier rows and in lower bins of this row
+    bin_p = bins[pos_p]
+    # 2. items sharing a bin with a true match: order them exactly by (row, bin, distance, gallery index)
+    shared = np.zeros(b * nbins, dtype=bool)
+    shared[bin_p] = True
+    cand = np.flatnonzero(shared[bins])
+    cand_bin = bins[cand]
+    perm = np.lexsort((cand, flat[cand], cand_bin))
+    where = np.empty_like(perm)
+    where[perm] = np.arange(perm.size)
+    at = where[np.searchsorted(cand, pos_p)]
+    in_bin_before = at - np.searchsorted(cand_bin[perm], bin_p, "left")
+    before = before_bin[bin_p] - rows_p * n + in_bin_before  # all items ranked before the match
+    # 3. junk ranked before each match, and the match's index among the row's matches
+    pos_u = np.concatenate([pos_p, rows_j * n + cols_j])
+    rows_u = np.concatenate([rows_p, rows_j])
+    is_junk = np.concatenate([np.zeros(pos_p.size, np.intp), np.ones(rows_j.size, np.intp)])
+    perm = np.lexsort((pos_u, flat[pos_u], rows_u))
+    where = np.empty_like(perm)
+    where[perm] = np.arange(perm.size)
+    junk_so_far = np.cumsum(is_junk[perm]) - is_junk[perm]
+    at = where[: pos_p.size]
+    row_start = np.searchsorted(rows_u[perm], rows_p, "left")
+    junk_before = junk_so_far[at] - junk_so_far[row_start]
+    return before - junk_before + 1, at - row_start - junk_before
+
+
+def _codes(q: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    uniq, inv = np.unique(np.concatenate([q, g]), return_inverse=True)
+    inv = inv.reshape(-1)
+    return inv[: len(q)], inv[len(q) :], len(uniq)
+
+
+def default_workers() -> int:
+    """CPUs this process may run on (``taskset`` is honoured), at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
 def evaluate_rank(
     distmat: np.ndarray | torch.Tensor,
     q_pids: np.ndarray,
@@ -100,14 +198,16 @@ def evaluate_rank(
     q_camids: np.ndarray,
     g_camids: np.ndarray,
     max_rank: int = 50,
-    chunk: int = 256,
+    chunk: int = 64,
     q_items: np.ndarray | list | None = None,
     g_items: np.ndarray | list | None = None,
+    workers: int | None = None,
 ) -> RankResult:
     """CMC / mAP / mINP of a query x gallery *distance* matrix (smaller = more similar).
 
     ``q_items`` / ``g_items``: optional ids of the images (e.g. paths), so that a query's own image is removed
     from a gallery that holds it even when its camera is unknown (the same-camera rule removes it otherwise).
+    ``chunk``: queries per block; ``workers``: threads over blocks (default: the CPUs this process may use).
     """
     d, q_pids, g_pids, q_camids, g_camids = _check(distmat, q_pids, g_pids, q_camids, g_camids)
     if (q_items is None) != (g_items is None):
@@ -124,30 +224,51 @@ def evaluate_rank(
     if num_g < max_rank:
         logger.info("gallery has only %d items; CMC is cut at that rank", num_g)
         max_rank = num_g
-    dt = torch.from_numpy(np.ascontiguousarray(d))
+    if d.dtype not in (np.float32, np.float64):
+        d = d.astype(np.float64)  # exact for integers below 2**53 and for float16
+    q_code, g_code, n_codes = _codes(q_pids, g_pids)
+    by_pid = _group(g_code, n_codes)
+    if q_items is not None:
+        q_item, g_item, n_items = _codes(q_items, g_items)
+        by_item = _group(g_item, n_items)
+    nbins = int(min(max(num_g // 4, 16), 1 << 16))
     first_hit = np.full(num_q, -1, dtype=np.int64)
     ap = np.zeros(num_q, dtype=np.float64)
     inp = np.zeros(num_q, dtype=np.float64)
-    for s in range(0, num_q, chunk):
+
+    def run(s: int) -> None:
         e = min(s + chunk, num_q)
-        order = torch.sort(dt[s:e], dim=1, stable=True).indices.numpy()
-        gp, gc = g_pids[order], g_camids[order]
-        same_pid = gp == q_pids[s:e, None]
-        gi = None if g_items is None else g_items[order]
-        qi = None if q_items is None else q_items[s:e]
-        keep = ~junk_mask(q_pids[s:e], q_camids[s:e], gp, gc, qi, gi)
-        match = same_pid & keep
-        kept_rank = np.cumsum(keep, axis=1)  # 1-based rank among kept items (valid where keep)
-        n_rel = match.sum(axis=1)
-        hits_so_far = np.cumsum(match, axis=1)
-        valid = n_rel > 0
-        # AP: mean over true matches of (matches so far) / (kept rank)
-        prec = np.where(match, hits_so_far / np.maximum(kept_rank, 1), 0.0)
-        ap[s:e] = np.where(valid, prec.sum(axis=1) / np.maximum(n_rel, 1), 0.0)
-        first = np.argmax(match, axis=1)  # column of the first true match
-        first_hit[s:e] = np.where(valid, kept_rank[np.arange(e - s), first] - 1, -1)
-        last = num_g - 1 - np.argmax(match[:, ::-1], axis=1)
-        inp[s:e] = np.where(valid, n_rel / np.maximum(kept_rank[np.arange(e - s), last], 1), 0.0)
+        rows, cols = _pairs(q_code[s:e], by_pid)  # same person
+        qc, gc = q_camids[s:e][rows], g_camids[cols]
+        junk = (qc == gc) & (qc != UNKNOWN_CAMERA) & (gc != UNKNOWN_CAMERA)
+        rows_j, cols_j = rows[junk], cols[junk]
+        if q_items is not None:  # the query's own image: junk whatever its camera (and even its person id)
+            junk |= g_item[cols] == q_item[s:e][rows]
+            own_r, own_c = _pairs(q_item[s:e], by_item)
+            other = g_code[own_c] != q_code[s:e][own_r]
+            rows_j = np.concatenate([rows[junk], own_r[other]])
+            cols_j = np.concatenate([cols[junk], own_c[other]])
+        rows_p, cols_p = rows[~junk], cols[~junk]
+        if rows_p.size == 0:
+            return
+        rank, index = _ranks(d[s:e], rows_p, cols_p, rows_j, cols_j, nbins)
+        b = e - s
+        n_rel = np.bincount(rows_p, minlength=b)
+        ap[s:e] = np.bincount(rows_p, weights=(index + 1) / rank, minlength=b) / np.maximum(n_rel, 1)
+        first = index == 0
+        first_hit[s + rows_p[first]] = rank[first] - 1
+        last = index == n_rel[rows_p] - 1
+        inp[s + rows_p[last]] = n_rel[rows_p[last]] / rank[last]
+
+    chunk = max(int(chunk), 1)
+    starts = range(0, num_q, chunk)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(starts) == 1:
+        for s in starts:
+            run(s)
+    else:
+        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+            list(pool.map(run, starts))
     valid = first_hit >= 0
     n_valid = int(valid.sum())
     if n_valid == 0:
