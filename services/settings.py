@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     # identify-or-enroll that creates a person although the best candidate fell short of the accept threshold by
     # at most this much (in the decision's normalised units) offers the pair for review; 0 turns it off
     review_band: float = Field(0.05, ge=0)
+    # the camera commands' status folder (their --status-dir): the page's camera tiles read it
+    camera_status_dir: str | None = None
     # /ready answers every caller with its status; the index counts and model ids need a key unless this is set
     public_readiness_detail: bool = False
     # scale-out and privacy
@@ -92,7 +94,7 @@ class Settings(BaseSettings):
     # lines from them
     event_logs: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("index_dir", "store_id", "body_checkpoint", mode="before")
+    @field_validator("index_dir", "store_id", "body_checkpoint", "camera_status_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

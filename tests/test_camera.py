@@ -436,3 +436,27 @@ def test_bytetrack_lets_weak_detections_extend_tracks_but_not_start_them() -> No
     assert set(seen) == {1} and len(seen) == 11  # ByteTrack confirms a new track at its second detection
     matched, _ = TRACKERS.build("bytetrack").update(np.array([(10, 10, 60, 150, 0.4)]), 0)
     assert matched == []
+
+
+def test_camera_tile_blurs_a_detected_person_the_tracker_has_not_confirmed(tmp_path: Path) -> None:
+    """The page's camera tile (latest frame + status): a person seen in one frame only has no confirmed track
+    (ByteTrack confirms at the second detection), yet their head is blurred; the status says who is in view."""
+    import cv2
+
+    from services.camera.status import StatusWriter, read_statuses
+    from tests.servers import ColourEmbedder
+
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.99}) as g:
+        pipe = CameraPipeline(
+            g, ColourEmbedder(), _FixedBox(), PipelineConfig(embed_every=1, assign_after=2),
+            status=StatusWriter(tmp_path / "status", every_seconds=0),
+        )  # fmt: skip
+        pipe.run(_Frames("cam1", _stripes(), n=1))
+    frame = cv2.imread(str(tmp_path / "status" / "cam1.jpg"))
+    x1, y1, x2, y2 = _FixedBox.box
+    head = frame[y1 + 10 : y1 + 100, x1 + 10 : x2 - 10]
+    legs = frame[y2 - 120 : y2 - 20, x1 + 10 : x2 - 10]
+    assert _stripe_energy(head) < 0.2 * _stripe_energy(legs)
+    (status,) = read_statuses(tmp_path / "status")
+    assert status["camera_id"] == "cam1" and status["frames"] == 1 and status["running"] is False
+    assert StatusWriter(tmp_path / "s2").write("../etc", frame, {}) is False  # an id that cannot name a file

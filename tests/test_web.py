@@ -257,3 +257,62 @@ def test_review_queue_confirm_merges_and_reject_keeps_apart(server: str, lfw_roo
         browser.close()
     audit = httpx.get(f"{server}/audit", headers=key).json()
     assert {a["action"] for a in audit} >= {"review-confirm", "review-reject"}
+
+
+@pytest.mark.realdata
+def test_camera_tiles_and_live_sightings_from_the_camera_command(
+    tmp_path: Path, camera_feeds_root: Path
+) -> None:
+    """The lab videos through the camera command into the page's gallery: one tile per camera with its latest
+    annotated frame and frames/s, and each sighting appears in the live list as the camera writes it."""
+    import subprocess
+    import sys
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from reid.face import DlibFaceEmbedder
+
+    db, status_dir = tmp_path / "g.db", tmp_path / "status"
+    settings = Settings(
+        database_url=str(db),
+        api_keys=[ApiKey("k1", "admin", frozenset({"admin"}))],
+        camera_status_dir=str(status_dir),
+        change_poll_interval=0.2,
+    )
+    app = create_app(settings, embedders={"face": DlibFaceEmbedder(), "body": ColourEmbedder()})
+    lab = camera_feeds_root / "lab"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with running(app) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page()
+        page.goto(server + "/")
+        page.fill("#api-key", "k1")
+        page.click("#save-key")
+        expect(page.locator("#cameras")).to_contain_text("no camera has reported")
+        camera = subprocess.Popen(
+            [sys.executable, "-m", "services.camera", "--db", str(db), "--every", "3", "--status-dir", str(status_dir),
+             "--video", f"{lab / 'Single1.mp4'}:cam1", "--video", f"{lab / 'Double1.mp4'}:cam2",
+             "--events", str(tmp_path / "events.jsonl")],
+            cwd=REPO, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            tile = page.locator(".tile[data-camera-id='cam1']")
+            expect(tile.locator("img")).to_have_attribute("src", re.compile(r"^blob:"), timeout=60_000)
+            expect(tile.locator("figcaption")).to_contain_text("frames/s")
+            expect(page.locator("#live-sightings li").first).to_contain_text("cam1: person", timeout=60_000)
+            _, err = camera.communicate(timeout=240)
+            assert camera.returncode == 0, err[-2000:]
+        finally:
+            if camera.poll() is None:
+                camera.kill()
+        events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+        lines = page.locator("#live-sightings li")
+        expect(lines).to_have_count(len(events), timeout=10_000)  # every sighting, once
+        expect(lines.first).to_contain_text("cam2: person")  # newest first
+        for cam in ("cam1", "cam2"):
+            caption = page.locator(f".tile[data-camera-id='{cam}'] figcaption")
+            expect(caption).to_contain_text(
+                re.compile(rf"^{cam}: stopped, [1-9][0-9.]* frames/s, in view: nobody$")
+            )
+        page.screenshot(path=str(SCREENSHOTS / "cameras.png"), full_page=True)
+        browser.close()

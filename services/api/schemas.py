@@ -168,3 +168,18 @@ class ReviewCounts(BaseModel):
     right_near_threshold: float | None = Field(
         description="rejected / decided: how often the system was right to keep a near miss apart"
     )
+
+
+class CameraTrackOut(BaseModel):
+    track_id: int
+    global_id: int | None
+    box: list[float]
+
+
+class CameraOut(BaseModel):
+    camera_id: str
+    frames: int = Field(description="frames processed so far")
+    fps: float = Field(description="processed frames per second")
+    tracks: list[CameraTrackOut] = Field(description="tracks in view now")
+    running: bool
+    updated_at: float = Field(description="when the camera last wrote its status (Unix time)")

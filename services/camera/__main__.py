@@ -10,6 +10,7 @@ Without --body-checkpoint the body model shipped in models/body/ is used (or, if
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from reid.errors import ConfigError
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
 from services.camera.sources import parse_camera
+from services.camera.status import StatusWriter
 from services.camera.tracker import TRACKERS
 
 
@@ -34,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-enroll", action="store_true", help="only recognise people already in the gallery")
     p.add_argument("--events", help="JSON-lines event file (default: stdout)")
     p.add_argument("--annotate", help="folder for annotated videos")
+    p.add_argument(
+        "--status-dir",
+        default=os.environ.get("REID_CAMERA_STATUS_DIR"),
+        help="folder for each camera's latest annotated frame and status (the web page's camera tiles; the API "
+        "reads the same folder from REID_CAMERA_STATUS_DIR)",
+    )
     p.add_argument("--faces", action="store_true", help="also look for faces (dlib) and match by face first")
     p.add_argument(
         "--face-detector",
@@ -100,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 events=events,
                 face_embedder=face_embedder,
+                status=StatusWriter(args.status_dir) if args.status_dir else None,
             )
             for src in sources:
                 out = Path(args.annotate) / f"{src.camera_id}.mp4" if args.annotate else None

@@ -30,7 +30,9 @@ from gallery import Gallery
 from reid.embedder import BaseEmbedder
 from reid.images import blur_boxes
 from services.broker import TrackEvent
+from services.camera.detectors import box_iou
 from services.camera.sources import Frame, VideoSource
+from services.camera.status import StatusWriter
 from services.camera.tracker import TRACKERS, Track
 from services.identity import Assignment, IdentityPolicy, TrackEvidence, mean_unit
 
@@ -96,6 +98,7 @@ class CameraPipeline:
         events: IO[str] | None = None,
         face_embedder=None,
         sink: Callable[[TrackEvent], None] | None = None,
+        status: StatusWriter | None = None,
     ) -> None:
         if gallery is None and sink is None:
             raise ValueError("CameraPipeline needs a gallery (matching here) or a sink (worker mode)")
@@ -104,6 +107,7 @@ class CameraPipeline:
         self.events = events
         self.face_embedder = face_embedder
         self.sink = sink
+        self.status = status  # the operator page's camera tile (latest annotated frame and status)
         self._consented: dict[int, bool] = {}
         c = self.config
         self.policy = (
@@ -228,23 +232,29 @@ class CameraPipeline:
     def run(self, source: VideoSource, annotate: str | Path | None = None) -> CameraStats:
         stats = CameraStats(source.camera_id)
         tracker = TRACKERS.build(self.config.tracker)
-        writer = None
+        writer = img = None
         t0 = time.perf_counter()
         for frame in source:
-            dets = self.detector.detect(frame.image)
-            matched, ended = tracker.update(np.array(dets, dtype=np.float64).reshape(-1, 5), frame.index)
+            dets = np.array(self.detector.detect(frame.image), dtype=np.float64).reshape(-1, 5)
+            matched, ended = tracker.update(dets, frame.index)
             self._embed_tracks(frame, matched, source.camera_id)
             for t in ended:
                 self._finish(t, source.camera_id, 0.0, stats)
             if ended and self.policy is not None:  # named tracks ended before every live track began
                 oldest = min((t.first_frame for t in tracker.tracks), default=frame.index + 1)
                 self.policy.forget_before(source.camera_id, oldest)
-            if annotate:
-                writer = self._draw(writer, annotate, frame, tracker.tracks)
             stats.frames += 1
+            if annotate or self.status is not None:
+                img = self._annotated(frame, tracker.tracks, dets)
+                if annotate:
+                    writer = self._draw(writer, annotate, img)
+                if self.status is not None:
+                    self._tile(source.camera_id, img, tracker.tracks, stats, t0)
         for t in tracker.flush():
             self._finish(t, source.camera_id, 0.0, stats)
         stats.seconds = time.perf_counter() - t0
+        if self.status is not None and img is not None:  # the last frame stays, marked stopped
+            self._tile(source.camera_id, img, [], stats, t0, force=True)
         if writer is not None:
             writer.release()
         return stats
@@ -308,10 +318,20 @@ class CameraPipeline:
         x1, y1, x2, y2 = t.box
         return np.array([x1, y1, x2, y1 + (y2 - y1) * self.config.head_fraction])
 
-    def _draw(self, writer, path, frame: Frame, tracks: list[Track]):
+    def _annotated(
+        self, frame: Frame, tracks: list[Track], detections: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The frame in BGR with boxes and ids; heads of people not enrolled with consent blurred: every
+        unconsented track's, and every detected person's that no consented track covers (a person the tracker
+        has not confirmed yet, or has just lost, is blurred too)."""
         rgb = frame.image
         if self.config.blur_faces:
             hide = [self._head_box(t) for t in tracks if not t.age and not self._consent(t.global_id)]
+            consented = [t.box for t in tracks if self._consent(t.global_id)]
+            for d in [] if detections is None else detections[:, :4]:
+                if not consented or box_iou(d[None], np.array(consented)).max() < 0.5:
+                    x1, y1, x2, y2 = d
+                    hide.append(np.array([x1, y1, x2, y1 + (y2 - y1) * self.config.head_fraction]))
             rgb = blur_boxes(rgb, hide)
         img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         for t in tracks:
@@ -321,8 +341,34 @@ class CameraPipeline:
             label = f"id {t.global_id}" if t.global_id is not None else f"track {t.id}"
             cv2.rectangle(img, (x1, y1), (x2, y2), (0, 200, 0), 2)
             cv2.putText(img, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1)
+        return img
+
+    def _draw(self, writer, path, img: np.ndarray):
         if writer is None:
             h, w = img.shape[:2]
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (w, h))
         writer.write(img)
         return writer
+
+    def _tile(
+        self,
+        camera_id: str,
+        img: np.ndarray,
+        tracks: list[Track],
+        stats: CameraStats,
+        t0: float,
+        force: bool = False,
+    ) -> None:
+        seconds = time.perf_counter() - t0
+        status = {
+            "camera_id": camera_id,
+            "frames": stats.frames,
+            "fps": round(stats.frames / seconds, 1) if seconds > 0 else 0.0,
+            "tracks": [
+                {"track_id": t.id, "global_id": t.global_id, "box": [round(float(v), 1) for v in t.box]}
+                for t in tracks
+                if not t.age
+            ],
+            "running": not force,
+        }
+        self.status.write(camera_id, img, status, force=force)

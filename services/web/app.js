@@ -150,11 +150,80 @@ async function judge(r, verdict) {
   } catch (e) { status(e.message, true); }
 }
 
+// One tile per camera: its latest annotated frame, the tracks in view with their global ids, frames/s.
+async function loadCameras() {
+  const box = $("#cameras");
+  let cams;
+  try { cams = await (await api("/cameras")).json(); } catch (e) { box.textContent = e.message; return; }
+  if (!cams.length) { box.textContent = "no camera has reported (start one with --status-dir)"; return; }
+  if (!box.querySelector(".tile")) box.textContent = "";
+  for (const c of cams) {
+    let tile = box.querySelector(`[data-camera-id="${CSS.escape(c.camera_id)}"]`);
+    if (!tile) {
+      tile = document.createElement("figure");
+      tile.className = "tile";
+      tile.dataset.cameraId = c.camera_id;
+      tile.innerHTML = `<img alt=""><figcaption></figcaption>`;
+      box.appendChild(tile);
+    }
+    const ids = c.tracks.map((t) => t.global_id === null ? `track ${t.track_id}` : `id ${t.global_id}`);
+    tile.querySelector("figcaption").textContent = `${c.camera_id}: ${c.running ? "" : "stopped, "}` +
+      `${c.fps.toFixed(1)} frames/s, in view: ${ids.length ? ids.join(", ") : "nobody"}`;
+    try {
+      const blob = await (await api(`/cameras/${encodeURIComponent(c.camera_id)}/frame`)).blob();
+      const img = tile.querySelector("img");
+      if (img.src) URL.revokeObjectURL(img.src);
+      img.src = URL.createObjectURL(blob);
+    } catch (e) { /* the camera is between writes */ }
+  }
+}
+
+// New sightings as they are written (server-sent events read with fetch: EventSource cannot send the key).
+let streamAbort = null;
+async function followSightings() {
+  if (streamAbort) streamAbort.abort();
+  streamAbort = new AbortController();
+  try {
+    const response = await api("/sightings/stream", { signal: streamAbort.signal });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block.split("\n").find((l) => l.startsWith("data: "));
+        if (data) showSighting(JSON.parse(data.slice(6)));
+      }
+    }
+  } catch (e) { if (e.name !== "AbortError") status(e.message, true); }
+}
+
+function showSighting(s) {
+  const li = document.createElement("li");
+  const score = s.score === null ? "" : ` (${s.modality || "body"} ${s.score.toFixed(2)})`;
+  li.textContent = `${new Date(s.seen_at).toLocaleTimeString()} ${s.camera_id}: person ${s.person_id}${score}`;
+  li.dataset.personId = s.person_id;
+  $("#live-sightings").prepend(li);
+}
+
+let cameraTimer = null;
+function start() {
+  loadPersons();
+  loadReviews();
+  loadCameras();
+  followSightings();
+  clearInterval(cameraTimer);
+  cameraTimer = setInterval(loadCameras, 1000);
+}
+
 $("#save-key").onclick = () => {
   apiKey = $("#api-key").value.trim();
   localStorage.setItem("reidApiKey", apiKey);
-  loadPersons();
-  loadReviews();
+  start();
 };
 $("#load-review").onclick = loadReviews;
 $("#refresh").onclick = loadPersons;
@@ -251,4 +320,4 @@ $("#enroll-form").onsubmit = async (ev) => {
   } catch (e) { status(e.message, true); }
 };
 
-if (apiKey) { loadPersons(); loadReviews(); }
+if (apiKey) start();

@@ -1,5 +1,13 @@
-"""One router per resource: ops (health, readiness, metrics), persons, identify, review, sightings, privacy."""
+"""One router per resource: ops (health, readiness, metrics), persons, identify, review, cameras, sightings, privacy."""
 
-from services.api.routes import identify, ops, persons, privacy, review, sightings
+from services.api.routes import cameras, identify, ops, persons, privacy, review, sightings
 
-ROUTERS = [ops.router, persons.router, identify.router, review.router, sightings.router, privacy.router]
+ROUTERS = [
+    ops.router,
+    persons.router,
+    identify.router,
+    review.router,
+    cameras.router,
+    sightings.router,
+    privacy.router,
+]
