@@ -70,7 +70,7 @@ def main() -> None:
     try:
         follower = Gallery(db)
         arrived: dict[int, float] = {}
-        apply = follower._apply_change
+        apply = follower.cache.apply
 
         def recording(change, rows) -> None:
             apply(change, rows)
@@ -78,7 +78,7 @@ def main() -> None:
             for t in change.template_ids:
                 arrived.setdefault(int(t), now)
 
-        follower._apply_change = recording  # measure when each template becomes searchable here
+        follower.cache.apply = recording  # measure when each template becomes searchable here
         feed = follower.follow(args.poll)
         subprocess.run(
             [

@@ -85,7 +85,7 @@ def person_record(info: PersonInfo, max_depth: int = MAX_SHOWN_DEPTH) -> dict[st
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = make_parser("python -m gallery", __doc__)
     p.add_argument("--db", default="gallery.db", help="SQLite file or database URL")
     p.add_argument("--body-checkpoint", help="embedding checkpoint for body images")
@@ -135,65 +135,74 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--enroll-per-id", type=int, default=1, help="templates each person will be enrolled with")
     sub.add_parser("rebuild-index", help="rebuild every index from the database")
     sub.add_parser("check", help="compare database and index template counts")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     setup_logging()
 
     need = None
     if args.cmd in ("enroll", "identify") and (getattr(args, "images", None) or getattr(args, "image", None)):
         need = args.modality
     with Gallery(args.db, embedders=_embedders(args, need)) as g:
-        if args.cmd == "init":
-            print(f"database ready: {g.engine.url.render_as_string(hide_password=True)}")
-        elif args.cmd == "enroll":
-            emb = _load_npy(args.embeddings) if args.embeddings else None
-            r = g.enroll(
-                args.person,
-                images=args.images,
-                embeddings=emb,
-                modality=args.modality,
-                model_id=args.model_id,
-                display_name=args.name,
-                external_id=args.external_id,
-                sources=args.images,
-            )
-            _print(asdict(r))
-        elif args.cmd == "identify":
-            emb = _load_npy(args.embedding) if args.embedding else None
-            r = g.identify(
-                args.image,
-                embedding=emb,
-                modality=args.modality,
-                model_id=args.model_id,
-                k=args.k,
-                threshold=args.threshold,
-            )
-            _print(asdict(r))
-        elif args.cmd == "list":
-            _print([person_record(x) for x in g.list_persons(args.offset, args.limit)])
-        elif args.cmd == "show":
-            _print(person_record(g.get_person(args.person)))
-        elif args.cmd == "merge":
-            _print(person_record(g.merge(args.keep, args.remove)))
-        elif args.cmd == "delete":
-            print(f"deleted person {args.person} and {g.delete_person(args.person)} templates")
-        elif args.cmd == "calibrate":
-            emb = _load_npy(args.embeddings)
-            labels = [x.strip() for x in Path(args.labels).read_text().splitlines() if x.strip()]
-            res = g.calibrate_threshold(
-                args.modality,
-                args.model_id,
-                emb,
-                labels,
-                args.far,
-                rule=args.rule,
-                enroll_per_id=args.enroll_per_id,
-            )
-            _print(asdict(res))
-        elif args.cmd == "rebuild-index":
-            print(f"rebuilt {len(g.rebuild_index())} index(es)")
-        elif args.cmd == "check":
-            _print(g.check_consistency())
+        _run(g, args)
     return 0
+
+
+def _run(g: Gallery, args: argparse.Namespace) -> None:
+    """Carry out one subcommand on an open gallery."""
+    if args.cmd == "init":
+        print(f"database ready: {g.engine.url.render_as_string(hide_password=True)}")
+    elif args.cmd == "enroll":
+        emb = _load_npy(args.embeddings) if args.embeddings else None
+        r = g.enroll(
+            args.person,
+            images=args.images,
+            embeddings=emb,
+            modality=args.modality,
+            model_id=args.model_id,
+            display_name=args.name,
+            external_id=args.external_id,
+            sources=args.images,
+        )
+        _print(asdict(r))
+    elif args.cmd == "identify":
+        emb = _load_npy(args.embedding) if args.embedding else None
+        r = g.identify(
+            args.image,
+            embedding=emb,
+            modality=args.modality,
+            model_id=args.model_id,
+            k=args.k,
+            threshold=args.threshold,
+        )
+        _print(asdict(r))
+    elif args.cmd == "list":
+        _print([person_record(x) for x in g.list_persons(args.offset, args.limit)])
+    elif args.cmd == "show":
+        _print(person_record(g.get_person(args.person)))
+    elif args.cmd == "merge":
+        _print(person_record(g.merge(args.keep, args.remove)))
+    elif args.cmd == "delete":
+        print(f"deleted person {args.person} and {g.delete_person(args.person)} templates")
+    elif args.cmd == "calibrate":
+        emb = _load_npy(args.embeddings)
+        labels = [x.strip() for x in Path(args.labels).read_text().splitlines() if x.strip()]
+        res = g.calibrate_threshold(
+            args.modality,
+            args.model_id,
+            emb,
+            labels,
+            args.far,
+            rule=args.rule,
+            enroll_per_id=args.enroll_per_id,
+        )
+        _print(asdict(res))
+    elif args.cmd == "rebuild-index":
+        print(f"rebuilt {len(g.rebuild_index())} index(es)")
+    elif args.cmd == "check":
+        _print(g.check_consistency())
 
 
 def _load_npy(path: str) -> np.ndarray:

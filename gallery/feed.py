@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gallery.models import Change
-
-if TYPE_CHECKING:
-    from gallery.service import Gallery
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +59,17 @@ def pending_changes(s: Session, after: int, limit: int = 10_000) -> list[Change]
 
 
 class ChangeFollower:
-    """A daemon thread that keeps one :class:`Gallery` up to date with changes made by other processes.
+    """A daemon thread that keeps one process's indexes up to date with changes made by other processes.
 
     Args:
-        gallery: the gallery to update (``gallery.sync()`` applies pending changes).
+        sync: applies the pending changes (``gallery.cache.IndexCache.sync``); called from this thread.
+        engine: the database's engine (on PostgreSQL the thread listens for notifications on its URL).
         poll_interval: seconds between catch-up polls (also the wait for a notification on PostgreSQL).
     """
 
-    def __init__(self, gallery: Gallery, poll_interval: float = 0.5) -> None:
-        self.gallery = gallery
+    def __init__(self, sync: Callable[[], object], engine: Engine, poll_interval: float = 0.5) -> None:
+        self.sync = sync
+        self.engine = engine
         self.poll_interval = float(poll_interval)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gallery-change-follower", daemon=True)
@@ -87,12 +85,12 @@ class ChangeFollower:
 
     def _sync(self) -> None:
         try:
-            self.gallery.sync()
+            self.sync()
         except Exception:  # keep following: the next poll retries from the same sequence number
             logger.exception("change feed: applying changes failed; retrying at the next poll")
 
     def _run(self) -> None:
-        if self.gallery.engine.dialect.name == "postgresql":
+        if self.engine.dialect.name == "postgresql":
             self._run_listen()
         else:
             while not self._stop.wait(self.poll_interval):
@@ -101,7 +99,7 @@ class ChangeFollower:
     def _run_listen(self) -> None:
         import psycopg
 
-        url = self.gallery.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._stop.is_set():
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
