@@ -42,6 +42,24 @@ class MediaFolders:
                 f.replace(dst / f"{remove}_{f.name}")
             shutil.rmtree(src)
 
+    def put_template_image(self, person_id: int, template_id: int, jpeg: bytes) -> bool:
+        folder = self.person_dir(person_id)
+        if folder is None:
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".t{int(template_id)}.jpg.tmp"
+        tmp.write_bytes(jpeg)
+        tmp.replace(folder / f"t{int(template_id)}.jpg")
+        return True
+
+    def template_image(self, person_id: int, template_id: int) -> Path | None:
+        """The crop kept for a template (a merge prefixes moved files with ``<old person id>_``)."""
+        folder = self.person_dir(person_id)
+        if folder is None or not folder.exists():
+            return None
+        name = f"t{int(template_id)}.jpg"
+        return next((f for f in folder.iterdir() if f.name == name or f.name.endswith(f"_{name}")), None)
+
     def erase(self, person_id: int) -> None:
         folder = self.person_dir(person_id)
         if folder is not None and folder.exists():

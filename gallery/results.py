@@ -77,6 +77,16 @@ class PersonInfo:
 
 
 @dataclass
+class TemplateInfo:
+    id: int
+    modality: str
+    model_id: str
+    source: str | None
+    created_at: datetime
+    image: bool = False  # a crop of what was enrolled is kept (media folder)
+
+
+@dataclass
 class SightingInfo:
     id: int
     person_id: int

@@ -33,6 +33,7 @@ from gallery.results import (
     IdentifyResult,
     PersonInfo,
     SightingInfo,
+    TemplateInfo,
 )
 from gallery.sightings import Sightings
 from gallery.store import EnrollRequest, GalleryStore, Key
@@ -188,6 +189,27 @@ class Gallery:
 
     def count_persons(self) -> int:
         return self.store.count_persons()
+
+    def update_person(self, person_id: int, **fields: Any) -> PersonInfo:
+        """Change ``display_name``, ``consent`` or ``purpose`` (only the ones given; None clears one)."""
+        self.store.update_person(person_id, fields)
+        return self.get_person(person_id)
+
+    def templates(self, person_id: int) -> list[TemplateInfo]:
+        """The person's templates, oldest first, and whether a crop of each is kept."""
+        return [
+            TemplateInfo(r.id, r.modality, r.model_id, r.source, r.created_at,
+                         self.media.template_image(person_id, r.id) is not None)
+            for r in self.store.templates(person_id)
+        ]  # fmt: skip
+
+    def set_template_image(self, person_id: int, template_id: int, image: ImageLike, size: int = 160) -> bool:
+        """Keep a small crop of what a template was made from (False when this gallery keeps no files)."""
+        return self.media.put_template_image(person_id, template_id, thumbnail_jpeg(image, size))
+
+    def template_image(self, person_id: int, template_id: int) -> bytes | None:
+        path = self.media.template_image(person_id, template_id)
+        return None if path is None else path.read_bytes()
 
     # ----------------------------------------------------------------------------------------------- enroll
     def enroll(

@@ -157,6 +157,29 @@ class GalleryStore:
                 q = q.where(Person.kind == kind)
             return [self._info(s, p) for p in s.scalars(q)]
 
+    def update_person(self, person_id: int, fields: dict[str, Any]) -> None:
+        """Set ``display_name``, ``consent`` and/or ``purpose`` (the keys given) of an existing person."""
+        unknown = set(fields) - {"display_name", "consent", "purpose"}
+        if unknown:
+            raise GalleryError(f"update_person: cannot set {sorted(unknown)}")
+        with self.Session.begin() as s:
+            p = require_person(s, person_id)
+            for k, v in fields.items():
+                setattr(p, k, v)
+
+    def templates(self, person_id: int) -> list[Template]:
+        """The person's templates, oldest first (detached rows without their vectors loaded)."""
+        with self.Session() as s:
+            require_person(s, person_id)
+            rows = s.execute(
+                select(
+                    Template.id, Template.modality, Template.model_id, Template.source, Template.created_at
+                )
+                .where(Template.person_id == person_id)
+                .order_by(Template.id)
+            ).all()
+            return list(rows)
+
     def count_persons(self) -> int:
         with self.Session() as s:
             return int(s.scalar(select(func.count()).select_from(Person)) or 0)

@@ -22,6 +22,15 @@ class PersonIn(BaseModel):
     metadata: dict | None = None
 
 
+class PersonUpdate(BaseModel):
+    """Only the fields sent are changed; ``null`` clears one."""
+
+    model_config = ConfigDict(extra="forbid")
+    display_name: str | None = Field(None, max_length=200)
+    consent: dict | None = Field(None, description="the consent record: who agreed, when, to what")
+    purpose: str | None = Field(None, max_length=200)
+
+
 class FromResult(BaseModel):
     """Response models read straight from the gallery's result dataclasses (same field names)."""
 
@@ -36,6 +45,12 @@ class PersonOut(FromResult):
     created_at: datetime
     templates: dict[str, int]
     sightings: int
+
+
+class PersonRecordOut(PersonOut):
+    consent: dict | None
+    purpose: str | None
+    last_seen_at: datetime | None
 
 
 class EnrollOut(BaseModel):
@@ -183,3 +198,12 @@ class CameraOut(BaseModel):
     tracks: list[CameraTrackOut] = Field(description="tracks in view now")
     running: bool
     updated_at: float = Field(description="when the camera last wrote its status (Unix time)")
+
+
+class TemplateOut(FromResult):
+    id: int
+    modality: str
+    model_id: str
+    source: str | None
+    created_at: datetime
+    image: bool = Field(description="a crop is kept: GET /persons/{id}/templates/{template_id}/image")

@@ -73,12 +73,30 @@ def embed_one(state: ServiceState, modality: str, image: np.ndarray, field: str)
     return vec, model_id
 
 
-def save_thumbnail(state: ServiceState, person_id: int, image: np.ndarray, box: tuple | None) -> None:
-    """First thumbnail of a person; the face (or a body's head) is blurred unless enrolled with consent."""
-    gallery = state.gallery
+def _privacy(state: ServiceState, person_id: int, image: np.ndarray, box: tuple | None) -> np.ndarray:
+    """The face (or a body's head) blurred unless the person was enrolled with consent."""
     if state.settings.blur_unconsented:
-        p = gallery.get_person(person_id)
+        p = state.gallery.get_person(person_id)
         if not (p.kind == "enrolled" and p.consent):
             h, w = image.shape[:2]
             image = blur_boxes(image, [box if box is not None else (0, 0, w, h * 0.3)])
-    gallery.set_thumbnail(person_id, image, replace=False)
+    return image
+
+
+def save_thumbnail(state: ServiceState, person_id: int, image: np.ndarray, box: tuple | None) -> None:
+    """First thumbnail of a person (blurred without consent)."""
+    state.gallery.set_thumbnail(person_id, _privacy(state, person_id, image, box), replace=False)
+
+
+def save_template_image(
+    state: ServiceState, person_id: int, template_id: int, image: np.ndarray, box: tuple | None
+) -> None:
+    """The crop a template was made from, for the person page: the face with a margin, or the whole body
+    image (blurred without consent)."""
+    image = _privacy(state, person_id, image, box)
+    if box is not None:
+        h, w = image.shape[:2]
+        x1, y1, x2, y2 = box
+        m = 0.25 * max(x2 - x1, y2 - y1)
+        image = image[max(0, int(y1 - m)) : min(h, int(y2 + m)), max(0, int(x1 - m)) : min(w, int(x2 + m))]
+    state.gallery.set_template_image(person_id, template_id, image)

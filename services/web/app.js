@@ -40,7 +40,9 @@ async function loadPersons() {
       row.innerHTML = `<td><img class="thumb"></td><td>${p.id}</td><td class="name"></td><td>${p.kind}</td>` +
         `<td>${templates}</td><td><a href="#" class="show-sightings">${p.sightings}</a></td>` +
         `<td><button class="export">Export</button> <button class="delete">Delete</button></td>`;
-      row.querySelector(".name").textContent = p.display_name || "(anonymous)";
+      row.querySelector(".name").innerHTML = `<a href="#" class="open-person"></a>`;
+      row.querySelector(".open-person").textContent = p.display_name || "(anonymous)";
+      row.querySelector(".open-person").onclick = (ev) => { ev.preventDefault(); showPerson(p.id); };
       row.querySelector(".delete").onclick = () => deletePerson(p);
       row.querySelector(".export").onclick = () => exportPerson(p);
       row.querySelector(".show-sightings").onclick = (ev) => { ev.preventDefault(); showSightings(p); };
@@ -50,6 +52,99 @@ async function loadPersons() {
     status(`${persons.length} people`);
   } catch (e) { status(e.message, true); }
 }
+
+// The person page: templates with their crops per modality, consent and purpose, merge, export, erase,
+// and sightings as a timeline per camera.
+let current = null;
+async function showPerson(id) {
+  try {
+    const p = await (await api(`/persons/${id}/record`)).json();
+    current = p;
+    $("#person-panel").hidden = false;
+    $("#person-title").textContent = `${p.display_name || "(anonymous)"} (id ${p.id}, ${p.kind})`;
+    $("#person-name").value = p.display_name || "";
+    $("#person-purpose").value = p.purpose || "";
+    $("#person-consent").value = p.consent ? JSON.stringify(p.consent) : "";
+    const box = $("#person-templates");
+    box.innerHTML = "";
+    const templates = await (await api(`/persons/${id}/templates`)).json();
+    const byModality = {};
+    for (const t of templates) (byModality[t.modality] = byModality[t.modality] || []).push(t);
+    for (const [modality, list] of Object.entries(byModality)) {
+      const group = document.createElement("div");
+      group.className = "templates";
+      group.dataset.modality = modality;
+      group.innerHTML = `<b></b> `;
+      group.querySelector("b").textContent = `${modality} (${list.length})`;
+      for (const t of list) {
+        const img = document.createElement("img");
+        img.className = "template";
+        img.alt = `template ${t.id}`;
+        img.title = `${t.model_id}, ${t.source || ""}, ${new Date(t.created_at).toLocaleString()}`;
+        group.appendChild(img);
+        if (t.image) {
+          api(`/persons/${id}/templates/${t.id}/image`).then((r) => r.blob())
+            .then((b) => { img.src = URL.createObjectURL(b); }).catch(() => { img.alt = "no picture"; });
+        }
+      }
+      box.appendChild(group);
+    }
+    if (!templates.length) box.textContent = "no templates";
+    await timeline(id, $("#person-sightings"));
+  } catch (e) { status(e.message, true); }
+}
+
+async function timeline(id, box) {
+  box.innerHTML = "";
+  const rows = await (await api(`/sightings?person_id=${id}`)).json();
+  const byCamera = {};
+  for (const s of rows) (byCamera[s.camera_id] = byCamera[s.camera_id] || []).push(s);
+  for (const [camera, list] of Object.entries(byCamera)) {
+    const div = document.createElement("div");
+    div.className = "camera";
+    div.innerHTML = `<b></b> ` + list.map((s) => `<span>${new Date(s.seen_at).toLocaleString()}</span>`).join("");
+    div.querySelector("b").textContent = camera;
+    box.appendChild(div);
+  }
+  if (!rows.length) box.textContent = "no sightings";
+}
+
+$("#person-close").onclick = () => { $("#person-panel").hidden = true; current = null; };
+$("#person-form").onsubmit = async (ev) => {
+  ev.preventDefault();
+  let consent = null;
+  const text = $("#person-consent").value.trim();
+  if (text) {
+    try { consent = JSON.parse(text); } catch (e) { status(`consent: not valid JSON (${e.message})`, true); return; }
+  }
+  try {
+    await api(`/persons/${current.id}`, {
+      method: "PATCH", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ display_name: $("#person-name").value || null, purpose: $("#person-purpose").value || null, consent }),
+    });
+    await loadPersons();
+    await showPerson(current.id);
+    status(`saved person ${current.id}`);
+  } catch (e) { status(e.message, true); }
+};
+$("#merge-form").onsubmit = async (ev) => {
+  ev.preventDefault();
+  const other = Number($("#merge-other").value);
+  try {
+    await api(`/persons/${current.id}/merge`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ remove: other }),
+    });
+    await loadPersons();
+    await showPerson(current.id);
+    status(`merged person ${other} into person ${current.id}`);
+  } catch (e) { status(e.message, true); }
+};
+$("#person-export").onclick = () => exportPerson(current);
+$("#person-erase").onclick = async () => {
+  const p = current;
+  await deletePerson(p);
+  $("#person-panel").hidden = true;
+};
 
 async function deletePerson(p) {
   if (!confirm(`Erase ${p.display_name || "person " + p.id} and all their templates and sightings?`)) return;
@@ -96,19 +191,7 @@ async function showAudit() {
 async function showSightings(p) {
   $("#sightings-panel").hidden = false;
   $("#sightings-name").textContent = p.display_name || `person ${p.id}`;
-  const box = $("#sightings");
-  box.innerHTML = "";
-  const rows = await (await api(`/sightings?person_id=${p.id}`)).json();
-  const byCamera = {};
-  for (const s of rows) (byCamera[s.camera_id] = byCamera[s.camera_id] || []).push(s);
-  for (const [camera, list] of Object.entries(byCamera)) {
-    const div = document.createElement("div");
-    div.className = "camera";
-    div.innerHTML = `<b></b> ` + list.map((s) => `<span>${new Date(s.seen_at).toLocaleString()}</span>`).join("");
-    div.querySelector("b").textContent = camera;
-    box.appendChild(div);
-  }
-  if (!rows.length) box.textContent = "no sightings";
+  try { await timeline(p.id, $("#sightings")); } catch (e) { status(e.message, true); }
 }
 
 // Near misses: a person the system created and the known person it scored just under the threshold against.

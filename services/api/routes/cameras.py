@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
@@ -63,7 +63,7 @@ def _newest(state) -> int:
 
 @router.get("/sightings/stream", response_class=StreamingResponse)
 async def sightings_stream(
-    _: Read, state: State, request: Request, after: int | None = None
+    _: Read, state: State, request: Request, after: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None
 ) -> StreamingResponse:
     """Server-sent events, one ``sighting`` per new sighting (from ``after``, else from now on), oldest first;
     a comment line every 15 s keeps proxies from closing a quiet stream."""

@@ -1,4 +1,5 @@
-"""Persons: create, list, read, thumbnail, enroll photos, merge, erase."""
+"""Persons: create, list, read, update (name, consent, purpose), thumbnail, templates and their crops, enroll
+photos, merge, erase."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as FastPath
 from fastapi.responses import Response
 
 from services.api.deps import Delete, Enroll, Read, State, audited
@@ -19,11 +21,15 @@ from services.api.schemas import (
     PersonId,
     PersonIn,
     PersonOut,
+    PersonRecordOut,
+    PersonUpdate,
+    TemplateOut,
 )
-from services.api.uploads import embed_located, read_upload, save_thumbnail
+from services.api.uploads import embed_located, read_upload, save_template_image, save_thumbnail
 from services.erasure import scrub_event_logs
 
 router = APIRouter(prefix="/persons", tags=["persons"])
+TemplateId = Annotated[int, FastPath(ge=1, le=2**63 - 1, description="template id")]
 person_out = PersonOut.model_validate
 
 
@@ -53,6 +59,40 @@ def list_persons(
 @router.get("/{person_id}", responses={404: {"model": ErrorOut}})
 def get_person(person_id: PersonId, _: Read, state: State) -> PersonOut:
     return person_out(state.gallery.get_person(person_id))
+
+
+@router.get("/{person_id}/record", responses={404: {"model": ErrorOut}})
+def get_record(person_id: PersonId, _: Read, state: State) -> PersonRecordOut:
+    """The person with the consent record and purpose (the person page)."""
+    return PersonRecordOut.model_validate(state.gallery.get_person(person_id))
+
+
+@router.patch("/{person_id}", responses={404: {"model": ErrorOut}})
+@audited("update-person")
+def update_person(person_id: PersonId, body: PersonUpdate, _: Enroll, state: State) -> PersonRecordOut:
+    """Change the name, the consent record or the purpose (only the fields sent)."""
+    s = state.settings
+    fields = body.model_dump(exclude_unset=True)
+    check_json_field(fields.get("consent"), "consent", s.max_json_bytes, s.max_json_depth)
+    return PersonRecordOut.model_validate(state.gallery.update_person(person_id, **fields))
+
+
+@router.get("/{person_id}/templates", responses={404: {"model": ErrorOut}})
+def templates(person_id: PersonId, _: Read, state: State) -> list[TemplateOut]:
+    return [TemplateOut.model_validate(t) for t in state.gallery.templates(person_id)]
+
+
+@router.get(
+    "/{person_id}/templates/{template_id}/image",
+    response_class=Response,
+    responses={404: {"model": ErrorOut}, 200: {"content": {"image/jpeg": {}}}},
+)
+def template_image(person_id: PersonId, template_id: TemplateId, _: Read, state: State) -> Response:
+    """The crop a template was made from (blurred when the person had not consented at enrolment)."""
+    data = state.gallery.template_image(person_id, template_id)
+    if data is None:
+        raise HTTPException(404, f"person {person_id} has no image for template {template_id}")
+    return Response(data, media_type="image/jpeg")
 
 
 @router.get(
@@ -97,11 +137,12 @@ def enroll(
     most = state.settings.max_images_per_request
     if len(images) > most:
         raise HTTPException(413, f"images: {len(images)} files; at most {most} per request")
-    vecs, model_id, hashes, first = [], None, [], None
+    vecs, model_id, hashes, first, crops = [], None, [], None, []
     for i, up in enumerate(images):
         img = read_upload(state, up, f"images[{i}]", hashes)
         v, model_id, box = embed_located(state, modality, img, f"images[{i}] ({up.filename})")
         vecs.append(v)
+        crops.append((img, box))
         first = (img, box) if first is None else first
     if not vecs:
         raise HTTPException(422, "images: at least one image is required")
@@ -115,6 +156,10 @@ def enroll(
     )
     if r.template_ids:
         save_thumbnail(state, person_id, *first)
+        dup = {d.index for d in r.duplicates}
+        kept = [c for i, c in enumerate(crops) if i not in dup]
+        for tid, (img, box) in zip(r.template_ids, kept):
+            save_template_image(state, person_id, tid, img, box)
     return EnrollOut(
         person_id=r.person_id,
         created_person=r.created_person,

@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as FastPath
 
 from gallery.review import ReviewDecidedError
 from services.api.deps import Delete, Read, State, audited
 from services.api.schemas import ErrorOut, ReviewCounts, ReviewOut
 
 router = APIRouter(prefix="/review", tags=["review"])
+ReviewId = Annotated[int, FastPath(ge=1, le=2**63 - 1, description="review pair id")]
 NOT_FOUND = {404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 
 
@@ -36,7 +38,7 @@ def counts(_: Read, state: State) -> ReviewCounts:
 
 @router.post("/{pair_id}/confirm", responses=NOT_FOUND)
 @audited("review-confirm")
-def confirm(pair_id: int, request: Request, key: Delete, state: State) -> ReviewOut:
+def confirm(pair_id: ReviewId, request: Request, key: Delete, state: State) -> ReviewOut:
     """The same person: the created person is merged into the candidate."""
     pair = state.review.get(pair_id)
     request.state.audit_subject = f"person:{pair.candidate_id}"
@@ -49,7 +51,7 @@ def confirm(pair_id: int, request: Request, key: Delete, state: State) -> Review
 
 @router.post("/{pair_id}/reject", responses=NOT_FOUND)
 @audited("review-reject")
-def reject(pair_id: int, request: Request, key: Delete, state: State) -> ReviewOut:
+def reject(pair_id: ReviewId, request: Request, key: Delete, state: State) -> ReviewOut:
     """Different people: both stay, and this pair is not offered again."""
     pair = state.review.get(pair_id)
     request.state.audit_subject = f"person:{pair.person_id}"
