@@ -6,6 +6,8 @@ embedder in ``reid.face``). The gallery only ever sees this contract.
 
 from __future__ import annotations
 
+import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -13,6 +15,11 @@ import numpy as np
 
 from reid.decision_card import card_from_checkpoint_extra, flip_model_id
 from reid.images import ImageLike
+
+logger = logging.getLogger(__name__)
+
+# where a checkpoint's forward pass runs: "onnx" (ONNX Runtime, reid.onnx_embedder) or "torch" (PyTorch eager)
+RUNTIMES = ("onnx", "torch")
 
 
 class BaseEmbedder(ABC):
@@ -58,6 +65,8 @@ class Embedder(BaseEmbedder):
     batches under ``torch.inference_mode``. With ``flip`` the features of the image and its mirror are averaged
     before L2 normalisation.
     """
+
+    runtime = "torch"  # where the forward pass runs (``OnnxEmbedder``: "onnx")
 
     def __init__(self, model, meta, device: str | None = None, flip: bool = False) -> None:
         import torch
@@ -163,3 +172,41 @@ class Embedder(BaseEmbedder):
                     f = f + self._features(torch.flip(x, dims=[3]))
                 out[start : start + len(x)] = torch.nn.functional.normalize(f, dim=1).cpu().numpy()
         return out
+
+
+def load_embedder(
+    checkpoint: str | os.PathLike,
+    runtime: str = "onnx",
+    *,
+    device: str | None = None,
+    flip: bool = False,
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Embedder:
+    """A checkpoint as an embedder on ``runtime``: ``"onnx"`` (``reid.onnx_embedder.OnnxEmbedder``: the cached
+    ONNX export on ONNX Runtime's CPU provider with ``threads`` intra-op threads, ``cache_dir`` for the export)
+    or ``"torch"`` (``Embedder``, PyTorch eager on ``device``; its threads are torch's, process-wide). Both
+    give the same ``model_id``, decision card and (within float rounding) the same vectors."""
+    from reid.errors import ConfigError
+
+    if runtime == "torch":
+        import torch
+
+        emb = Embedder.from_checkpoint(checkpoint, device=device, flip=flip)
+        logger.info(
+            "%s model %s on PyTorch (%s, %d intra-op threads)",
+            emb.modality, emb.model_id, emb.device, torch.get_num_threads(),
+        )  # fmt: skip
+        return emb
+    if runtime == "onnx":
+        from reid.onnx_embedder import OnnxEmbedder
+
+        emb = OnnxEmbedder.from_checkpoint(
+            checkpoint, device=device, flip=flip, threads=threads, cache_dir=cache_dir
+        )
+        logger.info(
+            "%s model %s on ONNX Runtime (CPU, %d intra-op threads, %s)",
+            emb.modality, emb.model_id, emb.threads, emb.onnx_path,
+        )  # fmt: skip
+        return emb
+    raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")

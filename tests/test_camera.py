@@ -436,3 +436,23 @@ def test_bytetrack_lets_weak_detections_extend_tracks_but_not_start_them() -> No
     assert set(seen) == {1} and len(seen) == 11  # ByteTrack confirms a new track at its second detection
     matched, _ = TRACKERS.build("bytetrack").update(np.array([(10, 10, 60, 150, 0.4)]), 0)
     assert matched == []
+
+
+def test_camera_command_and_worker_run_the_body_model_on_the_chosen_runtime(monkeypatch, capsys) -> None:
+    """`--body-runtime` on both commands (default REID_BODY_RUNTIME, else onnx); both build the body embedder
+    through services.settings.body_embedder, as the API does."""
+    from services.camera import __main__ as camera_cli
+    from services.camera import worker
+
+    for cli in (camera_cli.main, worker.main):
+        with pytest.raises(SystemExit):
+            cli(["--help"])
+        assert "--body-runtime {onnx,torch}" in capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            cli(["--video", "x.mp4:cam", "--body-runtime", "tensorrt"])
+        assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+    monkeypatch.delenv("REID_BODY_RUNTIME", raising=False)
+    onnx = worker.body_embedder(None)
+    assert onnx.runtime == "onnx" and onnx.threads >= 1
+    monkeypatch.setenv("REID_BODY_RUNTIME", "onnx")
+    assert worker.body_embedder(None, "torch").runtime == "torch"  # the option wins
