@@ -127,32 +127,48 @@ class Embedder(BaseEmbedder):
         )
         return cls(model.eval(), meta, device=device, flip=flip)
 
-    def preprocess(self, images: Sequence[ImageLike], offset: int = 0):
-        """RGB images -> normalised float tensor ``(N, 3, H, W)`` on the CPU."""
+    def resized(self, images: Sequence[ImageLike], offset: int = 0) -> np.ndarray:
+        """RGB images -> uint8 ``(N, H, W, 3)`` at the input size (OpenCV ``INTER_LINEAR``)."""
         import cv2
-        import torch
 
         from reid.images import to_rgb_array
 
         h, w = self.input_size
-        arrs = [
-            cv2.resize(
-                to_rgb_array(im, where=f"images[{offset + i}]"), (w, h), interpolation=cv2.INTER_LINEAR
-            )
-            for i, im in enumerate(images)
-        ]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
+        return np.stack(
+            [
+                cv2.resize(
+                    to_rgb_array(im, where=f"images[{offset + i}]"), (w, h), interpolation=cv2.INTER_LINEAR
+                )
+                for i, im in enumerate(images)
+            ]
+        )
+
+    def preprocess(self, images: Sequence[ImageLike], offset: int = 0):
+        """RGB images -> normalised float tensor ``(N, 3, H, W)`` on the CPU."""
+        import torch
+
+        x = torch.from_numpy(self.resized(images, offset)).permute(0, 3, 1, 2).float()
         return (x - self._mean) / self._std
 
     def _features(self, x):
-        """Raw ``(N, D)`` float features of a preprocessed batch; subclasses run other runtimes here."""
+        """Raw ``(N, D)`` float features of a preprocessed batch."""
         return self.model(x.to(self.device)).float()
+
+    def _embed_batch(self, images: Sequence[ImageLike], offset: int, flip: bool) -> np.ndarray:
+        """L2-normalised ``(n, D)`` embeddings of one batch; other runtimes override this."""
+        import torch
+
+        with torch.inference_mode():
+            x = self.preprocess(images, offset=offset)
+            f = self._features(x)
+            if flip:
+                f = f + self._features(torch.flip(x, dims=[3]))
+            return torch.nn.functional.normalize(f, dim=1).cpu().numpy()
 
     def embed(
         self, images, batch_size: int = 64, flip: bool | None = None, progress: bool | str = False
     ) -> np.ndarray:
         """``progress``: show a progress bar over batches (a string is used as its label)."""
-        import torch
         from tqdm import tqdm
 
         if not isinstance(images, (list, tuple)):
@@ -164,13 +180,9 @@ class Embedder(BaseEmbedder):
         starts = range(0, len(images), batch_size)
         if progress:
             starts = tqdm(starts, desc=progress if isinstance(progress, str) else "embedding", unit="batch")
-        with torch.inference_mode():
-            for start in starts:
-                x = self.preprocess(images[start : start + batch_size], offset=start)
-                f = self._features(x)
-                if flip:
-                    f = f + self._features(torch.flip(x, dims=[3]))
-                out[start : start + len(x)] = torch.nn.functional.normalize(f, dim=1).cpu().numpy()
+        for start in starts:
+            batch = images[start : start + batch_size]
+            out[start : start + len(batch)] = self._embed_batch(batch, start, flip)
         return out
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from reid.decision_card import flip_model_id
-from reid.embedder import Embedder
+from reid.embedder import Embedder, l2_normalize
 from reid.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -220,6 +220,8 @@ class OnnxEmbedder(Embedder):
         self.onnx_path = Path(onnx_path)
         self.threads = int(threads or default_threads())
         self.session = _session(onnx_path, self.threads)
+        self._mean_np = self._mean.numpy()
+        self._std_np = self._std.numpy()
 
     @Embedder.flip.setter
     def flip(self, value: bool) -> None:
@@ -245,7 +247,12 @@ class OnnxEmbedder(Embedder):
         onnx_path = cached_onnx(model, meta, cache_dir)
         return cls(onnx_path, threads=threads, flip=flip, loaded=(model, meta))
 
-    def _features(self, x):
-        import torch
-
-        return torch.from_numpy(self.session.run(None, {"images": np.ascontiguousarray(x.numpy())})[0])
+    def _embed_batch(self, images, offset: int, flip: bool) -> np.ndarray:
+        # NumPy around the session: the hot path never enters torch (whose intra-op threads would contend with
+        # ONNX Runtime's); the same float32 arithmetic as Embedder.preprocess and torch's normalize
+        x = self.resized(images, offset).transpose(0, 3, 1, 2).astype(np.float32)
+        x = np.ascontiguousarray((x - self._mean_np) / self._std_np)
+        f = self.session.run(None, {"images": x})[0]
+        if flip:
+            f = f + self.session.run(None, {"images": np.ascontiguousarray(x[..., ::-1])})[0]
+        return l2_normalize(f)
