@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p = make_parser("python -m services.camera", __doc__)
     p.add_argument("--video", action="append", required=True, help="URI:CAMERA_ID (file, rtsp:// or http://)")
     p.add_argument("--db", default="gallery.db")
-    p.add_argument("--body-checkpoint", help="body model (default: the shipped models/body/ checkpoint)")
+    p.add_argument(
+        "--body-checkpoint",
+        help="body model (default: REID_BODY_CHECKPOINT, else the shipped models/body/ one)",
+    )
     p.add_argument(
         "--body-runtime",
         choices=RUNTIMES,
