@@ -6,6 +6,8 @@ embedder in ``reid.face``). The gallery only ever sees this contract.
 
 from __future__ import annotations
 
+import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -13,6 +15,11 @@ import numpy as np
 
 from reid.decision_card import card_from_checkpoint_extra, flip_model_id
 from reid.images import ImageLike
+
+logger = logging.getLogger(__name__)
+
+# where a checkpoint's forward pass runs: "onnx" (ONNX Runtime, reid.onnx_embedder) or "torch" (PyTorch eager)
+RUNTIMES = ("onnx", "torch")
 
 
 class BaseEmbedder(ABC):
@@ -58,6 +65,8 @@ class Embedder(BaseEmbedder):
     batches under ``torch.inference_mode``. With ``flip`` the features of the image and its mirror are averaged
     before L2 normalisation.
     """
+
+    runtime = "torch"  # where the forward pass runs (``OnnxEmbedder``: "onnx")
 
     def __init__(self, model, meta, device: str | None = None, flip: bool = False) -> None:
         import torch
@@ -118,32 +127,48 @@ class Embedder(BaseEmbedder):
         )
         return cls(model.eval(), meta, device=device, flip=flip)
 
-    def preprocess(self, images: Sequence[ImageLike], offset: int = 0):
-        """RGB images -> normalised float tensor ``(N, 3, H, W)`` on the CPU."""
+    def resized(self, images: Sequence[ImageLike], offset: int = 0) -> np.ndarray:
+        """RGB images -> uint8 ``(N, H, W, 3)`` at the input size (OpenCV ``INTER_LINEAR``)."""
         import cv2
-        import torch
 
         from reid.images import to_rgb_array
 
         h, w = self.input_size
-        arrs = [
-            cv2.resize(
-                to_rgb_array(im, where=f"images[{offset + i}]"), (w, h), interpolation=cv2.INTER_LINEAR
-            )
-            for i, im in enumerate(images)
-        ]
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
+        return np.stack(
+            [
+                cv2.resize(
+                    to_rgb_array(im, where=f"images[{offset + i}]"), (w, h), interpolation=cv2.INTER_LINEAR
+                )
+                for i, im in enumerate(images)
+            ]
+        )
+
+    def preprocess(self, images: Sequence[ImageLike], offset: int = 0):
+        """RGB images -> normalised float tensor ``(N, 3, H, W)`` on the CPU."""
+        import torch
+
+        x = torch.from_numpy(self.resized(images, offset)).permute(0, 3, 1, 2).float()
         return (x - self._mean) / self._std
 
     def _features(self, x):
-        """Raw ``(N, D)`` float features of a preprocessed batch; subclasses run other runtimes here."""
+        """Raw ``(N, D)`` float features of a preprocessed batch."""
         return self.model(x.to(self.device)).float()
+
+    def _embed_batch(self, images: Sequence[ImageLike], offset: int, flip: bool) -> np.ndarray:
+        """L2-normalised ``(n, D)`` embeddings of one batch; other runtimes override this."""
+        import torch
+
+        with torch.inference_mode():
+            x = self.preprocess(images, offset=offset)
+            f = self._features(x)
+            if flip:
+                f = f + self._features(torch.flip(x, dims=[3]))
+            return torch.nn.functional.normalize(f, dim=1).cpu().numpy()
 
     def embed(
         self, images, batch_size: int = 64, flip: bool | None = None, progress: bool | str = False
     ) -> np.ndarray:
         """``progress``: show a progress bar over batches (a string is used as its label)."""
-        import torch
         from tqdm import tqdm
 
         if not isinstance(images, (list, tuple)):
@@ -155,11 +180,45 @@ class Embedder(BaseEmbedder):
         starts = range(0, len(images), batch_size)
         if progress:
             starts = tqdm(starts, desc=progress if isinstance(progress, str) else "embedding", unit="batch")
-        with torch.inference_mode():
-            for start in starts:
-                x = self.preprocess(images[start : start + batch_size], offset=start)
-                f = self._features(x)
-                if flip:
-                    f = f + self._features(torch.flip(x, dims=[3]))
-                out[start : start + len(x)] = torch.nn.functional.normalize(f, dim=1).cpu().numpy()
+        for start in starts:
+            batch = images[start : start + batch_size]
+            out[start : start + len(batch)] = self._embed_batch(batch, start, flip)
         return out
+
+
+def load_embedder(
+    checkpoint: str | os.PathLike,
+    runtime: str = "onnx",
+    *,
+    device: str | None = None,
+    flip: bool = False,
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Embedder:
+    """A checkpoint as an embedder on ``runtime``: ``"onnx"`` (``reid.onnx_embedder.OnnxEmbedder``: the cached
+    ONNX export on ONNX Runtime's CPU provider with ``threads`` intra-op threads, ``cache_dir`` for the export)
+    or ``"torch"`` (``Embedder``, PyTorch eager on ``device``; its threads are torch's, process-wide). Both
+    give the same ``model_id``, decision card and (within float rounding) the same vectors."""
+    from reid.errors import ConfigError
+
+    if runtime == "torch":
+        import torch
+
+        emb = Embedder.from_checkpoint(checkpoint, device=device, flip=flip)
+        logger.info(
+            "%s model %s on PyTorch (%s, %d intra-op threads)",
+            emb.modality, emb.model_id, emb.device, torch.get_num_threads(),
+        )  # fmt: skip
+        return emb
+    if runtime == "onnx":
+        from reid.onnx_embedder import OnnxEmbedder
+
+        emb = OnnxEmbedder.from_checkpoint(
+            checkpoint, device=device, flip=flip, threads=threads, cache_dir=cache_dir
+        )
+        logger.info(
+            "%s model %s on ONNX Runtime (CPU, %d intra-op threads, %s)",
+            emb.modality, emb.model_id, emb.threads, emb.onnx_path,
+        )  # fmt: skip
+        return emb
+    raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")

@@ -3,6 +3,7 @@
 Examples:
   reid-serve                                        # SQLite gallery.db, 127.0.0.1:8000, dlib faces
   reid-serve --db postgresql://user@host/db --port 9000 --body-checkpoint models/body.pt
+  reid-serve --body-runtime torch                   # the body model on PyTorch (default: ONNX Runtime)
   curl -H "X-API-Key: $KEY" -F image=@face.jpg http://127.0.0.1:8000/identify
 With no REID_API_KEYS configured, an admin key is created in <db>.keys.json and printed once.
 """
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from reid.cli.common import make_parser, run, setup_logging
+from reid.embedder import RUNTIMES
 from reid.errors import ConfigError
 from services.settings import Settings, parse_api_keys
 
@@ -29,12 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--body-checkpoint", default=os.environ.get("REID_BODY_CHECKPOINT"))
+    p.add_argument(
+        "--body-runtime",
+        choices=RUNTIMES,
+        help="onnx (ONNX Runtime, REID_ONNX_THREADS threads) or torch (default: REID_BODY_RUNTIME, else onnx)",
+    )
     args = p.parse_args(argv)
     setup_logging()
     settings = Settings.from_env()
     settings.database_url = args.db
     if args.body_checkpoint:
         settings.body_checkpoint = args.body_checkpoint
+    if args.body_runtime:
+        settings.body_runtime = args.body_runtime
     if not settings.api_keys:
         # beside an SQLite file; for a server URL, in the working directory
         keyfile = Path(args.db if "://" not in args.db else "gallery").with_suffix(".keys.json")

@@ -7,12 +7,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reid.errors import ConfigError
+
+if TYPE_CHECKING:
+    from reid.embedder import Embedder
 
 SCOPES = ("read", "enroll", "delete", "admin")
 
@@ -44,17 +47,79 @@ def _shipped_body_checkpoint() -> str | None:
     return str(DEFAULT_BODY_CHECKPOINT) if DEFAULT_BODY_CHECKPOINT.is_file() else None
 
 
-class Settings(BaseSettings):
+def _default_onnx_threads() -> int:
+    from reid.onnx_embedder import default_threads
+
+    return default_threads()
+
+
+class _EnvSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REID_", extra="ignore", validate_assignment=True)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """Settings from ``REID_*`` (``overrides`` win). A bad value is a :class:`ConfigError` naming the
+        variable (never echoing an API key)."""
+        try:
+            return cls(**overrides)
+        except ConfigError:
+            raise
+        except ValidationError as e:
+            problems = [
+                f"REID_{str(err['loc'][0]).upper()}: {err['msg'].removeprefix('Value error, ')}"
+                for err in e.errors(include_input=False)
+            ]
+            raise ConfigError("; ".join(problems)) from None
+
+
+class BodyModelSettings(_EnvSettings):
+    """How the body model runs (``REID_BODY_CHECKPOINT``, ``REID_BODY_RUNTIME``, ``REID_ONNX_THREADS``,
+    ``REID_ONNX_CACHE_DIR``): read by the API (part of :class:`Settings`) and by the camera command and worker,
+    which need no other setting. :func:`body_embedder` builds the embedder from them."""
+
+    body_checkpoint: str | None = Field(default_factory=_shipped_body_checkpoint)
+    # "onnx": the checkpoint's ONNX export (cached) on ONNX Runtime, 2.4x PyTorch eager on the shipped model;
+    # "torch": PyTorch eager. Same model_id, decision and (within float rounding) vectors either way.
+    body_runtime: Literal["onnx", "torch"] = "onnx"
+    # ONNX Runtime intra-op threads (inter-op: 1); default min(2, cores)
+    onnx_threads: PositiveInt = Field(default_factory=_default_onnx_threads)
+    # where ONNX exports are cached (None: $XDG_CACHE_HOME/reid/onnx, i.e. ~/.cache/reid/onnx)
+    onnx_cache_dir: str | None = None
+
+    @field_validator("body_checkpoint", "onnx_cache_dir", mode="before")
+    @classmethod
+    def _empty_is_none_body(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+
+def body_embedder(settings: BodyModelSettings, flip: bool = False) -> Embedder:
+    """The one place the services build the body embedder: :func:`body_checkpoint` of the configured one on
+    ``settings.body_runtime`` (ONNX Runtime with ``settings.onnx_threads`` threads, or PyTorch), on the CPU."""
+    from reid.embedder import load_embedder
+
+    return load_embedder(
+        body_checkpoint(settings.body_checkpoint),
+        settings.body_runtime,
+        device="cpu",
+        flip=flip,
+        threads=settings.onnx_threads,
+        cache_dir=settings.onnx_cache_dir,
+    )
+
+
+def body_settings(**cli: Any) -> BodyModelSettings:
+    """:class:`BodyModelSettings` from the environment, with a command's options (those not None) winning."""
+    return BodyModelSettings.from_env(**{k: v for k, v in cli.items() if v is not None})
+
+
+class Settings(BodyModelSettings):
     """Every field is settable as ``REID_<FIELD>`` (e.g. ``REID_MAX_UPLOAD_BYTES=4000000``); lists and maps as
     described per field. ``Settings.from_env()`` turns a bad value into a :class:`ConfigError` naming it."""
-
-    model_config = SettingsConfigDict(env_prefix="REID_", extra="ignore", validate_assignment=True)
 
     database_url: str = "gallery.db"
     index_dir: str | None = None
     # inline JSON list of {key, name, scopes}, or the path of a file holding it
     api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
-    body_checkpoint: str | None = Field(default_factory=_shipped_body_checkpoint)
     # Raw-score thresholds that override the model cards' calibrated decisions (None: the card's decision, or a
     # calibration stored in the gallery, applies; a fixed raw cosine threshold accepts more strangers as the
     # gallery grows, which the cards' margin rule does not)
@@ -94,7 +159,7 @@ class Settings(BaseSettings):
     # lines from them
     event_logs: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("index_dir", "store_id", "body_checkpoint", "camera_status_dir", mode="before")
+    @field_validator("index_dir", "store_id", "camera_status_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
@@ -122,21 +187,6 @@ class Settings(BaseSettings):
     @classmethod
     def _paths(cls, v: Any) -> Any:
         return [x for x in v.split(os.pathsep) if x] if isinstance(v, str) else v
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
-        """Settings from ``REID_*`` (``overrides`` win). A bad value is a :class:`ConfigError` naming the
-        variable (never echoing an API key)."""
-        try:
-            return cls(**overrides)
-        except ConfigError:
-            raise
-        except ValidationError as e:
-            problems = [
-                f"REID_{str(err['loc'][0]).upper()}: {err['msg'].removeprefix('Value error, ')}"
-                for err in e.errors(include_input=False)
-            ]
-            raise ConfigError("; ".join(problems)) from None
 
 
 def read_api_keys_value(raw: str) -> str:

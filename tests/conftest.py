@@ -29,6 +29,16 @@ def _shared(sub: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_dir(tmp_path_factory):
+    """The services export the body model to ONNX once and cache it (REID_ONNX_CACHE_DIR): during the tests,
+    in one temporary folder per session (also for the commands they start), never in ~/.cache."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REID_ONNX_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return _shared("")

@@ -276,19 +276,28 @@ def test_retention_sweep_endpoint(server: str) -> None:
     assert httpx.post(f"{server}/admin/retention/sweep", headers=READ).status_code == 403
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
 def test_out_of_the_box_body_identify_or_enroll_uses_the_shipped_models_card(
-    cuhk03_root: Path, tmp_path: Path
+    cuhk03_root: Path, tmp_path: Path, monkeypatch, runtime: str
 ) -> None:
     """Default settings (no threshold anywhere): the shipped body checkpoint's card decides; the same person's
-    other camera view is found again, a different person is a new one; the size-aware threshold is reported."""
+    other camera view is found again, a different person is a new one; the size-aware threshold is reported.
+    The body model runs on ONNX Runtime unless REID_BODY_RUNTIME=torch; the same model_id either way."""
     from services.settings import DEFAULT_BODY_CHECKPOINT
 
+    if runtime == "torch":
+        monkeypatch.setenv("REID_BODY_RUNTIME", "torch")
+    else:
+        monkeypatch.delenv("REID_BODY_RUNTIME", raising=False)
     settings = Settings(database_url=str(tmp_path / "g.db"), api_keys=KEYS)
     assert settings.face_threshold is None and settings.body_threshold is None
+    app = create_app(settings)
+    body = app.state.svc.embedders["body"]
+    assert body.runtime == runtime and body.model_id == body.meta.model_id
     test = sorted((cuhk03_root / "bounding_box_test").iterdir())
     a1 = next(p for p in test if p.name.startswith(test[0].name[:4] + "_c1"))
     b = next(p for p in test if not p.name.startswith(test[0].name[:4]))
-    with running(create_app(settings)) as url:
+    with running(app) as url:
 
         def ask(path: Path) -> dict:
             r = httpx.post(f"{url}/identify-or-enroll", headers=ADMIN, data={"modality": "body"},

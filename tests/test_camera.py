@@ -460,3 +460,23 @@ def test_camera_tile_blurs_a_detected_person_the_tracker_has_not_confirmed(tmp_p
     (status,) = read_statuses(tmp_path / "status")
     assert status["camera_id"] == "cam1" and status["frames"] == 1 and status["running"] is False
     assert StatusWriter(tmp_path / "s2").write("../etc", frame, {}) is False  # an id that cannot name a file
+
+
+def test_camera_command_and_worker_run_the_body_model_on_the_chosen_runtime(monkeypatch, capsys) -> None:
+    """`--body-runtime` on both commands (default REID_BODY_RUNTIME, else onnx); both build the body embedder
+    through services.settings.body_embedder, as the API does."""
+    from services.camera import __main__ as camera_cli
+    from services.camera import worker
+
+    for cli in (camera_cli.main, worker.main):
+        with pytest.raises(SystemExit):
+            cli(["--help"])
+        assert "--body-runtime {onnx,torch}" in capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            cli(["--video", "x.mp4:cam", "--body-runtime", "tensorrt"])
+        assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+    monkeypatch.delenv("REID_BODY_RUNTIME", raising=False)
+    onnx = worker.body_embedder(None)
+    assert onnx.runtime == "onnx" and onnx.threads >= 1
+    monkeypatch.setenv("REID_BODY_RUNTIME", "onnx")
+    assert worker.body_embedder(None, "torch").runtime == "torch"  # the option wins

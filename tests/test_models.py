@@ -10,6 +10,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from reid.decision_card import flip_model_id
 from reid.embedder import Embedder
 from reid.errors import CheckpointError, ConfigError
 from reid.models import (
@@ -241,3 +242,146 @@ def test_flip_averaged_embeddings_are_their_own_model_with_their_own_card(tmp_pa
     assert kept["threshold"] == plain.decision["threshold"] and kept["rule"] == plain.decision["rule"]
     flipped.flip = False
     assert flipped.model_id == plain.model_id and flipped.decision["threshold"] == plain.decision["threshold"]
+
+
+# ONNX Runtime (reid.onnx_embedder): what the services run the body model on by default
+
+
+@pytest.mark.realdata
+def test_onnx_embedder_agrees_with_pytorch_on_real_crops_and_ranks_the_same(
+    cuhk03_root: Path, onnx_cache_dir: Path
+) -> None:
+    """The shipped body model on ONNX Runtime and on PyTorch: same model_id, card and runtime-independent
+    vectors (cosine >= 1 - 1e-4 on real CUHK03-NP crops), hence the same ranking of a small query/gallery."""
+    from reid.embedder import load_embedder
+    from reid.onnx_embedder import OnnxEmbedder
+    from services.settings import DEFAULT_BODY_CHECKPOINT
+
+    torch_emb = load_embedder(DEFAULT_BODY_CHECKPOINT, "torch", device="cpu")
+    onnx_emb = load_embedder(DEFAULT_BODY_CHECKPOINT, "onnx", threads=1, cache_dir=onnx_cache_dir)
+    assert isinstance(onnx_emb, OnnxEmbedder) and onnx_emb.model is None and onnx_emb.threads == 1
+    assert (onnx_emb.runtime, torch_emb.runtime) == ("onnx", "torch")
+    assert (onnx_emb.model_id, onnx_emb.dim, onnx_emb.modality, onnx_emb.input_size) == (
+        torch_emb.model_id, torch_emb.dim, torch_emb.modality, torch_emb.input_size,
+    )  # fmt: skip
+    assert onnx_emb.decision["threshold"] == torch_emb.decision["threshold"]
+    np.testing.assert_array_equal(onnx_emb.decision["cohort"], torch_emb.decision["cohort"])
+
+    query = sorted((cuhk03_root / "query").glob("*.jpg"))[::50][:12]
+    pids = {q.name.split("_")[0] for q in query}
+    test = sorted((cuhk03_root / "bounding_box_test").glob("*.jpg"))
+    # the queries' identities and distractors, each image once (a repeated image would be an exact tie)
+    gallery = sorted({p for p in test if p.name.split("_")[0] in pids} | set(test[::40][:60]))
+    images = [str(p) for p in query + gallery]
+    a = onnx_emb.embed(images, batch_size=16)
+    b = torch_emb.embed(images, batch_size=16)
+    assert (a * b).sum(1).min() >= 1 - 1e-4
+    qa, ga, qb, gb = a[: len(query)], a[len(query) :], b[: len(query)], b[len(query) :]
+    np.testing.assert_array_equal(np.argsort(-(qa @ ga.T), axis=1), np.argsort(-(qb @ gb.T), axis=1))
+    # the flip rule: its own model_id and card on either runtime, and the same flip-averaged vectors
+    onnx_emb.flip, torch_emb.flip = True, True
+    assert onnx_emb.model_id == torch_emb.model_id == flip_model_id(torch_emb.meta.model_id, True)
+    assert onnx_emb.decision == torch_emb.decision or (
+        onnx_emb.decision["threshold"] == torch_emb.decision["threshold"]
+    )
+    fa, fb = onnx_emb.embed(images[:8]), torch_emb.embed(images[:8])
+    assert (fa * fb).sum(1).min() >= 1 - 1e-4
+    assert not np.allclose(fa, a[:8], atol=1e-3)
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(3)
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, build_model("mobilenetv3_small", embedding_dim=48), input_size=(64, 32))
+    return path
+
+
+def test_onnx_cache_is_reused_and_a_corrupt_or_stale_file_is_rebuilt(
+    small_checkpoint: Path, tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    from reid.onnx_embedder import OnnxEmbedder
+
+    cache = tmp_path / "cache"
+    imgs = _images(4)
+    ref = Embedder.from_checkpoint(small_checkpoint, device="cpu").embed(imgs)
+    with caplog.at_level(logging.INFO, logger="reid.onnx_embedder"):
+        first = OnnxEmbedder.from_checkpoint(small_checkpoint, cache_dir=cache)
+    (path,) = cache.iterdir()  # one file, no temporary left behind
+    assert path == first.onnx_path and path.name.startswith(first.model_id + "-") and path.suffix == ".onnx"
+    assert "exporting" in caplog.text
+    np.testing.assert_allclose(first.embed(imgs), ref, atol=1e-5)
+    stamp = path.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reid.onnx_embedder"):
+        OnnxEmbedder.from_checkpoint(small_checkpoint, cache_dir=cache)
+    assert path.stat().st_mtime_ns == stamp and not caplog.text  # reused as it is
+
+    path.write_bytes(path.read_bytes()[:1000])  # truncated: corrupt
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reid.onnx_embedder"):
+        again = OnnxEmbedder.from_checkpoint(small_checkpoint, cache_dir=cache)
+    assert "rebuilding the ONNX cache" in caplog.text and "does not load" in caplog.text
+    np.testing.assert_allclose(again.embed(imgs), ref, atol=1e-5)
+
+    # stale: a file exported for another model (or by another version of the exporter) under this name
+    import onnx
+
+    proto = onnx.load(path)
+    for entry in proto.metadata_props:
+        if entry.key == "reid_model_id":
+            entry.value = "osnet_x0_25-48d-000000000000"
+    onnx.save(proto, path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reid.onnx_embedder"):
+        again = OnnxEmbedder.from_checkpoint(small_checkpoint, cache_dir=cache)
+    assert "rebuilding the ONNX cache" in caplog.text and "exported for 'osnet_x0_25-48d" in caplog.text
+    np.testing.assert_allclose(again.embed(imgs), ref, atol=1e-5)
+    assert sorted(p.name for p in cache.iterdir()) == [path.name]
+
+
+def test_onnx_embedder_ids_flip_and_int8_and_the_runtime_choice(
+    small_checkpoint: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import training.export
+    from reid import onnx_embedder
+    from reid.embedder import load_embedder
+
+    plain = Embedder.from_checkpoint(small_checkpoint, device="cpu")
+    emb = load_embedder(small_checkpoint, "onnx", flip=True, cache_dir=tmp_path)
+    assert emb.model_id == plain.model_id + "-flip" and emb.threads == onnx_embedder.default_threads()
+    imgs = _images(3)
+    np.testing.assert_allclose(emb.embed(imgs), plain.embed(imgs, flip=True), atol=1e-5)
+    # a given file (e.g. INT8, named so) keeps its suffix under the flip rule
+    int8 = shutil.copy(emb.onnx_path, tmp_path / "m.int8.onnx")
+    q = onnx_embedder.OnnxEmbedder(int8, small_checkpoint, threads=1)
+    assert q.model_id == plain.model_id + "-int8"
+    q.flip = True
+    assert q.model_id == plain.model_id + "-int8-flip"
+    with pytest.raises(ConfigError, match="runtime must be one of onnx, torch"):
+        load_embedder(small_checkpoint, "tensorrt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        onnx_embedder.OnnxEmbedder(tmp_path / "none.onnx", small_checkpoint)
+    # training keeps its public names (the implementation lives in reid, which services may import)
+    assert training.export.OnnxEmbedder is onnx_embedder.OnnxEmbedder
+    assert training.export.export_onnx is onnx_embedder.export_onnx
+
+
+def test_an_unwritable_onnx_cache_falls_back_to_a_temporary_folder(
+    small_checkpoint: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    import logging
+
+    from reid.onnx_embedder import OnnxEmbedder
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with caplog.at_level(logging.WARNING, logger="reid.onnx_embedder"):
+        emb = OnnxEmbedder.from_checkpoint(small_checkpoint, cache_dir=blocked / "cache")
+    assert "cannot write the ONNX cache" in caplog.text and emb.onnx_path.parent.parent == tmp_path / "tmp"

@@ -108,3 +108,34 @@ def test_every_setting_is_read_from_the_environment_with_clear_errors(monkeypatc
     monkeypatch.setenv("REID_MAX_IMAGES_PER_REQUEST", "0")
     with pytest.raises(ConfigError, match="REID_MAX_IMAGES_PER_REQUEST: Input should be greater than 0"):
         Settings.from_env()
+
+
+def test_the_body_runtime_is_onnx_unless_set_and_one_function_builds_the_embedder(monkeypatch) -> None:
+    """REID_BODY_RUNTIME / REID_ONNX_THREADS choose how the body model runs; `body_embedder` builds it for the
+    API, the camera command and the worker (command options win over the environment)."""
+    import os
+
+    from services.settings import BodyModelSettings, body_embedder, body_settings
+
+    for var in ("REID_BODY_RUNTIME", "REID_ONNX_THREADS", "REID_BODY_CHECKPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings.from_env()
+    assert s.body_runtime == "onnx" and s.onnx_threads == min(2, os.cpu_count() or 1)
+    onnx = body_embedder(s)
+    assert (onnx.runtime, onnx.threads) == ("onnx", s.onnx_threads)
+    monkeypatch.setenv("REID_BODY_RUNTIME", "torch")
+    monkeypatch.setenv("REID_ONNX_THREADS", "1")
+    assert (Settings.from_env().body_runtime, Settings.from_env().onnx_threads) == ("torch", 1)
+    torch_emb = body_embedder(body_settings(body_checkpoint=None))
+    assert torch_emb.runtime == "torch" and torch_emb.model_id == onnx.model_id
+    assert body_settings(body_runtime="onnx").body_runtime == "onnx"  # the command's option wins
+    assert body_embedder(body_settings(body_runtime="onnx"), flip=True).model_id == onnx.model_id + "-flip"
+    assert isinstance(body_settings(), BodyModelSettings) and body_settings().body_runtime == "torch"
+    monkeypatch.setenv("REID_BODY_RUNTIME", "tensorrt")
+    monkeypatch.setenv("REID_ONNX_THREADS", "0")
+    with pytest.raises(
+        ConfigError, match="REID_BODY_RUNTIME: Input should be 'onnx' or 'torch'.*REID_ONNX_THREADS"
+    ):
+        Settings.from_env()
+    with pytest.raises(ConfigError, match="REID_BODY_RUNTIME"):
+        body_settings()  # the camera command and worker read the same variables

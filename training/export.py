@@ -1,22 +1,32 @@
 """Export an embedding checkpoint to TorchScript and ONNX (and INT8 ONNX for CPU), and check they agree.
 
 Exported graphs take a normalised float batch ``(N, 3, H, W)`` and return the raw ``(N, D)`` embedding (the
-same as the PyTorch model in eval mode); L2 normalisation stays outside, as in ``Embedder``.
+same as the PyTorch model in eval mode); L2 normalisation stays outside, as in ``Embedder``. The ONNX export
+and ``OnnxEmbedder`` live in ``reid.onnx_embedder`` (the services run the body model with them, and services
+never import training); they are re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from reid.embedder import Embedder
-from reid.errors import CheckpointError
 from reid.images import ImageLike
 from reid.models import load_checkpoint
+from reid.onnx_embedder import OnnxEmbedder, export_onnx
+
+__all__ = [
+    "OnnxEmbedder",
+    "calibration_batch",
+    "compare_exports",
+    "export_onnx",
+    "export_torchscript",
+    "quantize_onnx_int8",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,26 +36,6 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
     h, w = meta.input_size
     traced = torch.jit.trace(model.eval(), torch.randn(2, 3, h, w), check_trace=True)
     traced.save(str(out))
-    return Path(out)
-
-
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
-    model, meta = load_checkpoint(checkpoint)
-    h, w = meta.input_size
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", DeprecationWarning
-        )  # the TorchScript-based exporter needs no onnxscript
-        torch.onnx.export(
-            model.eval(),
-            (torch.randn(1, 3, h, w),),
-            str(out),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["embeddings"],
-            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
-        )
     return Path(out)
 
 
@@ -112,26 +102,6 @@ def calibration_batch(checkpoint: str | Path, images: list[ImageLike]) -> np.nda
         {"input_size": list(meta.input_size), "mean": list(meta.mean), "std": list(meta.std)}, train=False
     )
     return np.stack([t(to_rgb_array(im)).numpy() for im in images]).astype(np.float32)
-
-
-class OnnxEmbedder(Embedder):
-    """``Embedder`` whose forward pass runs in ONNX Runtime (CPU): same preprocessing, same output."""
-
-    def __init__(self, onnx_path: str | Path, checkpoint: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        model, meta = load_checkpoint(checkpoint)
-        super().__init__(model, meta, device="cpu")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        if not Path(onnx_path).is_file():
-            raise CheckpointError(f"{onnx_path}: ONNX file does not exist")
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self.model_id = meta.model_id + ("-int8" if "int8" in Path(onnx_path).name else "")
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"images": x.numpy()})[0])
 
 
 def compare_exports(

@@ -58,7 +58,7 @@ WEB = Path(__file__).resolve().parents[1] / "web"
 
 def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = None) -> FastAPI:
     """The API over a gallery opened from ``settings``. ``embedders`` default to dlib (faces) and
-    ``settings.body_checkpoint`` (bodies) when given."""
+    ``settings.body_checkpoint`` (bodies, on ``settings.body_runtime``) when given."""
     if embedders is None:
         embedders = default_embedders(settings)
     thresholds = {
@@ -93,9 +93,9 @@ def default_embedders(settings: Settings) -> dict[str, BaseEmbedder]:
 
     embedders: dict[str, BaseEmbedder] = {"face": DlibFaceEmbedder()}
     if settings.body_checkpoint:
-        from reid.embedder import Embedder
+        from services.settings import body_embedder
 
-        embedders["body"] = Embedder.from_checkpoint(settings.body_checkpoint, device="cpu")
+        embedders["body"] = body_embedder(settings)
     return embedders
 
 

@@ -5,7 +5,9 @@ Examples:
       --video ../shared/data/camera-feeds/lab/Single1.mp4:cam1 --video ../shared/data/camera-feeds/lab/Double1.mp4:cam2 \\
       --every 3 --events events.jsonl --annotate out/
   python -m services.camera --video rtsp://10.0.0.5/stream1:door --threshold 0.75
-Without --body-checkpoint the body model shipped in models/body/ is used (or, if absent, ImageNet MobileNetV2).
+Without --body-checkpoint the body model shipped in models/body/ is used (REID_BODY_CHECKPOINT if set). The body
+model runs on ONNX Runtime (its export cached in ~/.cache/reid/onnx) unless --body-runtime torch or
+REID_BODY_RUNTIME=torch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from gallery import Gallery
 from reid.cli.common import make_parser, run, setup_logging
+from reid.embedder import RUNTIMES
 from reid.errors import ConfigError
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
@@ -28,7 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     p = make_parser("python -m services.camera", __doc__)
     p.add_argument("--video", action="append", required=True, help="URI:CAMERA_ID (file, rtsp:// or http://)")
     p.add_argument("--db", default="gallery.db")
-    p.add_argument("--body-checkpoint", help="body model (default: the shipped models/body/ checkpoint)")
+    p.add_argument(
+        "--body-checkpoint",
+        help="body model (default: REID_BODY_CHECKPOINT, else the shipped models/body/ one)",
+    )
+    p.add_argument(
+        "--body-runtime",
+        choices=RUNTIMES,
+        help="where the body model runs: onnx (ONNX Runtime, REID_ONNX_THREADS threads) or torch "
+        "(default: REID_BODY_RUNTIME, else onnx)",
+    )
     p.add_argument("--detector", default="hog", choices=DETECTORS.names())
     p.add_argument("--tracker", default="bytetrack", choices=TRACKERS.names())
     p.add_argument("--every", type=int, default=1, help="process one frame in N")
@@ -66,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     sources = [parse_camera(v, args.every, args.realtime) for v in args.video]
-    from reid.embedder import Embedder
-    from services.settings import body_checkpoint
+    from services.settings import body_embedder, body_settings
 
-    embedder = Embedder.from_checkpoint(body_checkpoint(args.body_checkpoint), device="cpu")
-    embedder.flip = args.flip
+    embedder = body_embedder(
+        body_settings(body_checkpoint=args.body_checkpoint, body_runtime=args.body_runtime), flip=args.flip
+    )
     events = open(args.events, "a") if args.events else sys.stdout  # noqa: SIM115 (closed below)
     try:
         face_embedder = None

@@ -15,6 +15,7 @@ import asyncio
 import sys
 
 from reid.cli.common import make_parser, run, setup_logging
+from reid.embedder import RUNTIMES
 from services.broker import STREAM, SUBJECT_PREFIX, NatsPublisher
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
@@ -22,11 +23,11 @@ from services.camera.sources import parse_camera
 from services.camera.tracker import TRACKERS
 
 
-def body_embedder(checkpoint: str | None):
-    from reid.embedder import Embedder
-    from services.settings import body_checkpoint
+def body_embedder(checkpoint: str | None, runtime: str | None = None):
+    """The body embedder of ``services.settings.body_embedder``: these options, else REID_BODY_*."""
+    from services.settings import body_embedder, body_settings
 
-    return Embedder.from_checkpoint(body_checkpoint(checkpoint), device="cpu")
+    return body_embedder(body_settings(body_checkpoint=checkpoint, body_runtime=runtime))
 
 
 def face_embedder(detector: str):
@@ -41,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nats", default="nats://127.0.0.1:4222")
     p.add_argument("--stream", default=STREAM, help="JetStream stream name")
     p.add_argument("--subject-prefix", default=SUBJECT_PREFIX, help="subjects are <prefix>.<camera id>")
-    p.add_argument("--body-checkpoint")
+    p.add_argument(
+        "--body-checkpoint", help="body model (default: REID_BODY_CHECKPOINT, else the shipped one)"
+    )
+    p.add_argument(
+        "--body-runtime",
+        choices=RUNTIMES,
+        help="onnx (ONNX Runtime, REID_ONNX_THREADS threads) or torch (default: REID_BODY_RUNTIME, else onnx)",
+    )
     p.add_argument("--detector", default="hog", choices=DETECTORS.names())
     p.add_argument("--tracker", default="bytetrack", choices=TRACKERS.names())
     p.add_argument("--every", type=int, default=3, help="process one frame in N")
@@ -52,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     sources = [parse_camera(v, args.every, args.realtime) for v in args.video]
-    embedder = body_embedder(args.body_checkpoint)
+    embedder = body_embedder(args.body_checkpoint, args.body_runtime)
     loop = asyncio.new_event_loop()
     pub = loop.run_until_complete(NatsPublisher(args.nats, args.stream, args.subject_prefix).connect())
     pipe = CameraPipeline(
