@@ -27,7 +27,7 @@ from services.camera.status import StatusWriter
 from services.camera.tracker import TRACKERS
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser():
     p = make_parser("python -m services.camera", __doc__)
     p.add_argument("--video", action="append", required=True, help="URI:CAMERA_ID (file, rtsp:// or http://)")
     p.add_argument("--db", default="gallery.db")
@@ -75,7 +75,44 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep a track's early match even when its whole-track embedding says otherwise",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def _check_decisions(g: Gallery, args, body_id: str, face_embedder) -> None:
+    """Stop before any frame when a model has no decision (no card, no calibration, no flag)."""
+    if args.threshold is None and g.decision_for("body", body_id) is None:
+        raise ConfigError(
+            f"no body decision for {body_id} (no model card, no calibration in {args.db}): "
+            "calibrate one (reid-calibrate / python -m gallery calibrate) or pass --threshold"
+        )
+    if (
+        face_embedder
+        and args.face_threshold is None
+        and g.decision_for("face", face_embedder.model_id) is None
+    ):
+        raise ConfigError(
+            f"no face decision for {face_embedder.model_id}: calibrate one or pass --face-threshold"
+        )
+
+
+def _summary(camera_id: str, stats, every: int, faces: bool) -> str:
+    ev = stats.events
+    line = (
+        f"camera {camera_id}: {stats.frames} frames processed (1 in {every}), "
+        f"{stats.fps:.1f} processed frames/s = {stats.fps * every:.1f} input frames/s, "
+        f"{stats.tracks} tracks, global ids {sorted({e['global_id'] for e in ev})}, "
+        f"matched by {sorted({e['matched_by'] for e in ev})}"
+    )
+    if faces:
+        line += (
+            f", faces used/detected {sum(e['faces_seen'] for e in ev)}/{sum(e['faces_detected'] for e in ev)} on "
+            f"{sum(e['faces_seen'] > 0 for e in ev)}/{sum(e['faces_detected'] > 0 for e in ev)} tracks"
+        )
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     setup_logging()
     sources = [parse_camera(v, args.every, args.realtime) for v in args.video]
     from services.settings import body_embedder, body_settings
@@ -93,19 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         # the embedders' model cards carry their calibrated decisions: no flag needed
         cards = {"body": embedder, **({"face": face_embedder} if face_embedder else {})}
         with Gallery(args.db, embedders=cards) as g:
-            if args.threshold is None and g.decision_for("body", embedder.model_id) is None:
-                raise ConfigError(
-                    f"no body decision for {embedder.model_id} (no model card, no calibration in {args.db}): "
-                    "calibrate one (reid-calibrate / python -m gallery calibrate) or pass --threshold"
-                )
-            if (
-                face_embedder
-                and args.face_threshold is None
-                and g.decision_for("face", face_embedder.model_id) is None
-            ):
-                raise ConfigError(
-                    f"no face decision for {face_embedder.model_id}: calibrate one or pass --face-threshold"
-                )
+            _check_decisions(g, args, embedder.model_id, face_embedder)
             pipe = CameraPipeline(
                 g,
                 embedder,
@@ -127,21 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 if out:
                     out.parent.mkdir(parents=True, exist_ok=True)
                 stats = pipe.run(src, annotate=out)
-                print(
-                    f"camera {src.camera_id}: {stats.frames} frames processed (1 in {args.every}), "
-                    f"{stats.fps:.1f} processed frames/s = {stats.fps * args.every:.1f} input frames/s, "
-                    f"{stats.tracks} tracks, global ids {sorted({e['global_id'] for e in stats.events})}, "
-                    f"matched by {sorted({e['matched_by'] for e in stats.events})}"
-                    + (
-                        f", faces used/detected {sum(e['faces_seen'] for e in stats.events)}/"
-                        f"{sum(e['faces_detected'] for e in stats.events)} on "
-                        f"{sum(e['faces_seen'] > 0 for e in stats.events)}/"
-                        f"{sum(e['faces_detected'] > 0 for e in stats.events)} tracks"
-                        if face_embedder
-                        else ""
-                    ),
-                    file=sys.stderr,
-                )
+                print(_summary(src.camera_id, stats, args.every, face_embedder is not None), file=sys.stderr)
     finally:
         if events is not sys.stdout:
             events.close()
