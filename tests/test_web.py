@@ -316,3 +316,65 @@ def test_camera_tiles_and_live_sightings_from_the_camera_command(
             )
         page.screenshot(path=str(SCREENSHOTS / "cameras.png"), full_page=True)
         browser.close()
+
+
+@pytest.mark.realdata
+def test_person_page_templates_consent_merge_and_erase(server: str, lfw_root: Path) -> None:
+    """A person's page: the crops each template was made from (blurred: no consent yet), consent and purpose
+    edited and kept, another person merged in (their templates join), then erased."""
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    key = {"X-API-Key": "k1"}
+    photos = [lfw_root / "Al_Pacino" / f"Al_Pacino_000{i}.jpg" for i in (1, 2, 3)]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page()
+        page.on("dialog", lambda d: d.accept())
+        page.goto(server + "/")
+        page.fill("#api-key", "k1")
+        page.click("#save-key")
+        page.fill("#enroll-name", "Al Pacino")
+        page.set_input_files("#enroll-files", [str(f) for f in photos[:2]])
+        page.click("#enroll-form button[type=submit]")
+        expect(page.locator("#status")).to_contain_text("enrolled Al Pacino with 2 template")
+        other = httpx.post(f"{server}/persons", json={"display_name": "second record"}, headers=key).json()[
+            "id"
+        ]
+        r = httpx.post(f"{server}/persons/{other}/enroll", headers=key,
+                       files={"images": ("p3.jpg", photos[2].read_bytes())}, timeout=60)  # fmt: skip
+        assert r.status_code == 200, r.text
+        page.click("#refresh")
+        page.locator("#persons tbody tr", has_text="Al Pacino").locator(".open-person").click()
+        panel = page.locator("#person-panel")
+        expect(panel).to_be_visible()
+        expect(page.locator("#person-title")).to_contain_text("Al Pacino")
+        crops = panel.locator(".templates[data-modality='face'] img.template")
+        expect(crops).to_have_count(2)
+        expect(crops.first).to_have_attribute("src", re.compile(r"^blob:"))
+        page.fill("#person-purpose", "staff")
+        page.fill("#person-consent", '{"signed": "2026-11-29", "scope": "store access"}')
+        page.click("#person-form button[type=submit]")
+        expect(page.locator("#status")).to_contain_text("saved person")
+        pid = int(page.locator("#person-title").inner_text().split("id ")[1].split(",")[0])
+        record = httpx.get(f"{server}/persons/{pid}/record", headers=key).json()
+        assert record["purpose"] == "staff" and record["consent"] == {
+            "signed": "2026-11-29",
+            "scope": "store access",
+        }
+        page.fill("#person-consent", "{not json")
+        page.click("#person-form button[type=submit]")
+        expect(page.locator("#status")).to_contain_text("consent: not valid JSON")
+        page.fill("#merge-other", str(other))
+        page.click("#merge-form button[type=submit]")
+        expect(page.locator("#status")).to_have_text(f"merged person {other} into person {pid}")
+        expect(crops).to_have_count(3)  # the merged person's template joined, with its crop
+        expect(crops.nth(2)).to_have_attribute("src", re.compile(r"^blob:"))
+        page.screenshot(path=str(SCREENSHOTS / "person-page.png"), full_page=True)
+        page.click("#person-erase")
+        expect(page.locator("#status")).to_contain_text(f"deleted person {pid}")
+        expect(panel).to_be_hidden()
+        assert httpx.get(f"{server}/persons/{pid}", headers=key).status_code == 404
+        assert httpx.get(f"{server}/persons/{pid}/templates", headers=key).status_code == 404
+        browser.close()
