@@ -246,6 +246,7 @@ def test_a_track_that_started_as_someone_new_is_reassociated_by_its_whole_track(
         late = pipe.run(_Sequence("cam2", [_person(dull)] * 3 + [_person(red)] * 30)).events[0]
         assert late["global_id"] == first
         assert [p.id for p in g.list_persons()] == [first]  # the early, wrong person is gone (merged)
+        assert g.get_thumbnail(first) is not None  # a camera-created person gets a (head-blurred) picture
         off = CameraPipeline(
             g, ColourEmbedder(), _FixedBox(), PipelineConfig(embed_every=1, assign_after=3, reassociate=False)
         )

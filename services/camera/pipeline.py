@@ -150,6 +150,10 @@ class CameraPipeline:
     def _assign(self, track: Track, camera_id: str, ended: bool = False) -> None:
         a = self.policy.assign(self._evidence(track, camera_id, ended))
         self._take(track, a)
+        if a.created and track.crop is not None:  # the new person's picture (operators' review, the page)
+            h = track.crop.shape[0]
+            head = (0, 0, track.crop.shape[1], h * self.config.head_fraction)
+            self.gallery.set_thumbnail(a.person_id, blur_boxes(track.crop, [head]), replace=False)
 
     @staticmethod
     def _take(track: Track, a: Assignment) -> None:
@@ -272,6 +276,7 @@ class CameraPipeline:
             return
         for track, crop, v in zip(todo, crops, self.embedder.embed(crops)):
             track.embeddings.append(v)
+            track.crop = crop
             if self.face_embedder is not None:
                 self._look_for_face(track, crop)
             if self.sink is not None:

@@ -47,6 +47,7 @@ class Track:
     segments: int = 0  # events published so far (worker mode)
     created_person: bool = False  # this track's first match created a new (anonymous) person
     template_ids: list[int] = field(default_factory=list)  # templates this track enrolled
+    crop: np.ndarray | None = None  # the latest embedded crop (a created person's thumbnail)
 
     def predicted(self) -> np.ndarray:
         return self.box + self.velocity * (self.age + 1)
