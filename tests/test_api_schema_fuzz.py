@@ -38,8 +38,9 @@ def api_schema(tmp_path_factory):
 
 def test_no_generated_request_gets_a_server_error(api_schema) -> None:
     # schemathesis's pytest plugin does not load under pytest 9; its strategies are driven by hypothesis here
-    operations = [r.ok() for r in api_schema.get_all_operations()]
-    assert len(operations) >= 17  # every route of the schema is fuzzed
+    # the sightings stream answers forever by design (a heartbeat every 15 s); its browser test covers it
+    operations = [r.ok() for r in api_schema.get_all_operations() if r.ok().path != "/sightings/stream"]
+    assert len(operations) >= 25  # every other route of the schema is fuzzed
     tried: dict[str, int] = {}
     codes: dict[int, int] = {}
     for operation, mode in itertools.product(operations, (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)):
