@@ -253,17 +253,18 @@ def test_subject_access_export_zip(server: str) -> None:
         json={"display_name": "Dee", "consent": {"by": "Dee", "scope": "loyalty"}, "purpose": "loyalty"},
         headers=ADMIN,
     ).json()
-    httpx.post(
+    tid = httpx.post(
         f"{server}/persons/{p['id']}/enroll",
         headers=ADMIN,
         data={"modality": "body"},
         files=[("images", ("d.png", colour((10, 10, 170)), "image/png"))],
-    )
+    ).json()["template_ids"][0]
     assert httpx.get(f"{server}/persons/{p['id']}/export", headers=READ).status_code == 403
     r = httpx.get(f"{server}/persons/{p['id']}/export", headers=ADMIN)
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     z = zipfile.ZipFile(io.BytesIO(r.content))
-    assert sorted(z.namelist()) == ["person.json", "thumbnail.jpg"]
+    # everything held: the record, the thumbnail and the crop kept for the template (the person page's)
+    assert sorted(z.namelist()) == [f"media/t{tid}.jpg", "person.json", "thumbnail.jpg"]
     record = json.loads(z.read("person.json"))
     assert record["person"]["purpose"] == "loyalty" and record["person"]["consent"]["scope"] == "loyalty"
     assert [t["source"] for t in record["templates"]] == ["d.png"]
