@@ -32,6 +32,17 @@ BROWSER_ARGS = [
 ]
 
 
+def open_page(p, server: str):
+    """A headless Debian Chromium page on ``server`` with the admin key entered; dialogs are accepted."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+    page = browser.new_page()
+    page.on("dialog", lambda d: d.accept())
+    page.goto(server + "/")
+    page.fill("#api-key", "k1")
+    page.click("#save-key")
+    return browser, page
+
+
 @pytest.fixture(autouse=True)
 def chromium() -> None:
     if CHROMIUM is None:
@@ -60,12 +71,7 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
     Image.fromarray(np.tile(np.array([210, 20, 20], np.uint8), (64, 32, 1))).save(red)
     Image.fromarray(np.tile(np.array([20, 20, 210], np.uint8), (64, 32, 1))).save(blue)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        page = browser.new_page()
-        page.on("dialog", lambda d: d.accept())
-        page.goto(server + "/")
-        page.fill("#api-key", "k1")
-        page.click("#save-key")
+        browser, page = open_page(p, server)
         expect(page.locator("#status")).to_have_text("0 people")
         page.fill("#enroll-name", "Red Shirt")
         page.set_input_files("#enroll-files", [str(red)])
@@ -213,11 +219,7 @@ def test_review_queue_confirm_merges_and_reject_keeps_apart(server: str, lfw_roo
     assert {(p["person_id"], p["candidate_id"]) for p in pairs} == {(new[n], enrolled[n]) for n in new}
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        page = browser.new_page()
-        page.goto(server + "/")
-        page.fill("#api-key", "k1")
-        page.click("#save-key")
+        browser, page = open_page(p, server)
         items = page.locator("#reviews li")
         expect(items).to_have_count(2)
         expect(page.locator("#review-counts")).to_have_text("2 to judge; 0 confirmed (merged), 0 rejected")
@@ -283,11 +285,7 @@ def test_camera_tiles_and_live_sightings_from_the_camera_command(
     lab = camera_feeds_root / "lab"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with running(app) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        page = browser.new_page()
-        page.goto(server + "/")
-        page.fill("#api-key", "k1")
-        page.click("#save-key")
+        browser, page = open_page(p, server)
         expect(page.locator("#cameras")).to_contain_text("no camera has reported")
         camera = subprocess.Popen(
             [sys.executable, "-m", "services.camera", "--db", str(db), "--every", "3", "--status-dir", str(status_dir),
@@ -329,12 +327,7 @@ def test_person_page_templates_consent_merge_and_erase(server: str, lfw_root: Pa
     photos = [lfw_root / "Al_Pacino" / f"Al_Pacino_000{i}.jpg" for i in (1, 2, 3)]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        page = browser.new_page()
-        page.on("dialog", lambda d: d.accept())
-        page.goto(server + "/")
-        page.fill("#api-key", "k1")
-        page.click("#save-key")
+        browser, page = open_page(p, server)
         page.fill("#enroll-name", "Al Pacino")
         page.set_input_files("#enroll-files", [str(f) for f in photos[:2]])
         page.click("#enroll-form button[type=submit]")

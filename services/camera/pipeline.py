@@ -26,7 +26,7 @@ from typing import IO
 import cv2
 import numpy as np
 
-from gallery import Gallery
+from gallery import Gallery, UnknownPersonError
 from reid.embedder import BaseEmbedder
 from reid.images import blur_boxes
 from services.broker import TrackEvent
@@ -313,7 +313,7 @@ class CameraPipeline:
             try:
                 p = self.gallery.get_person(pid)
                 self._consented[pid] = p.kind == "enrolled" and bool(p.consent)
-            except Exception:  # deleted meanwhile: treat as not consented
+            except UnknownPersonError:  # erased meanwhile: treat as not consented
                 return False
         return self._consented[pid]
 
