@@ -135,6 +135,8 @@ class Settings(BodyModelSettings):
     # person metadata and consent records: JSON of at most this many bytes and this nesting depth
     max_json_bytes: PositiveInt = 16 * 1024
     max_json_depth: PositiveInt = 8
+    # model-bound requests worked on at once; one more is answered 503 with Retry-After (load shedding)
+    max_inflight: PositiveInt = 32
     # identify-or-enroll that creates a person although the best candidate fell short of the accept threshold by
     # at most this much (in the decision's normalised units) offers the pair for review; 0 turns it off
     review_band: float = Field(0.05, ge=0)

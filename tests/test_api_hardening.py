@@ -248,3 +248,42 @@ def test_readiness_detail_needs_a_key_and_the_page_has_a_strict_csp(server: str)
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe" not in csp
     assert page.headers["x-content-type-options"] == "nosniff"
     assert json.loads(httpx.get(f"{server}/health").text) == {"status": "ok"}
+
+
+class SlowEmbedder(ColourEmbedder):
+    """A body model that takes 0.5 s a call: stands for a server at its capacity."""
+
+    def embed(self, images, batch_size: int = 64) -> np.ndarray:
+        time.sleep(0.5)
+        return super().embed(images, batch_size)
+
+
+def test_beyond_its_bound_the_server_sheds_load_with_retry_after(tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings(
+        database_url=str(tmp_path / "g.db"),
+        api_keys=[ApiKey("admin-key-123", "admin", frozenset({"admin"}))],
+        body_threshold=0.99,
+        max_inflight=2,
+    )
+    with running(create_app(settings, embedders={"body": SlowEmbedder()})) as url:
+
+        def ask(_):
+            return httpx.post(
+                f"{url}/identify", headers=ADMIN, data={"modality": "body"},
+                files={"image": ("q.png", colour((200, 30, 30)), "image/png")}, timeout=30,
+            )  # fmt: skip
+
+        with ThreadPoolExecutor(6) as pool:
+            pending = [pool.submit(ask, i) for i in range(6)]
+            time.sleep(0.2)  # all six are in: two are being worked on
+            t = time.perf_counter()
+            assert httpx.get(f"{url}/health").status_code == 200  # never shed, answered at once
+            assert time.perf_counter() - t < 0.3
+            answers = [f.result() for f in pending]
+        codes = sorted(r.status_code for r in answers)
+        assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}, codes
+        shed = next(r for r in answers if r.status_code == 503)
+        assert shed.headers["retry-after"] == "1" and "at most 2" in shed.json()["detail"]
+        assert ask(0).status_code == 200  # once the load has passed

@@ -30,7 +30,7 @@ from gallery.review import ReviewDecidedError, UnknownReviewError
 from reid.embedder import BaseEmbedder
 from reid.errors import ImageReadError, ReidError
 from services.api.deps import audit_action
-from services.api.limits import BodySizeLimit
+from services.api.limits import BodySizeLimit, LoadShedder
 from services.api.routes import ROUTERS
 from services.api.schemas import ErrorOut
 from services.api.state import ServiceState
@@ -166,6 +166,7 @@ def add_middleware(app: FastAPI, state: ServiceState) -> None:
 
     # inside `observe` (added after it), so a refused body is still counted and audited
     app.add_middleware(BodySizeLimit, limit_for=request_limit)
+    app.add_middleware(LoadShedder, max_inflight=settings.max_inflight)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

@@ -62,21 +62,51 @@ class BodySizeLimit:
         await self.app(scope, counted, send)
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
+async def _answer(
+    send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] = (), close: bool = True
+) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            # the unread body is not drained: the connection is closed after this answer
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    if close:  # the unread body is not drained: the connection is closed after this answer
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class LoadShedder:
+    """Pure ASGI middleware: at most ``max_inflight`` requests of the model-bound routes are worked on at once;
+    one more is answered 503 with ``Retry-After`` at once, instead of queueing until it is answered a minute
+    late (health, readiness, metrics, the page and the sightings stream are never shed). The count is kept on
+    the event loop, so it needs no lock."""
+
+    OPEN = ("/health", "/ready", "/metrics", "/ui/", "/sightings/stream")
+
+    def __init__(self, app: ASGIApp, max_inflight: int, retry_after: int = 1) -> None:
+        self.app, self.max_inflight, self.retry_after = app, max_inflight, retry_after
+        self.inflight = 0
+        self.shed = 0  # answered 503 since start
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/" or path.startswith(self.OPEN):
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            self.shed += 1
+            await _answer(
+                send,
+                503,
+                f"busy: {self.inflight} requests in progress (at most {self.max_inflight}); retry in "
+                f"{self.retry_after} s",
+                extra=[(b"retry-after", str(self.retry_after).encode())],
+                close=False,
+            )
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
 
 def json_depth(value: Any) -> int:
