@@ -349,8 +349,13 @@ class Gallery:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 1000,
+        after_id: int | None = None,
     ) -> list[SightingInfo]:
-        return self.sightings_log.find(person_id, camera_id, since, until, limit)
+        """Sightings by time; with ``after_id`` those stored after that one, by id (to follow them live)."""
+        return self.sightings_log.find(person_id, camera_id, since, until, limit, after_id)
+
+    def newest_sighting_id(self) -> int:
+        return self.sightings_log.newest_id()
 
     # ------------------------------------------------------------------------------------------- decisions
     def register_card(self, modality: str, model_id: str, card: dict | None) -> None:

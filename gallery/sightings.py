@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from gallery.errors import GalleryError
@@ -69,9 +69,15 @@ class Sightings:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 1000,
+        after_id: int | None = None,
     ) -> list[SightingInfo]:
+        """Sightings by time; with ``after_id`` the ones stored after that sighting, by id (a feed to follow:
+        ids grow, times need not)."""
         with self.store.Session() as s:
-            q = select(Sighting).order_by(Sighting.seen_at, Sighting.id).limit(limit)
+            order = (Sighting.id,) if after_id is not None else (Sighting.seen_at, Sighting.id)
+            q = select(Sighting).order_by(*order).limit(limit)
+            if after_id is not None:
+                q = q.where(Sighting.id > after_id)
             if person_id is not None:
                 q = q.where(Sighting.person_id == person_id)
             if camera_id is not None:
@@ -84,3 +90,8 @@ class Sightings:
                 SightingInfo(r.id, r.person_id, r.camera_id, r.seen_at, r.score, r.modality, r.track_id)
                 for r in s.scalars(q)
             ]
+
+    def newest_id(self) -> int:
+        """The id of the newest sighting (0 when there is none)."""
+        with self.store.Session() as s:
+            return int(s.scalar(select(func.max(Sighting.id))) or 0)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from gallery.models import Sighting
 from services.api.deps import Read, State
 from services.api.schemas import CameraOut, ErrorOut, SightingOut
 from services.camera.status import frame_path, read_statuses
@@ -49,18 +48,6 @@ def camera_frame(camera_id: CameraId, _: Read, state: State) -> Response:
     return Response(path.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
-def _after(state, last: int) -> list[Sighting]:
-    with state.gallery.Session() as s:
-        rows = s.scalars(select(Sighting).where(Sighting.id > last).order_by(Sighting.id).limit(200)).all()
-        s.expunge_all()
-        return list(rows)
-
-
-def _newest(state) -> int:
-    with state.gallery.Session() as s:
-        return int(s.scalar(select(func.max(Sighting.id))) or 0)
-
-
 @router.get("/sightings/stream", response_class=StreamingResponse)
 async def sightings_stream(
     _: Read, state: State, request: Request, after: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None
@@ -69,10 +56,11 @@ async def sightings_stream(
     a comment line every 15 s keeps proxies from closing a quiet stream."""
 
     async def events():
-        last = after if after is not None else await run_in_threadpool(_newest, state)
+        g = state.gallery
+        last = after if after is not None else await run_in_threadpool(g.newest_sighting_id)
         quiet = 0.0
         while not await request.is_disconnected():
-            rows = await run_in_threadpool(_after, state, last)
+            rows = await run_in_threadpool(partial(g.sightings, limit=200, after_id=last))
             for r in rows:
                 last = r.id
                 data = SightingOut.model_validate(r).model_dump(mode="json")
