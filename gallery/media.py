@@ -8,6 +8,7 @@ from io import BytesIO
 from pathlib import Path
 
 from reid.images import ImageLike
+from reid.utils.io import atomic_write_bytes
 
 
 def thumbnail_jpeg(image: ImageLike, size: int = 128) -> bytes:
@@ -46,10 +47,7 @@ class MediaFolders:
         folder = self.person_dir(person_id)
         if folder is None:
             return False
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".t{int(template_id)}.jpg.tmp"
-        tmp.write_bytes(jpeg)
-        tmp.replace(folder / f"t{int(template_id)}.jpg")
+        atomic_write_bytes(folder / f"t{int(template_id)}.jpg", jpeg)
         return True
 
     def template_image(self, person_id: int, template_id: int) -> Path | None:

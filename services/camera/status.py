@@ -2,7 +2,7 @@
 consent blurred) and a small JSON status (tracks in view with their global ids, frames/s), one pair of files per
 camera in a status folder that the camera command writes and the API reads (``REID_CAMERA_STATUS_DIR``).
 
-Writes are atomic (a temporary file, then rename), so a reader never sees half a file.
+Writes are atomic (``reid.utils.io.atomic_write_bytes``), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from reid.utils.io import atomic_write_bytes
+
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")  # camera ids that may name files
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class StatusWriter:
@@ -50,8 +40,10 @@ class StatusWriter:
         self._last[camera_id] = now
         ok, jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
         if ok:
-            _atomic(self.folder / f"{camera_id}.jpg", jpg.tobytes())
-        _atomic(self.folder / f"{camera_id}.json", json.dumps({**status, "updated_at": time.time()}).encode())
+            atomic_write_bytes(self.folder / f"{camera_id}.jpg", jpg.tobytes())
+        atomic_write_bytes(
+            self.folder / f"{camera_id}.json", json.dumps({**status, "updated_at": time.time()}).encode()
+        )
         return True
 
 
