@@ -46,6 +46,11 @@ class ReviewRecord:
     decided_by: str | None
 
 
+def in_band(normalised: float, threshold: float, band: float) -> bool:
+    """Under the accept threshold by at most ``band`` (the decision's normalised units): worth a look."""
+    return threshold - band <= normalised < threshold
+
+
 def near_miss(identify, band: float) -> bool:
     """An ``IdentifyResult`` whose best person fell under the threshold by at most ``band``."""
     if (
@@ -55,7 +60,7 @@ def near_miss(identify, band: float) -> bool:
         or identify.threshold is None
     ):
         return False
-    return identify.threshold - band <= identify.normalised_score < identify.threshold
+    return in_band(identify.normalised_score, identify.threshold, band)
 
 
 def offer_review(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gallery import Gallery
-from gallery.review import ReviewQueue, near_miss, offer_review
+from gallery.review import ReviewQueue, in_band, near_miss, offer_review
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class IdentityPolicy:
         if v is None:
             return
         if not v.known:
-            if self.review_band and v.threshold - self.review_band <= v.normalised:
+            if in_band(v.normalised, v.threshold, self.review_band):
                 self.review.offer(
                     mine, others[0].person_id, score=others[0].score, normalised=v.normalised,
                     threshold=v.threshold, modality="body", model_id=ev.body_model_id, source=f"camera:{ev.camera_id}",
