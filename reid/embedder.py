@@ -155,14 +155,21 @@ class Embedder(BaseEmbedder):
         return self.model(x.to(self.device)).float()
 
     def _embed_batch(self, images: Sequence[ImageLike], offset: int, flip: bool) -> np.ndarray:
-        """L2-normalised ``(n, D)`` embeddings of one batch; other runtimes override this."""
+        """L2-normalised ``(n, D)`` embeddings of one batch."""
+        return self.embed_resized(self.resized(images, offset), flip)
+
+    def embed_resized(self, x: np.ndarray, flip: bool | None = None) -> np.ndarray:
+        """L2-normalised ``(N, D)`` embeddings of images already at the input size (uint8 ``(N, H, W, 3)``, as
+        :meth:`resized` gives): the forward pass alone, so a caller can resize in its own thread and batch the
+        forward passes of many callers (``services.batching``). Other runtimes override this."""
         import torch
 
         with torch.inference_mode():
-            x = self.preprocess(images, offset=offset)
-            f = self._features(x)
-            if flip:
-                f = f + self._features(torch.flip(x, dims=[3]))
+            t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
+            t = (t - self._mean) / self._std
+            f = self._features(t)
+            if self.flip if flip is None else flip:
+                f = f + self._features(torch.flip(t, dims=[3]))
             return torch.nn.functional.normalize(f, dim=1).cpu().numpy()
 
     def embed(

@@ -247,12 +247,12 @@ class OnnxEmbedder(Embedder):
         onnx_path = cached_onnx(model, meta, cache_dir)
         return cls(onnx_path, threads=threads, flip=flip, loaded=(model, meta))
 
-    def _embed_batch(self, images, offset: int, flip: bool) -> np.ndarray:
+    def embed_resized(self, x: np.ndarray, flip: bool | None = None) -> np.ndarray:
         # NumPy around the session: the hot path never enters torch (whose intra-op threads would contend with
         # ONNX Runtime's); the same float32 arithmetic as Embedder.preprocess and torch's normalize
-        x = self.resized(images, offset).transpose(0, 3, 1, 2).astype(np.float32)
+        x = x.transpose(0, 3, 1, 2).astype(np.float32)
         x = np.ascontiguousarray((x - self._mean_np) / self._std_np)
         f = self.session.run(None, {"images": x})[0]
-        if flip:
+        if self.flip if flip is None else flip:
             f = f + self.session.run(None, {"images": np.ascontiguousarray(x[..., ::-1])})[0]
         return l2_normalize(f)

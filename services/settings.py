@@ -137,6 +137,10 @@ class Settings(BodyModelSettings):
     max_json_depth: PositiveInt = 8
     # model-bound requests worked on at once; one more is answered 503 with Retry-After (load shedding)
     max_inflight: PositiveInt = 32
+    # micro-batching (services.batching): concurrent body requests' forward passes run as one model call of at
+    # most this many images (1 turns it off); a batch is held open at most embed_batch_wait_ms for more
+    embed_batch_max: PositiveInt = 32
+    embed_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     # identify-or-enroll that creates a person although the best candidate fell short of the accept threshold by
     # at most this much (in the decision's normalised units) offers the pair for review; 0 turns it off
     review_band: float = Field(0.05, ge=0)

@@ -284,17 +284,21 @@ def test_out_of_the_box_body_identify_or_enroll_uses_the_shipped_models_card(
     """Default settings (no threshold anywhere): the shipped body checkpoint's card decides; the same person's
     other camera view is found again, a different person is a new one; the size-aware threshold is reported.
     The body model runs on ONNX Runtime unless REID_BODY_RUNTIME=torch; the same model_id either way."""
+    from services.batching import BatchingEmbedder
     from services.settings import DEFAULT_BODY_CHECKPOINT
 
-    if runtime == "torch":
+    if runtime == "torch":  # and micro-batching off
         monkeypatch.setenv("REID_BODY_RUNTIME", "torch")
+        monkeypatch.setenv("REID_EMBED_BATCH_MAX", "1")
     else:
         monkeypatch.delenv("REID_BODY_RUNTIME", raising=False)
-    settings = Settings(database_url=str(tmp_path / "g.db"), api_keys=KEYS)
+        monkeypatch.delenv("REID_EMBED_BATCH_MAX", raising=False)
+    settings = Settings.from_env(database_url=str(tmp_path / "g.db"), api_keys=KEYS)
     assert settings.face_threshold is None and settings.body_threshold is None
     app = create_app(settings)
     body = app.state.svc.embedders["body"]
     assert body.runtime == runtime and body.model_id == body.meta.model_id
+    assert isinstance(body, BatchingEmbedder) == (runtime == "onnx")
     test = sorted((cuhk03_root / "bounding_box_test").iterdir())
     a1 = next(p for p in test if p.name.startswith(test[0].name[:4] + "_c1"))
     b = next(p for p in test if not p.name.startswith(test[0].name[:4]))
@@ -315,6 +319,12 @@ def test_out_of_the_box_body_identify_or_enroll_uses_the_shipped_models_card(
         other = ask(b)
         assert other["created"] is True and other["person_id"] != first["person_id"]
         assert other["score"] < other["threshold"]
+        metrics = httpx.get(f"{url}/metrics", headers=ADMIN).text
+        batches = [ln for ln in metrics.splitlines() if ln.startswith("reid_embed_batch_size_count")]
+        # every body forward pass went through the micro-batcher (one request at a time: batches of one)
+        assert batches == (
+            ["reid_embed_batch_size_count 3.0"] if runtime == "onnx" else ["reid_embed_batch_size_count 0.0"]
+        )
     from reid.embedder import Embedder
 
     assert (

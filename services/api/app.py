@@ -34,6 +34,7 @@ from services.api.limits import BodySizeLimit, LoadShedder
 from services.api.routes import ROUTERS
 from services.api.schemas import ErrorOut
 from services.api.state import ServiceState
+from services.batching import BatchingEmbedder
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         store_id=settings.store_id,
     )
     state = ServiceState(settings, gallery, embedders)
+    for e in embedders.values():
+        if isinstance(e, BatchingEmbedder) and e.on_batch is None:
+            e.on_batch = state.batch_sizes.observe
     app = FastAPI(
         lifespan=lifespan,
         title="reid-gallery",
@@ -95,7 +99,10 @@ def default_embedders(settings: Settings) -> dict[str, BaseEmbedder]:
     if settings.body_checkpoint:
         from services.settings import body_embedder
 
-        embedders["body"] = body_embedder(settings)
+        body = body_embedder(settings)
+        if settings.embed_batch_max > 1:
+            body = BatchingEmbedder(body, settings.embed_batch_max, settings.embed_batch_wait_ms)
+        embedders["body"] = body
     return embedders
 
 
@@ -118,6 +125,9 @@ async def lifespan(app: FastAPI):
         threading.Thread(target=sweeper, name="retention-sweeper", daemon=True).start()
     yield
     stop.set()
+    for e in state.embedders.values():
+        if isinstance(e, BatchingEmbedder):
+            e.close()
     gallery.close()
 
 

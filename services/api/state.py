@@ -46,3 +46,9 @@ class ServiceState:
             "reid_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
         )
         self.latency = Histogram("reid_request_seconds", "request latency", ["route"], registry=self.registry)
+        self.batch_sizes = Histogram(
+            "reid_embed_batch_size",
+            "images per model call of the micro-batcher (services.batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
