@@ -16,15 +16,19 @@ from services.settings import ApiKey, Settings
 F = TypeVar("F", bound=Callable)
 
 
-def get_state(request: Request) -> ServiceState:
+# The dependencies are `async def` because they never block: FastAPI runs a plain `def` dependency in the
+# thread pool, and under load every such hop waits for a free thread like a route does.
+
+
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.svc
 
 
-def get_gallery(state: Annotated[ServiceState, Depends(get_state)]) -> Gallery:
+async def get_gallery(state: Annotated[ServiceState, Depends(get_state)]) -> Gallery:
     return state.gallery
 
 
-def get_settings(state: Annotated[ServiceState, Depends(get_state)]) -> Settings:
+async def get_settings(state: Annotated[ServiceState, Depends(get_state)]) -> Settings:
     return state.settings
 
 
@@ -36,7 +40,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 def require_scope(scope: str) -> Callable[..., ApiKey]:
     """A dependency: the request's ``X-API-Key`` must be known (401) and hold ``scope`` or admin (403)."""
 
-    def dep(request: Request, state: State, x_api_key: Annotated[str | None, Header()] = None) -> ApiKey:
+    async def dep(
+        request: Request, state: State, x_api_key: Annotated[str | None, Header()] = None
+    ) -> ApiKey:
         if not x_api_key:
             raise HTTPException(401, "missing X-API-Key header")
         key = state.keys.find(x_api_key)
