@@ -53,6 +53,15 @@ class AuditLog:
         with self.Session.begin() as s:
             s.add(row)
 
+    def write_many(self, entries: list[dict[str, Any]]) -> list[int]:
+        """Append several entries (each the keyword arguments of :meth:`write` but ``session``) in one
+        transaction, one commit; their row ids, in order."""
+        rows = [AuditEntry(at=self.clock(), **e) for e in entries]
+        with self.Session.begin() as s:
+            s.add_all(rows)
+            s.flush()
+            return [r.id for r in rows]
+
     def read(
         self,
         subject: str | None = None,

@@ -11,6 +11,7 @@ unreadable / no face / several faces. 5xx only for server faults.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -21,7 +22,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from gallery import DuplicatePersonError, Gallery, GalleryError, IndexMismatchError, UnknownPersonError
@@ -128,6 +128,7 @@ async def lifespan(app: FastAPI):
     for e in state.embedders.values():
         if isinstance(e, BatchingEmbedder):
             e.close()
+    state.audit_writer.close()
     gallery.close()
 
 
@@ -205,13 +206,13 @@ def add_middleware(app: FastAPI, state: ServiceState) -> None:
 async def audit(state: ServiceState, request: Request, action: str, status: int) -> None:
     pid = request.path_params.get("person_id")
     subject = getattr(request.state, "audit_subject", None) or (f"person:{pid}" if pid else None)
-    try:  # a database write: off the event loop, like the route handlers
-        await run_in_threadpool(
-            state.audit.write,
-            action,
-            "ok" if status < 400 else f"error {status}",
-            key_id=getattr(request.state, "key_name", None),
-            subject=subject,
-        )
+    entry = {
+        "action": action,
+        "outcome": "ok" if status < 400 else f"error {status}",
+        "key_id": getattr(request.state, "key_name", None),
+        "subject": subject,
+    }
+    try:  # written (committed with the rows queued beside it) before the answer goes out
+        await asyncio.wrap_future(state.audit_writer.submit(entry))
     except Exception:  # the answer is already computed; losing an audit row is logged loudly
         logger.exception("audit log write failed for %s %s", action, subject)

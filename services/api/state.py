@@ -12,6 +12,7 @@ from gallery.audit import AuditLog
 from gallery.privacy import RetentionPolicy
 from gallery.review import ReviewQueue
 from reid.embedder import BaseEmbedder
+from services.batching import MicroBatcher
 from services.settings import ApiKey, Settings
 
 
@@ -39,6 +40,8 @@ class ServiceState:
         self.settings, self.gallery, self.embedders = settings, gallery, embedders
         self.keys = KeyRing(settings.api_keys)
         self.audit = AuditLog(gallery.Session)
+        # every request's audit row, group-committed: one transaction for all rows queued meanwhile
+        self.audit_writer = MicroBatcher(self.audit.write_many, max_batch=256, name="audit-writer")
         self.review = ReviewQueue(gallery.Session)
         self.retention = RetentionPolicy(settings.retention_days, dict(settings.retention_per_store))
         self.registry = CollectorRegistry()
