@@ -51,16 +51,23 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 BATCH = 32
 
 
-def embedder_for(path: str, cores: int):
-    """The face embedder of a path: ``before`` is the code before issue 16 item 4 (dlib's network)."""
-    from reid.face import DlibFaceEmbedder
+def embedder_for(path: str, cores: int, ort_threads: int = 1):
+    """The face embedder of a path. ``before``: the code before issue 16 item 4 (dlib's own network, one call
+    at a time, photos one after another); ``after``: the network on ONNX Runtime, ``embed`` spread over
+    ``cores`` threads; ``after-mtcnn``: the same with facenet-pytorch's MTCNN detector instead of dlib's HOG."""
+    from reid.face import DlibFaceEmbedder, FaceDetector
 
     if path == "before":
-        return DlibFaceEmbedder()
+        return DlibFaceEmbedder(runtime="dlib", workers=1)
+    if path == "after":
+        return DlibFaceEmbedder(runtime="onnx", threads=ort_threads, workers=cores)
+    if path == "after-mtcnn":
+        return DlibFaceEmbedder(FaceDetector("mtcnn"), runtime="onnx", threads=ort_threads, workers=cores)
     raise SystemExit(f"unknown path {path!r}")
 
 
-PATHS = ("before",)
+PATHS = ("before", "after", "after-mtcnn")
+DEFAULT_PATHS = ("before", "after")
 MODES = ("requests", "batch", "processes")
 
 
@@ -143,9 +150,9 @@ def run_batch(emb, paths: list[Path]) -> tuple[float, list, int]:
     return time.perf_counter() - t, list(np.concatenate(vecs)), emb.fallbacks - before
 
 
-def _process_share(args: tuple[str, list[str]]) -> tuple[float, float, int]:
-    path, files = args
-    emb = embedder_for(path, 1)
+def _process_share(args: tuple[str, int, list[str]]) -> tuple[float, float, int]:
+    path, ort_threads, files = args
+    emb = embedder_for(path, 1, ort_threads)
     datas = [Path(f).read_bytes() for f in files]
     run_requests(emb, datas[:3], 1)  # warm-up
     t0 = time.time()
@@ -153,10 +160,10 @@ def _process_share(args: tuple[str, list[str]]) -> tuple[float, float, int]:
     return t0, time.time(), misses
 
 
-def run_processes(path: str, cores: int, paths: list[Path]) -> tuple[float, list, int]:
+def run_processes(path: str, cores: int, paths: list[Path], ort_threads: int) -> tuple[float, list, int]:
     import multiprocessing as mp
 
-    shares = [(path, [str(p) for p in paths[i::cores]]) for i in range(cores)]
+    shares = [(path, ort_threads, [str(p) for p in paths[i::cores]]) for i in range(cores)]
     with mp.get_context("fork").Pool(cores) as pool:
         spans = pool.map(_process_share, shares)
     # from the first start to the last end: each process loaded its model and warmed up before its start
@@ -223,9 +230,9 @@ def worker(args: argparse.Namespace) -> None:
     datas = [p.read_bytes() for p in paths]
     result: dict = {"path": path, "mode": mode, "cores": cores}
     if mode == "processes":
-        seconds, vecs, misses = run_processes(path, cores, paths)
+        seconds, vecs, misses = run_processes(path, cores, paths, args.ort_threads)
     else:
-        emb = embedder_for(path, cores)
+        emb = embedder_for(path, cores, args.ort_threads)
         run_requests(emb, datas[:3], 1)  # warm-up: this thread's detector, the network
         if mode == "requests":
             seconds, vecs, misses = run_requests(emb, datas, cores)
@@ -242,10 +249,11 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- parent
-def child(path: str, mode: str, cores: int, folder: Path, stage_table: bool) -> dict:
+def child(path: str, mode: str, cores: int, folder: Path, stage_table: bool, ort_threads: int) -> dict:
     env = dict(os.environ, **dict.fromkeys(THREAD_VARS, str(cores)), PYTHONPATH=str(ROOT))
     cmd = [sys.executable, __file__, "--worker", "--photos-dir", str(folder), "--paths", path]
-    cmd += ["--modes", mode, "--cores", str(cores)] + (["--stages"] if stage_table else [])
+    cmd += ["--modes", mode, "--cores", str(cores), "--ort-threads", str(ort_threads)]
+    cmd += ["--stages"] if stage_table else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{path}/{mode}/{cores} failed:\n{done.stderr[-3000:]}")
@@ -257,7 +265,10 @@ def main() -> None:
     ap.add_argument("--lfw", default=str(LFW))
     ap.add_argument("--n", type=int, default=200, help="photos")
     ap.add_argument("--size", type=int, default=250, choices=[150, 250], help="photo side (see above)")
-    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    ap.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=PATHS)
+    ap.add_argument(
+        "--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads of the after paths"
+    )
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--cores", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -283,28 +294,30 @@ def main() -> None:
             f"load average at start: {', '.join(f'{x:.2f}' for x in load0)} (a machine shared with other work)"
         )
         rows, stage_rows = [], {}
-        print(f"{'path':<8} {'mode':<10} {'cores':>5} {'photos/s':>9} {'ms/photo':>9} {'no single face':>15}")
+        print(
+            f"{'path':<12} {'mode':<10} {'cores':>5} {'photos/s':>9} {'ms/photo':>9} {'no single face':>15}"
+        )
         for path in args.paths:
             for cores in args.cores:
                 for mode in args.modes:
                     if mode == "processes" and cores == 1:
                         continue  # one process is the requests row
                     first = cores == min(args.cores) and mode == args.modes[0]
-                    r = child(path, mode, cores, folder, stage_table=first and mode != "processes")
+                    r = child(path, mode, cores, folder, first and mode != "processes", args.ort_threads)
                     rows.append(r)
                     if "stages" in r:
                         stage_rows[path] = r["stages"]
                     rate = r["photos"] / r["seconds"]
                     print(
-                        f"{path:<8} {mode:<10} {cores:>5} {rate:>9.1f} {1000 / rate:>9.1f} {r['misses']:>15}",
+                        f"{path:<12} {mode:<10} {cores:>5} {rate:>9.1f} {1000 / rate:>9.1f} {r['misses']:>15}",
                         flush=True,
                     )
         if stage_rows:
             keys = list(next(iter(stage_rows.values())))
             print("stages, one thread on one core, mean ms per photo (network: per chip)")
-            print(f"{'path':<8}" + "".join(f"{k:>10}" for k in keys))
+            print(f"{'path':<12}" + "".join(f"{k:>10}" for k in keys))
             for path, st in stage_rows.items():
-                print(f"{path:<8}" + "".join(f"{st[k]:>10.2f}" for k in keys))
+                print(f"{path:<12}" + "".join(f"{st[k]:>10.2f}" for k in keys))
         compare(folder, args.paths)
     print(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
@@ -313,7 +326,7 @@ def compare(folder: Path, paths: list[str]) -> None:
     """Each row's embeddings against those of the first path's 1-core row of the same mode: the same photos
     with a face, the same vectors."""
     for f in sorted(folder.glob("vecs-*.npy")):
-        _, path, mode, cores = f.stem.split("-")
+        path, mode, cores = f.stem.removeprefix("vecs-").rsplit("-", 2)
         ref_file = folder / f"vecs-{paths[0]}-{mode}-1.npy"
         if f == ref_file or not ref_file.exists():
             continue
