@@ -392,9 +392,9 @@ class DlibFaceEmbedder(BaseEmbedder):
         d = self._descriptors(chips + mirrored)
         return l2_normalize(d[: len(chips)] + d[len(chips) :])
 
-    def embed(self, images, batch_size: int = 64) -> np.ndarray:
-        if not isinstance(images, (list, tuple)):
-            images = [images]
+    def aligned_chips(self, images: Sequence[ImageLike], start: int = 0) -> list[np.ndarray]:
+        """The aligned 150x150 chip of each photo's largest face (``on_no_face`` applies), decoded, detected and
+        aligned on the worker threads; errors name ``images[start + i]`` for arrays."""
 
         def chip(item: tuple[int, ImageLike]) -> np.ndarray:
             i, im = item
@@ -402,10 +402,15 @@ class DlibFaceEmbedder(BaseEmbedder):
             arr = to_rgb_array(im, where=where)
             return align(arr, self.face_of(arr, where))
 
-        items, out = list(enumerate(images)), []
-        for s in range(0, len(items), batch_size):
-            chips = self._map(chip, items[s : s + batch_size])
-            out.append(self.embed_chips(chips))
+        return self._map(chip, list(enumerate(images, start)))
+
+    def embed(self, images, batch_size: int = 64) -> np.ndarray:
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        out = [
+            self.embed_chips(self.aligned_chips(images[s : s + batch_size], start=s))
+            for s in range(0, len(images), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def detect_and_embed(self, image: ImageLike) -> list[tuple[Face, np.ndarray]]:
