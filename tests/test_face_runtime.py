@@ -12,7 +12,7 @@ import pytest
 
 from reid.errors import CheckpointError, ConfigError
 from reid.face import DlibFaceEmbedder, FaceNotFoundError, align, dlib_model_path
-from reid.face.dlib_onnx import DlibResnetOnnx, architecture, read_dlib_resnet
+from reid.face.dlib_onnx import DlibResnetOnnx, architecture, build_onnx, read_dlib_resnet
 from reid.images import read_image
 
 RESNET = "dlib_face_recognition_resnet_model_v1.dat"
@@ -52,6 +52,8 @@ def chips(paths: list[str]) -> np.ndarray:
 
 
 def test_reader_finds_dlib_architecture_in_the_wheel_file() -> None:
+    import onnx
+
     mean, layers = read_dlib_resnet(dlib_model_path(RESNET))
     np.testing.assert_allclose(mean, [122.782, 117.001, 104.298], atol=1e-4)  # input_rgb_image_sized's means
     convs = [layer for layer in layers if layer.kind == "con"]
@@ -59,6 +61,7 @@ def test_reader_finds_dlib_architecture_in_the_wheel_file() -> None:
     assert layers[-1].params["w"].shape == (256, 128)
     assert len(layers) == len(architecture())
     assert sum(v.size for layer in layers for v in layer.params.values()) == 5_614_592
+    onnx.checker.check_model(build_onnx(mean, layers))  # a valid graph (the library skips this check at load)
 
 
 def test_reader_refuses_other_and_truncated_files(tmp_path: Path) -> None:
