@@ -345,7 +345,7 @@ class DlibFaceEmbedder(BaseEmbedder):
         try:
             net = DlibResnetOnnx(path, threads=threads or 1)
             why = net.mismatch(self._net)
-        except Exception as e:  # any failure (reader, ONNX checker, ONNX Runtime) leaves dlib's own network
+        except Exception as e:  # any failure (reader, graph, ONNX Runtime) leaves dlib's own network
             why = f"it could not be built ({type(e).__name__}: {e})"
         if why is None:
             return net
