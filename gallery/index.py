@@ -1,7 +1,9 @@
 """FAISS indexes derived from the templates table: one per (modality, model_id), ids = template ids.
 
 Kinds: ``flat`` (exact inner product), ``hnsw`` (graph, approximate; deletions are tombstones filtered at search
-and dropped at the next rebuild) and ``ivf`` (inverted lists; trained on the vectors present when built).
+and dropped at the next rebuild) and ``ivf`` (inverted lists; trained on the vectors present when built). IVF
+indexes keep the template ids in their lists (not in an ``IndexIDMap``: removing from an id map over IVF
+renumbers the map but not the lists, so every later answer would name the wrong templates).
 ``auto`` picks flat below ``hnsw_threshold`` vectors and HNSW above. Vectors are unit length, so inner product
 is cosine similarity.
 
@@ -175,7 +177,8 @@ class VectorIndex:
             self.max_id = int(ids.max()) if len(ids) else 0
 
     def trained_ivf(self, kind: str, sample: np.ndarray, n_expected: int) -> faiss.Index:
-        """An empty, trained IVF (``ivf``: flat lists in an id map; ``ivfpq``: PQ codes with ids in the lists).
+        """An empty, trained IVF with the template ids in its lists (``ivf``: float32 vectors, read back through
+        a hash-table direct map; ``ivfpq``: PQ codes).
 
         ``n_expected`` sizes the coarse quantiser (about 4 * sqrt(n) lists unless ``ivf_nlist`` is set)."""
         nlist = self.config.ivf_nlist or max(16, int(4 * np.sqrt(n_expected)))
@@ -190,7 +193,9 @@ class VectorIndex:
         want = 50 * nlist if kind == "ivf" else max(50 * nlist, 40 * 256)  # PQ: 256 centroids per sub-space
         ivf.train(sample[rng.choice(len(sample), min(len(sample), want), replace=False)])
         ivf.nprobe = self.config.ivf_nprobe
-        return ivf if kind == "ivfpq" else faiss.IndexIDMap2(ivf)
+        if kind == "ivf":  # reconstruct by template id; a hash table (unlike an array) allows removals
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return ivf
 
     # -- mutation -----------------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -260,7 +265,7 @@ class VectorIndex:
             n = int(self.index.ntotal)
             if not n:
                 ids = np.zeros(0, np.int64)
-            elif self.kind == "ivfpq":  # ids live in the inverted lists
+            elif self.kind in ("ivf", "ivfpq"):  # ids live in the inverted lists
                 inv = self.index.invlists
                 parts = [
                     faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
@@ -328,6 +333,9 @@ class VectorIndex:
                 )
                 return False
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            if manifest["kind"] == "ivf" and isinstance(index, faiss.IndexIDMap):
+                logger.info("index snapshot %s is an IVF inside an id map (older format): rebuilding", path)
+                return False
         except Exception as e:  # any unreadable snapshot is rebuilt from the database
             logger.warning("index snapshot %s unreadable (%s): rebuilding", path, e)
             return False
