@@ -1,11 +1,24 @@
 """FAISS indexes derived from the templates table: one per (modality, model_id), ids = template ids.
 
 Kinds: ``flat`` (exact inner product), ``hnsw`` (graph, approximate; deletions are tombstones filtered at search
-and dropped at the next rebuild) and ``ivf`` (inverted lists; trained on the vectors present when built). IVF
-indexes keep the template ids in their lists (not in an ``IndexIDMap``: removing from an id map over IVF
-renumbers the map but not the lists, so every later answer would name the wrong templates).
-``auto`` picks flat below ``hnsw_threshold`` vectors and HNSW above. Vectors are unit length, so inner product
-is cosine similarity.
+and dropped by a rebuild once they are a fifth of the index), ``ivf`` (inverted lists of float32 vectors,
+about 4 sqrt(n) lists trained on the vectors present when built, ``ivf_nprobe`` lists read per query) and
+``ivfpq`` (the same lists holding PQ codes; for 10M-template galleries). IVF indexes keep the template ids in
+their lists (not in an ``IndexIDMap``: removing from an id map over IVF renumbers the map but not the lists, so
+every later answer would name the wrong templates). Vectors are unit length, so inner product is cosine
+similarity.
+
+``auto`` (the default) keeps exact search below ``auto_threshold`` (50k) vectors and ``large_kind`` (HNSW)
+from there on.
+
+The kind follows the size while the gallery runs, not only at start-up: when adds or removals make another
+shape right (``auto`` crossing its threshold upwards, or falling below half of it; an IVF holding four times
+the vectors its lists were sized for; an HNSW a fifth tombstones), a background thread (all cores but one) copies
+the vectors 32k at a time under the lock, builds the new index outside it while searches keep answering from
+the current one, replays the adds and removals recorded since the copy began, and swaps the new index in under
+the lock together with the last few hundred changes. Searches wait at most for one chunk of the copy or the
+swap, never for the build. ``ivfpq`` codes cannot give vectors back: its rebuilds read them from the
+database (``source``). A full ``build`` (start-up, ``Gallery.rebuild_index``) drops a rebuild in flight.
 
 Searches of fewer than ``IndexConfig.small_batch`` queries (one identify) run with ``search_threads`` OpenMP
 threads (default 1, env ``REID_FAISS_THREADS``; 0 = OpenMP's default, all cores): splitting one query's scan
@@ -26,6 +39,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -81,8 +95,12 @@ def omp_threads(n: int) -> Iterator[None]:
 # about as long as adding this many templates takes); after CATCH_UP_ROUNDS rounds it swaps regardless.
 CATCH_UP_UNDER_LOCK = 256
 CATCH_UP_ROUNDS = 8
+# ...and copies the vectors this many at a time under the lock: memory is slow on a busy small machine (a
+# plain copy of 1 GB took ~2 s on the 2-core build machine), and searches wait only for one chunk
+COPY_CHUNK = 32_768
 IVF_MIN = 1000  # fewer vectors than this do not train an IVF: exact search instead
-IVF_REGROW = 4  # an IVF is retrained once it holds 4x the vectors its lists were sized for (2x the lists)
+# an IVF is retrained once it holds this many times the vectors its lists were sized for (lists that long)
+IVF_REGROW = 4
 AUTO_SHRINK = 0.5  # auto returns to exact search below half its threshold: no flapping at the threshold
 HNSW_COMPACT = 0.2  # an HNSW is rebuilt without its tombstones once they are this share of its vectors
 KINDS = ("flat", "hnsw", "ivf", "ivfpq")
@@ -105,6 +123,9 @@ class IndexConfig:
     # OpenMP threads for a search of fewer than ``small_batch`` queries (0: all); see the module docstring
     search_threads: int = field(default_factory=search_threads_from_env)
     small_batch: int = 16
+    # OpenMP threads of a background rebuild (0: all cores but one, at least one): the searches it runs
+    # beside keep a core (start-up builds, with no searches yet, use all)
+    rebuild_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", *KINDS):
@@ -170,7 +191,8 @@ class _Built:
     kind: str
     planned: int
     tombstones: set[int] = field(default_factory=set)
-    # ids in ``index`` when its vectors came from the database: the replay then skips what it already holds
+    # ids in ``index`` while changes are replayed onto it: adds of ids it holds and removals of ids it does
+    # not are skipped (its copy was taken piecewise, or read from the database, while changes were recorded)
     present: set[int] | None = None
 
 
@@ -209,6 +231,8 @@ class VectorIndex:
         self._swaps = threading.Event()  # cleared while ``holding_swaps``
         self._swaps.set()
         self._retry_at = 0  # after a failed background rebuild: not tried again below this many vectors
+        self.copy_chunk = COPY_CHUNK
+        self.history: deque[dict[str, object]] = deque(maxlen=32)  # the background rebuilds swapped in
 
     # -- construction -------------------------------------------------------------------------------------
     def _new_flat(self) -> faiss.Index:
@@ -388,41 +412,65 @@ class VectorIndex:
         threading.Thread(target=self._run, args=(job,), name=name, daemon=True).start()
 
     def _run(self, job: _Rebuild) -> None:
-        """The background rebuild: copy, build outside the lock, catch up, swap under the lock."""
+        with omp_threads(self.config.rebuild_threads or max(1, faiss.omp_get_max_threads() - 1)):
+            self._rebuild_in_background(job)
+
+    def _rebuild_in_background(self, job: _Rebuild) -> None:
+        """Copy, build outside the lock, catch up, swap under the lock."""
         t0 = time.perf_counter()
         try:
             with self.lock:
                 if job is not self._job:
                     return
                 from_db = self.kind == "ivfpq"
-                if not from_db:
-                    ids, vectors = self.export()
-                job.recording = True  # from here on every change is also replayed onto the new index
-            if from_db:  # read after recording starts: the replay skips adds the read already saw
-                ids, vectors = self.source()
-            built = self._make(job.kind, ids, vectors)
+                # from here on every change is also replayed onto the new index, so the copy may be taken
+                # piecewise: the replay skips adds of ids it has and removals of ids it has not
+                job.recording = True
             if from_db:
-                built.present = set(ids.tolist())
+                ids, vectors = self.source()
+                copy_hold = 0.0
+                during_copy = len(job.journal)
+            else:
+                copied = self._copy_in_chunks(job)
+                if copied is None:
+                    return
+                ids, vectors, copy_hold = copied
+            during_copy = len(job.journal)
+            built = self._make(job.kind, ids, vectors)
+            built.present = set(ids.tolist())
+            copied_n = len(ids)
             del ids, vectors
             while not self._swaps.wait(0.05):
                 if job is not self._job:
                     return
+            replayed = 0
             for round_ in range(CATCH_UP_ROUNDS + 1):
                 with self.lock:
                     if job is not self._job:
                         return
                     pending, job.journal = job.journal, []
+                    replayed += len(pending)
                     if round_ == CATCH_UP_ROUNDS or sum(len(op[1]) for op in pending) <= CATCH_UP_UNDER_LOCK:
+                        t_swap = time.perf_counter()
                         self._replay(built, pending)
                         built.present = None
-                        old = self.kind
+                        done = {
+                            "from": self.kind, "to": built.kind, "reason": job.reason, "copied": copied_n,
+                            "changes_replayed": replayed, "changes_during_copy": during_copy, "seconds": 0.0, "copy_chunk_hold_s": copy_hold,
+                        }  # fmt: skip
                         self._install(built)
                         self._job = None
                         self.rebuilds += 1
+                        done["templates"] = self.ntotal
+                        done["swap_hold_s"] = time.perf_counter() - t_swap
+                        done["seconds"] = time.perf_counter() - t0
+                        self.history.append(done)
                         logger.info(
-                            "index %s/%s: %s -> %s with %d templates after %.1f s in the background (%s)",
-                            self.modality, self.model_id, old, self.kind, self.ntotal,
-                            time.perf_counter() - t0, job.reason,
+                            "index %s/%s: %s -> %s with %d templates after %.1f s in the background (%s; %d "
+                            "changes replayed); longest holds of the lock: a chunk of the copy %.3f s, the swap "
+                            "%.3f s",
+                            self.modality, self.model_id, done["from"], done["to"], done["templates"],
+                            done["seconds"], job.reason, replayed, copy_hold, done["swap_hold_s"],
                         )  # fmt: skip
                         self._maybe_rebuild()  # it may have grown past the next step meanwhile
                         return
@@ -438,6 +486,60 @@ class VectorIndex:
                     self._retry_at = 2 * max(self.ntotal, 1)
         finally:
             job.done.set()
+
+    def _copy_in_chunks(self, job: _Rebuild) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The live (ids, vectors, longest lock hold in s) for a background rebuild, copied ``copy_chunk``
+        vectors at a time under the lock (None: the rebuild was dropped meanwhile). Rows an HNSW gains
+        meanwhile are appended and copied too (removals are tombstones: rows never move); an IVF is copied
+        list by list (a removal moves rows within one list only). A flat index, whose removals shift every
+        later row, is copied in one go: it is the small one (below the auto threshold)."""
+        ids_parts, vec_parts, pos, longest = [], [], 0, 0.0
+        while True:
+            with self.lock:
+                t = time.perf_counter()
+                if job is not self._job:
+                    return None
+                if self.kind == "flat":
+                    ids, vectors = self.export()
+                    ids_parts.append(ids)
+                    vec_parts.append(vectors)
+                    longest = max(longest, time.perf_counter() - t)
+                    break
+                if self.kind == "hnsw":
+                    n = int(self.index.ntotal)
+                    if pos >= n:
+                        break
+                    end = min(n, pos + self.copy_chunk)
+                    storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
+                    rows = faiss.rev_swig_ptr(storage.get_xb(), n * self.dim).reshape(n, self.dim)
+                    ids = faiss.rev_swig_ptr(self.index.id_map.data(), n)[pos:end].astype(np.int64)
+                    vectors = rows[pos:end].copy()
+                    if self.tombstones:
+                        live = ~np.isin(ids, np.fromiter(self.tombstones, dtype=np.int64))
+                        ids, vectors = ids[live], vectors[live]
+                    ids_parts.append(ids)
+                    vec_parts.append(vectors)
+                    pos = end
+                else:  # ivf
+                    inv = self.index.invlists
+                    if pos >= inv.nlist:
+                        break
+                    got = 0
+                    while pos < inv.nlist and got < self.copy_chunk:
+                        size = inv.list_size(pos)
+                        if size:
+                            ids_parts.append(faiss.rev_swig_ptr(inv.get_ids(pos), size).astype(np.int64))
+                            codes = faiss.rev_swig_ptr(inv.get_codes(pos), size * inv.code_size)
+                            vec_parts.append(codes.view(np.float32).reshape(size, self.dim).copy())
+                            got += size
+                        pos += 1
+                longest = max(longest, time.perf_counter() - t)
+            # a thread released from waiting on the lock still needs the GIL, which this one holds: without a
+            # pause it would take the lock straight back and the searches would wait for the whole copy
+            time.sleep(0.001)
+        if not ids_parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32), longest
+        return np.concatenate(ids_parts), np.concatenate(vec_parts), longest
 
     @staticmethod
     def _replay(built: _Built, ops: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
