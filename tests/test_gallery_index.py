@@ -162,12 +162,12 @@ def test_ivfpq_grows_out_of_exact_search_then_retrains_from_the_database(tmp_pat
     pids += people.enroll(2)  # 1,000 train an ivfpq from the flat index's vectors; 10 more are replayed
     assert index.wait_rebuilt(120) and index.kind == "ivfpq" and index.planned == 1000
     with index.holding_swaps():
-        pids += people.enroll(300)  # 4,010 > 4 x 1,000: retrained on the database's vectors (codes give none)
+        pids += people.enroll(101)  # 2,010 > 2 x 1,000: retrained on the database's vectors (codes give none)
         status = wait_copied(index)
         assert status["kind"] == "ivfpq" and "retraining" in status["reason"]
         pids += people.enroll(3)  # the database read may or may not see these: replayed once either way
         g.delete_person(pids.pop(0))
-    assert index.wait_rebuilt(120) and index.kind == "ivfpq" and index.planned >= 4010
+    assert index.wait_rebuilt(120) and index.kind == "ivfpq" and index.planned >= 2010
     assert index.ntotal == len(pids) * people.per
     assert sorted(index.live_ids().tolist()) == sorted(t for p in pids for t in g.template_ids(p))
     assert len(people.wrong(pids[::10])) <= 1  # PQ codes: approximate scores
