@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -69,7 +70,7 @@ class IndexCache:
             for r in self.store.template_owners(s):
                 self._track(r.id, r.person_id, (r.modality, r.model_id))
             for key, dim in keys:
-                index = VectorIndex(key[0], key[1], dim, self.config)
+                index = self._new_index(key, dim)
                 loaded = self.index_dir is not None and index.load(
                     self.index_dir, key_name(key), self.store.db_state(s, key)
                 )
@@ -85,9 +86,33 @@ class IndexCache:
                     "snapshot" if loaded else "rebuilt from database",
                 )
 
+    def _new_index(self, key: Key, dim: int) -> VectorIndex:
+        return VectorIndex(key[0], key[1], dim, self.config, source=lambda: self._vectors(key, dim))
+
+    def _vectors(self, key: Key, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every (template ids, vectors) of one model, read from the database (background rebuilds of ivfpq
+        indexes, whose codes cannot give the vectors back, read them here)."""
+        with self.store.Session() as s:
+            ids, vecs = self.store.template_vectors(s, key)
+        return ids, np.stack(vecs) if vecs else np.zeros((0, dim), np.float32)
+
     def _rebuild(self, s: Session, index: VectorIndex) -> None:
         ids, vecs = self.store.template_vectors(s, (index.modality, index.model_id))
         index.build(ids, np.stack(vecs) if vecs else np.zeros((0, index.dim), np.float32))
+
+    def wait_rebuilt(self, timeout: float | None = None) -> bool:
+        """Wait until no index has a background rebuild in flight (False: one still runs after ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for index in list(self.indexes.values()):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not index.wait_rebuilt(left):
+                return False
+        return True
+
+    def close(self) -> None:
+        """Drop background rebuilds in flight (their threads stop at their next step; nothing changes)."""
+        for index in list(self.indexes.values()):
+            index.cancel_rebuild()
 
     def rebuild(self, modality: str | None = None, model_id: str | None = None) -> list[Key]:
         """Rebuild indexes from the database (all, or those matching the filters)."""
@@ -124,7 +149,7 @@ class IndexCache:
             if index is None:
                 if not create:
                     return None
-                index = VectorIndex(key[0], key[1], dim, self.config)
+                index = self._new_index(key, dim)
                 self.indexes[key] = index
             elif index.dim != dim:
                 raise IndexMismatchError(

@@ -134,6 +134,7 @@ class Gallery:
         if self._follower is not None:
             self._follower.stop()
             self._follower = None
+        self.cache.close()  # a background index rebuild must not outlive the database it may read
         self.snapshot()
         self.store.dispose()
 

@@ -525,6 +525,37 @@ def test_hnsw_and_ivf_indexes_delete_and_recall() -> None:
         index.remove(ids[:10])
         _sims, got = index.search(vecs[:10], 5)
         assert not np.isin(got, ids[:10]).any() and index.ntotal == 2990
+        # the others still answer with their own ids (an id map over IVF renumbered them after a removal)
+        _, got = index.search(vecs[10:60], 1)
+        assert (got[:, 0] == ids[10:60]).mean() >= 0.96
+        np.testing.assert_allclose(index.reconstruct(ids[10:13]), vecs[10:13], atol=1e-6)
+        assert sorted(index.live_ids().tolist()) == ids[10:].tolist()
+
+
+def test_ivf_snapshot_of_the_older_id_map_format_is_rebuilt(tmp_path: Path) -> None:
+    import hashlib
+
+    import faiss
+
+    from gallery.index import DBState
+
+    rng = np.random.default_rng(16)
+    vecs, ids = unit(rng, 2000, 32), np.arange(1, 2001)
+    cfg = IndexConfig(kind="ivf", ivf_nprobe=64)
+    index = VectorIndex("face", "m", 32, cfg)
+    index.build(ids, vecs)
+    index.save(tmp_path, "k")
+    state = DBState(2000, 2000, int(ids.sum()))
+    assert VectorIndex("face", "m", 32, cfg).load(tmp_path, "k", state)
+    ivf = index.trained_ivf("ivf", vecs, len(vecs))
+    old = faiss.IndexIDMap2(ivf)
+    old.add_with_ids(vecs, ids)  # what earlier versions saved, with an intact manifest
+    data = faiss.serialize_index(old).tobytes()
+    (tmp_path / "k.faiss").write_bytes(data)
+    manifest = json.loads((tmp_path / "k.json").read_text())
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    (tmp_path / "k.json").write_text(json.dumps(manifest))
+    assert not VectorIndex("face", "m", 32, cfg).load(tmp_path, "k", state)
 
 
 class _ThreadsSeen:
