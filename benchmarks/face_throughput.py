@@ -18,7 +18,10 @@ the native libraries set to that many threads, so a 1-core row cannot borrow the
 - ``processes``: ``cores`` processes, each with its own model, each doing ``requests`` on its share (what
   several server workers would do).
 
-Photos with no face (FaceNotFoundError) or several still count as processed: the work was done. The stage
+Photos with no face (FaceNotFoundError) or several still count as processed: the work was done. ``cores
+used`` is the CPU time of the row's process(es) over its wall time: on a machine shared with other work, a
+2-core row that used ~1 core had no second core to use, whatever the code does; ``photos/CPU-s`` does not
+depend on that (it is what each core gives when it is free). The stage
 table is one thread on one core, mean ms per photo (the retry: mean over all photos of the time spent in the
 doubled-size second pass, which ``detect`` includes; the network: one chip per call and 32 per call).
 
@@ -150,24 +153,27 @@ def run_batch(emb, paths: list[Path]) -> tuple[float, list, int]:
     return time.perf_counter() - t, list(np.concatenate(vecs)), emb.fallbacks - before
 
 
-def _process_share(args: tuple[str, int, list[str]]) -> tuple[float, float, int]:
+def _process_share(args: tuple[str, int, list[str]]) -> tuple[float, float, int, float]:
     path, ort_threads, files = args
     emb = embedder_for(path, 1, ort_threads)
     datas = [Path(f).read_bytes() for f in files]
     run_requests(emb, datas[:3], 1)  # warm-up
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     _, _, misses = run_requests(emb, datas, 1)
-    return t0, time.time(), misses
+    return t0, time.time(), misses, time.process_time() - c0
 
 
-def run_processes(path: str, cores: int, paths: list[Path], ort_threads: int) -> tuple[float, list, int]:
+def run_processes(
+    path: str, cores: int, paths: list[Path], ort_threads: int
+) -> tuple[float, list, int, float]:
     import multiprocessing as mp
 
     shares = [(path, ort_threads, [str(p) for p in paths[i::cores]]) for i in range(cores)]
     with mp.get_context("fork").Pool(cores) as pool:
         spans = pool.map(_process_share, shares)
     # from the first start to the last end: each process loaded its model and warmed up before its start
-    return max(s[1] for s in spans) - min(s[0] for s in spans), [], sum(s[2] for s in spans)
+    seconds = max(s[1] for s in spans) - min(s[0] for s in spans)
+    return seconds, [], sum(s[2] for s in spans), sum(s[3] for s in spans)
 
 
 def stages(emb, datas: list[bytes]) -> dict[str, float]:
@@ -230,17 +236,19 @@ def worker(args: argparse.Namespace) -> None:
     datas = [p.read_bytes() for p in paths]
     result: dict = {"path": path, "mode": mode, "cores": cores}
     if mode == "processes":
-        seconds, vecs, misses = run_processes(path, cores, paths, args.ort_threads)
+        seconds, vecs, misses, cpu = run_processes(path, cores, paths, args.ort_threads)
     else:
         emb = embedder_for(path, cores, args.ort_threads)
         run_requests(emb, datas[:3], 1)  # warm-up: this thread's detector, the network
+        c0 = time.process_time()  # CPU seconds of every thread of this process
         if mode == "requests":
             seconds, vecs, misses = run_requests(emb, datas, cores)
         else:
             seconds, vecs, misses = run_batch(emb, paths)
+        cpu = time.process_time() - c0
         if args.stages:
             result["stages"] = stages(emb, datas)
-    result.update(seconds=seconds, photos=len(datas), misses=misses)
+    result.update(seconds=seconds, photos=len(datas), misses=misses, cpu=cpu)
     if vecs:
         np.save(Path(args.photos_dir) / f"vecs-{path}-{mode}-{cores}.npy", np.array(
             [v if v is not None else np.full(128, np.nan, np.float32) for v in vecs]
@@ -295,7 +303,8 @@ def main() -> None:
         )
         rows, stage_rows = [], {}
         print(
-            f"{'path':<12} {'mode':<10} {'cores':>5} {'photos/s':>9} {'ms/photo':>9} {'no single face':>15}"
+            f"{'path':<12} {'mode':<10} {'cores':>5} {'photos/s':>9} {'ms/photo':>9} {'cores used':>10} "
+            f"{'photos/CPU-s':>12} {'no single face':>15}"
         )
         for path in args.paths:
             for cores in args.cores:
@@ -309,7 +318,8 @@ def main() -> None:
                         stage_rows[path] = r["stages"]
                     rate = r["photos"] / r["seconds"]
                     print(
-                        f"{path:<12} {mode:<10} {cores:>5} {rate:>9.1f} {1000 / rate:>9.1f} {r['misses']:>15}",
+                        f"{path:<12} {mode:<10} {cores:>5} {rate:>9.1f} {1000 / rate:>9.1f} "
+                        f"{r['cpu'] / r['seconds']:>10.2f} {r['photos'] / r['cpu']:>12.1f} {r['misses']:>15}",
                         flush=True,
                     )
         if stage_rows:
