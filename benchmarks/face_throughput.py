@@ -21,12 +21,39 @@ the native libraries set to that many threads, so a 1-core row cannot borrow the
 Photos with no face (FaceNotFoundError) or several still count as processed: the work was done. ``cores
 used`` is the CPU time of the row's process(es) over its wall time: on a machine shared with other work, a
 2-core row that used ~1 core had no second core to use, whatever the code does; ``photos/CPU-s`` does not
-depend on that (it is what each core gives when it is free). The stage
-table is one thread on one core, mean ms per photo (the retry: mean over all photos of the time spent in the
-doubled-size second pass, which ``detect`` includes; the network: one chip per call and 32 per call).
+depend on that (it is what each core gives when it is free). The stage table is one thread on one core, mean
+ms per photo (the retry: mean over all photos of the time spent in the doubled-size second pass, which
+``detect`` includes; the network: one chip per call and 32 per call).
+
+Measured 2026-11-29 on the 2-core build machine (Intel Xeon, dlib-bin 20.0.1 without BLAS, onnxruntime 1.32.0),
+shared with other engineers' benchmarks (load average 5.1 at start, 6.3 at end: every row got about half a core,
+see ``cores used``), default options:
+
+    path         mode       cores  photos/s  ms/photo cores used photos/CPU-s  no single face
+    before       requests       1       5.7     175.5       0.66          8.6               3
+    before       batch          1       4.0     249.3       0.49          8.2               3
+    before       requests       2       4.2     236.3       0.53          8.0               3
+    before       batch          2       4.0     248.8       0.50          8.1               3
+    before       processes      2       4.0     250.1       0.50          8.0               3
+    after        requests       1      24.7      40.4       0.48         51.3               3
+    after        batch          1      30.5      32.8       0.51         60.4               3
+    after        requests       2      29.7      33.6       0.52         57.4               3
+    after        batch          2      31.2      32.1       0.53         58.6               3
+    after        processes      2      35.1      28.5       0.61         57.9               3
+    path            decode    detect     retry landmarks     align   embed 1  embed 32
+    before            1.42     17.38      1.43      1.65      0.86    200.48    189.25
+    after             1.74     19.07      1.23      1.89      0.89     12.31     10.94
+
+Every "after" row's vectors are within 3.6e-7 of the "before" ones, for the same photos. HOG detection is now
+the largest stage. Scanning a copy shrunk by 5/6 (one step of HOG's pyramid) would save roughly a third of it,
+but found 93.6 % of 1,094 CelebA training crops (every 5th) in the first pass against 95.5 % at full size, so
+photos no larger than ``max_side`` are still scanned at full size (chosen on CelebA's detection rate and the
+speed on these photos; LFW's verification accuracy chose nothing). With ``--ort-threads 2`` (similar load) the after rows gave 18-33 photos/s and 28-51 photos
+per CPU-second: intra-op threads lose to one thread per caller. ``--paths after after-mtcnn --n 60 --modes
+requests --cores 1``: MTCNN detection 90 ms per photo against HOG's 17 ms (9.3 against 30.6 photos/s).
 
 Examples:
-    python benchmarks/face_throughput.py                       # 200 photos, 250x250, all paths and modes
+    python benchmarks/face_throughput.py                       # 200 photos, 250x250, before and after, all modes
     python benchmarks/face_throughput.py --n 100 --size 150    # the stored 150x150 files
     python benchmarks/face_throughput.py --paths before --modes requests --cores 1
 """
