@@ -4,12 +4,14 @@ second thread identifies.
 
 Real-like, not uniform random: every cuhk03-np crop of the shared data is embedded once with the shipped body
 model (``models/body/mobilenetv2_cuhk03.pt`` on ONNX Runtime, 256-d; cached under ``--cache``, never in the
-repository), and a generative model is fitted to the crops of the *training* identities (``--fit``; labeled
-boxes and detector boxes, 427 identities): identity centres from a Gaussian mixture in the PCA subspace of the
-real identity means, as many components as it takes for sampled identities to lie as close to their nearest
-other identity as real ones do; several photos per person from the real within-identity residual covariance.
-The table's header prints real against synthetic: cosine of two photos of one person, of two persons, and of
-an identity to its nearest other identity. Templates: ``--per-person`` photos per person (2-8, 5 on average:
+repository), and a generative model is fitted to them: identity centres from a Gaussian mixture in the PCA
+subspace of the means of the 427 *training* identities (``--centres``; labeled boxes and detector boxes), with
+as many components as it takes for sampled identities to lie as close to their nearest other identity as real
+ones do; several photos per person from the within-identity residual covariance of the 50 identities the
+shipped model held out of its training (``--spread``; unseen by the model, like the people a store enrolls:
+photos of a trained identity sit closer together, and would flatter an approximate index). The table's
+header prints real against synthetic: cosine of two photos of one person, of two persons, and of an identity
+to its nearest other identity. Templates: ``--per-person`` photos per person (2-8, 5 on average:
 1M templates are ~200k persons). Queries: a new photo of an enrolled person (``--queries``) and photos of
 persons never enrolled (``--strangers``, the hard case for an approximate index: no cluster of their own).
 The fit needs scikit-learn (the ``test`` extra).
@@ -30,7 +32,7 @@ split's outcome chose anything.
 Examples:
     python benchmarks/index_million.py                                    # 1M: flat, HNSW, IVF side by side
     python benchmarks/index_million.py --kinds ivf --nlist 0 1414 --nprobe 16 32
-    python benchmarks/index_million.py --n 200000 --fit test              # fitted to the test identities
+    python benchmarks/index_million.py --centres test --spread test      # a look at the test identities
     python benchmarks/index_million.py --growth                           # the default index grown to 1M
     python benchmarks/index_million.py --n 100000 --queries 200 --kinds flat ivf   # a quick look
 """
@@ -100,22 +102,34 @@ class RealLike:
     real ones do (median cosine, within 0.01, at the real number of identities): an approximate index finds
     its way among crowded look-alikes less easily than among evenly spread people, and BIC alone picks one
     smooth Gaussian whose identities are farther apart than real ones (median 0.52 against 0.65 here).
-    Residuals: the real within-identity residuals' covariance (pooled over identities, full rank). Several
-    photos of one person thus scatter the way real ones do around a centre placed the way real identities
-    are placed relative to each other.
+    Residuals: the real within-identity residuals' covariance (pooled over identities, full rank), of the
+    ``spread_*`` identities when given (identities the model never trained on scatter wider than those it
+    did: cosine of two photos of one person 0.63 against 0.74 here). Several photos of one person thus
+    scatter the way real ones do around a centre placed the way real identities are placed relative to each
+    other.
     """
 
-    def __init__(self, vectors: np.ndarray, pids: np.ndarray, variance: float = 0.95, seed: int = 0) -> None:
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        pids: np.ndarray,
+        spread_vectors: np.ndarray | None = None,
+        spread_pids: np.ndarray | None = None,
+        variance: float = 0.95,
+        seed: int = 0,
+    ) -> None:
         from sklearn.mixture import GaussianMixture
 
-        uniq, inv = np.unique(pids, return_inverse=True)
-        counts = np.bincount(inv)
-        centres = np.zeros((len(uniq), vectors.shape[1]))
-        np.add.at(centres, inv, vectors.astype(np.float64))
-        centres /= counts[:, None]
-        resid = vectors - centres[inv]
+        centres, uniq, counts = identity_means(vectors, pids)
+        if spread_vectors is None:
+            spread_vectors, spread_pids = vectors, pids
+        spread_means, spread_uniq, _ = identity_means(spread_vectors, spread_pids)
+        resid = spread_vectors - spread_means[np.searchsorted(spread_uniq, spread_pids)]
+        # unit photos = centre + residual: where photos scatter wider, centres are shorter. Scaled to the spread
+        # identities' length, the centres keep their directions (how identities lie relative to each other)
+        centres *= np.sqrt((spread_means**2).sum(1).mean() / (centres**2).sum(1).mean())
         self.dim = vectors.shape[1]
-        self.within = resid.T @ resid / (len(vectors) - len(uniq))  # unbiased pooled covariance
+        self.within = resid.T @ resid / (len(resid) - len(spread_uniq))  # unbiased pooled covariance
         self.within_chol = np.linalg.cholesky(self.within + 1e-8 * np.eye(self.dim))
         self.mean = centres.mean(0)
         _, s, vt = np.linalg.svd(centres - self.mean, full_matrices=False)
@@ -124,8 +138,11 @@ class RealLike:
         self.basis = vt[:k]  # (k, D)
         self.rest_sigma = float(np.sqrt(var[k:].sum() / max(self.dim - k, 1)))
         z = (centres - self.mean) @ self.basis.T
-        self.identities, self.pca_dims = len(uniq), k
+        self.identities, self.spread_identities, self.pca_dims = len(uniq), len(spread_uniq), k
         self.real = structure(vectors, pids, np.random.default_rng(seed))
+        self.real["same person"] = structure(spread_vectors, spread_pids, np.random.default_rng(seed))[
+            "same person"
+        ]
         pid = np.repeat(np.arange(len(uniq)), counts)
         self.tried: list[tuple[int, dict[str, float]]] = []
         for c in (1, 2, 4, 8, 16, 32, 64, 128):
@@ -152,6 +169,26 @@ class RealLike:
         r = self.rng.standard_normal((len(centres), self.dim)) @ self.within_chol.T
         x = centres + r.astype(np.float32)
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def identity_means(vectors: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean of each identity's embeddings, the sorted identities, images per identity)."""
+    uniq, inv = np.unique(pids, return_inverse=True)
+    counts = np.bincount(inv)
+    means = np.zeros((len(uniq), vectors.shape[1]))
+    np.add.at(means, inv, vectors.astype(np.float64))
+    return means / counts[:, None], uniq, counts
+
+
+def held_out_identities(pids_train: np.ndarray, n: int, seed: int) -> set[int]:
+    """The identities the shipped body model's trainer held out of training (``data.val_identities`` and
+    ``data.val_seed`` of ``configs/reid/cpu_val_mobilenetv2.yaml``): the same ``holdout_identities`` call on the
+    labeled training crops (only their identities matter for the choice)."""
+    from reid.data.holdout import holdout_identities
+    from reid.data.records import ImageRecord
+
+    _, val = holdout_identities([ImageRecord("", int(p), 0) for p in pids_train], n, seed)
+    return {r.pid for r in val.query + val.gallery}
 
 
 def structure(vectors: np.ndarray, pids: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
@@ -256,16 +293,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=80)
-    p.add_argument("--nlist", type=int, nargs="+", default=[0], help="IVF lists (0: the gallery's 2 sqrt(n))")
-    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument(
+        "--nlist",
+        type=int,
+        nargs="+",
+        default=[0, -1],
+        help="IVF lists (0: the gallery's 2 sqrt(n), as built at start-up; -1: 2 sqrt(n/2), the lists a growing "
+        "gallery has just before its next retrain, the slowest it gets)",
+    )
+    p.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 48, 64])
     p.add_argument("--k", type=int, default=5, help="persons per identify (the search reads max(10k, 64))")
     p.add_argument(
-        "--fit",
+        "--centres",
         choices=["train", "test", "all"],
         default="train",
-        help="crops the generator is fitted to: cuhk03-np train identities (labeled + detector "
-        "boxes; default), the test split's, or both",
+        help="identities whose means place the synthetic identities: cuhk03-np's training identities (labeled "
+        "+ detector boxes; default), the test split's (a look beside, never for choosing), or both",
     )
+    p.add_argument(
+        "--spread",
+        choices=["val", "train", "test", "all"],
+        default="val",
+        help="identities whose photos give the within-person spread: the shipped model's held-out validation "
+        "identities (default: unseen in training, like the people a store enrolls; the trained ones sit "
+        "tighter), the training identities, the test split's, or all",
+    )
+    p.add_argument(
+        "--val-identities", type=int, default=50, help="held out when the shipped model was trained"
+    )
+    p.add_argument("--val-seed", type=int, default=0)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "body" / "mobilenetv2_cuhk03.pt")
     p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")
@@ -301,9 +357,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     real = real_embeddings(args.data, args.checkpoint, args.cache, args.runtime)
-    keep = {"train": real["split"] <= 1, "test": real["split"] >= 2, "all": real["split"] >= 0}[args.fit]
+    split, pids = real["split"], real["pids"]
+    held = held_out_identities(pids[split == 0], args.val_identities, args.val_seed)
+    sets = {
+        "train": split <= 1,
+        "val": (split <= 1) & np.isin(pids, sorted(held)),
+        "test": split >= 2,
+        "all": split >= 0,
+    }
+    keep, spread = sets[args.centres], sets[args.spread]
     t = time.perf_counter()
-    model = RealLike(real["vectors"][keep], real["pids"][keep], seed=args.seed)
+    model = RealLike(real["vectors"][keep], pids[keep], real["vectors"][spread], pids[spread], seed=args.seed)
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
     x, persons, centres = generate(model, args.n, *args.per_person, seed=args.seed + 1)
@@ -333,10 +397,11 @@ def main(argv: list[str] | None = None) -> None:
         f"1/5/15 min at the end {load_avg()}"
     )
     print(
-        f"real embeddings: {keep.sum()} cuhk03-np crops ({args.fit} split(s)) of {model.identities} identities, "
-        f"{model.dim}-d, model {real['model_id']}; generator: identity centres from a {model.components}-component "
-        f"Gaussian mixture in {model.pca_dims} PCA dimensions (+ isotropic rest), within-person residuals from "
-        f"the real pooled covariance"
+        f"real embeddings ({model.dim}-d, model {real['model_id']}): identity centres from a "
+        f"{model.components}-component Gaussian mixture in {model.pca_dims} PCA dimensions (+ isotropic rest) "
+        f"fitted to the means of {model.identities} identities ({args.centres}: {keep.sum()} crops); within-person "
+        f"spread: the pooled residual covariance of {model.spread_identities} identities ({args.spread}: "
+        f"{spread.sum()} crops)"
     )
     print(f"{'':<26}{'real':>8}{'synthetic':>11}   (cosine; synthetic at the real identity count)")
     synth = model.tried[-1][1]
@@ -365,7 +430,10 @@ def kinds_side_by_side(args, dim, ids, x, cache, queries, truth) -> list[tuple]:
         variants = {"flat": [(0, None)], "hnsw": [(0, ef) for ef in args.ef_search]}.get(
             kind, [(nl, pr) for nl in args.nlist for pr in args.nprobe]
         )
-        for nlist in sorted({v[0] for v in variants}):
+        for nlist in dict.fromkeys(v[0] for v in variants):
+            if nlist < 0:
+                nlist = int(2 * np.sqrt(len(ids) / 2))
+                variants = [(nlist if v[0] < 0 else v[0], v[1]) for v in variants]
             cfg = IndexConfig(
                 kind=kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ivf_nlist=nlist
             )

@@ -9,11 +9,13 @@ every later answer would name the wrong templates). Vectors are unit length, so 
 similarity.
 
 ``auto`` (the default) keeps exact search below ``auto_threshold`` (20k) vectors and ``large_kind`` (``ivf``,
-32 of about 2 sqrt(n) lists per query) from there on. Chosen with ``benchmarks/index_million.py`` on synthetic
-body templates fitted to real embeddings of cuhk03-np's *training* identities (no test split chose anything):
-at 1M templates IVF builds in minutes where HNSW (M=32) took 18 on the shared 2-core machine, answers one
-query in a few ms with person recall@1 >= 0.99 against exact search, and deletes for real (the retention
-sweeps delete every day; HNSW would carry tombstones); exact search at 50k already cost ~10 ms per query.
+64 of about 2 sqrt(n) lists per query) from there on. Chosen with ``benchmarks/index_million.py`` on synthetic
+body templates fitted to real embeddings (identities placed like cuhk03-np's training identities, photos
+scattered like the shipped model's held-out validation identities; no test split chose anything): at 1M
+templates IVF built in about 2 minutes where HNSW (M=32) took 12 to 18 on the shared 2-core machine, answers
+one query in ~3 ms (p50) with person recall@1 >= 0.99 against exact search (32 lists gave 0.978), and deletes
+for real (the retention sweeps delete every day; HNSW would carry tombstones); exact search at 50k already
+cost ~10 ms per query (docs/DEPLOYMENT.md, "Large galleries", has the table).
 
 The kind follows the size while the gallery runs, not only at start-up: when adds or removals make another
 shape right (``auto`` crossing its threshold upwards, or falling below half of it; an IVF holding twice the
@@ -120,7 +122,7 @@ class IndexConfig:
     ef_construction: int = 80
     ef_search: int = 128
     ivf_nlist: int = 0  # 0: about 2 * sqrt(n)
-    ivf_nprobe: int = 32
+    ivf_nprobe: int = 64
     # ivfpq (very large galleries): pq_m bytes of code + 8 bytes of id per template, no raw vectors in memory
     # (the database keeps them); scores are approximate and mean aggregation is unavailable
     pq_m: int = 64
