@@ -385,3 +385,35 @@ def test_an_unwritable_onnx_cache_falls_back_to_a_temporary_folder(
     with caplog.at_level(logging.WARNING, logger="reid.onnx_embedder"):
         emb = OnnxEmbedder.from_checkpoint(small_checkpoint, cache_dir=blocked / "cache")
     assert "cannot write the ONNX cache" in caplog.text and emb.onnx_path.parent.parent == tmp_path / "tmp"
+
+
+def test_the_onnx_export_sets_subnormal_weights_to_zero(tmp_path: Path) -> None:
+    """A BatchNorm scale decayed to ~1e-39 folds into subnormal conv weights, which x86 multiplies in microcode
+    (the shipped model's first conv ran 50x slower); the export sets them to zero and the output is unchanged."""
+    import onnx
+    from onnx import numpy_helper
+
+    from reid.onnx_embedder import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model("mobilenetv3_small", embedding_dim=32)
+    with torch.no_grad():
+        model.backbone[0][1].weight[:4] = 1e-39  # the stem's BatchNorm: 4 dead channels
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, input_size=(64, 32))
+
+    def subnormal(file: Path) -> int:
+        tiny = np.finfo(np.float32).tiny
+        arrays = [
+            numpy_helper.to_array(i) for i in onnx.load(str(file)).graph.initializer if i.data_type == 1
+        ]
+        return sum(int(((a != 0) & (np.abs(a) < tiny)).sum()) for a in arrays)
+
+    kept = export_onnx(path, tmp_path / "kept.onnx", flush=False)
+    flushed = export_onnx(path, tmp_path / "flushed.onnx")
+    assert subnormal(kept) > 0 and subnormal(flushed) == 0
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 32)).astype(np.float32)
+    a, b = (ort.InferenceSession(str(p)).run(None, {"images": x})[0] for p in (kept, flushed))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
