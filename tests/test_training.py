@@ -304,7 +304,7 @@ def test_int8_of_the_shipped_body_model_carries_its_own_id_and_card(
     import random
 
     from reid.errors import CheckpointError
-    from reid.models import load_checkpoint
+    from reid.models import build_model, load_checkpoint, save_checkpoint
     from services.settings import DEFAULT_BODY_CHECKPOINT
     from training.export import OnnxEmbedder, export_int8, export_onnx, held_out_split
 
@@ -331,11 +331,50 @@ def test_int8_of_the_shipped_body_model_carries_its_own_id_and_card(
     emb.flip = True  # flip-averaged INT8 vectors: their own id, and no card was made for them
     assert emb.model_id == model_id + "-flip" and emb.decision is None
     other = tmp_path / "other.pt"
-    from reid.models import build_model, save_checkpoint
-
     save_checkpoint(other, build_model("mobilenetv2", embedding_dim=256), input_size=(192, 96))
     with pytest.raises(CheckpointError, match="quantised from"):
         OnnxEmbedder(path, other)
+
+
+def test_export_int8_command_calibrates_on_training_identities_and_writes_a_card(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """``export --int8``: calibration images come from the identities the checkpoint trained on (also when a
+    folder is given), the held-out ones measure the card, and the file carries its own model_id and card."""
+    import onnx
+
+    import training.export
+    from reid.models import load_checkpoint
+    from training.cli import main
+
+    market = make_market(tmp_path / "market", ids=10)
+    cfg = tiny_cfg(tmp_path, market, seed=3)
+    cfg["data"].update(val_identities=6, extra_train=[])
+    cfg["train"] = {**cfg["train"], "epochs": 1}
+    Trainer(cfg, device="cpu").train()
+    ckpt = tmp_path / "run" / "final.pt"
+    _, meta = load_checkpoint(ckpt)
+    held = {r.pid for r in training.export.held_out_split(meta.extra["config"])[3]}
+    used: list[list[str]] = []
+    real = training.export.export_int8
+
+    def spy(checkpoint, fp32, out, images, *args, **kwargs):
+        used.append(list(images))
+        return real(checkpoint, fp32, out, images, *args, **kwargs)
+
+    monkeypatch.setattr(training.export, "export_int8", spy)
+    folder = str(market / "bounding_box_train")
+    for extra in ([], ["--calibration-images", folder]):
+        assert (
+            main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x"), "--int8", *extra]) == 0
+        )
+    assert len(held) == 6 and all(used) and len(used) == 2
+    assert not {int(Path(p).name[:4]) for paths in used for p in paths} & held
+    out = capsys.readouterr().out
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "x" / "model.int8.onnx")).metadata_props}
+    assert props["reid_model_id"].startswith(meta.model_id + "-int8-") and props["reid_model_id"] in out
+    card = json.loads(props["reid_card"])
+    assert card["validation"]["queries"] > 0 and "threshold" in card["decision"] and "validation (" in out
 
 
 @pytest.mark.realdata
