@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reid.decision_card import flip_model_id
+from reid.decision_card import card_from_checkpoint_extra, flip_model_id
 from reid.embedder import Embedder, l2_normalize
 from reid.errors import CheckpointError
 
@@ -222,9 +222,15 @@ class OnnxEmbedder(Embedder):
     decision card as the PyTorch ``Embedder`` of the checkpoint.
 
     ``OnnxEmbedder.from_checkpoint(path)`` exports and caches the graph (see the module docstring);
-    ``OnnxEmbedder(onnx_path, checkpoint)`` runs a given file (an INT8 graph, whose file name contains
-    ``int8``, gets the model_id ``<model_id>-int8``). ``threads``: ONNX Runtime intra-op threads (default
-    :func:`default_threads`; inter-op 1, sequential execution). The torch model is not kept.
+    ``OnnxEmbedder(onnx_path, checkpoint)`` runs a given file. An INT8 graph's vectors are another embedding
+    space: one written by ``training.export`` carries its own ``model_id`` (``<model_id>-int8-<digest of the
+    quantised graph>``, so two INT8 variants never share an index) and its own card (accuracy measured on the
+    checkpoint's validation identities and a decision calibrated on its INT8 vectors) in its metadata; it must
+    have been made from this checkpoint. Another INT8 file (quantised but not stamped, or whose name contains
+    ``int8``) gets ``<model_id>-int8`` and no decision (the fp32 card's threshold was calibrated on other
+    vectors). ``threads``: ONNX Runtime
+    intra-op threads (default :func:`default_threads`; inter-op 1, sequential execution). The torch model is
+    not kept.
     """
 
     runtime = "onnx"
@@ -247,13 +253,30 @@ class OnnxEmbedder(Embedder):
         model, meta = loaded
         if not Path(onnx_path).is_file():
             raise CheckpointError(f"{onnx_path}: ONNX file does not exist")
-        # an INT8 graph's vectors differ from the fp32 model's: another embedding space
-        self._id_suffix = "-int8" if "int8" in Path(onnx_path).name else ""
-        super().__init__(model, meta, device="cpu", flip=flip)
-        self.model = None  # the forward pass is the session's
         self.onnx_path = Path(onnx_path)
         self.threads = int(threads or default_threads())
         self.session = _session(onnx_path, self.threads)
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.int8_card: dict | None = None  # what training.export measured for an INT8 graph
+        self._id_suffix = ""
+        if "reid_base_model_id" in props:  # stamped by training.export.stamp_int8
+            base = props["reid_base_model_id"]
+            if base != meta.model_id:
+                raise CheckpointError(
+                    f"{onnx_path}: this INT8 graph was quantised from {base!r}, not from {meta.model_id!r}"
+                )
+            self._id_suffix = props.get("reid_model_id", base + "-int8")[len(base) :]
+            self.int8_card = json.loads(props["reid_card"]) if "reid_card" in props else None
+        elif "reid_int8" in props or "int8" in self.onnx_path.name:
+            logger.warning(
+                "%s: an INT8 graph without its own model_id (training.export.stamp_int8 gives one): it gets "
+                "%s-int8, which every such variant of this checkpoint shares, and no decision",
+                onnx_path,
+                meta.model_id,
+            )
+            self._id_suffix = "-int8"
+        super().__init__(model, meta, device="cpu", flip=flip)
+        self.model = None  # the forward pass is the session's
         self._mean_np = self._mean.numpy()
         self._std_np = self._std.numpy()
 
@@ -261,6 +284,10 @@ class OnnxEmbedder(Embedder):
     def flip(self, value: bool) -> None:
         Embedder.flip.fset(self, value)
         self.model_id = flip_model_id(self.meta.model_id + self._id_suffix, self._flip)
+        if self._id_suffix:
+            # the checkpoint's card decides for fp32 vectors; an INT8 graph's own card (plain vectors only)
+            card = None if self._flip else (self.int8_card or {}).get("decision")
+            self.decision = card_from_checkpoint_extra({"decision": card}) if card else None
 
     @classmethod
     def from_checkpoint(

@@ -232,6 +232,151 @@ def test_static_int8_export_stays_close_to_fp32(market: Path, tmp_path: Path) ->
         quantize_onnx_int8(fp32, tmp_path / "x.onnx")
 
 
+def _mobilenetv2_onnx(tmp_path: Path) -> tuple[Path, Path]:
+    """A small random MobileNetV2 like the shipped body model's architecture, exported to ONNX."""
+    from reid.models import build_model, save_checkpoint
+    from training.export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model("mobilenetv2", embedding_dim=32, pooling="gem", last_stride=1)
+    ckpt = tmp_path / "mnv2.pt"
+    save_checkpoint(ckpt, model.eval(), input_size=(64, 32))
+    return ckpt, export_onnx(ckpt, tmp_path / "mnv2.onnx")
+
+
+def test_int8_exclusion_presets_name_mobilenetv2_nodes(tmp_path: Path) -> None:
+    from training.export import int8_exclusions
+
+    _, fp32 = _mobilenetv2_onnx(tmp_path)
+    assert int8_exclusions(fp32, ["first_conv"]) == [
+        "/backbone/backbone.0/backbone.0.0/Conv",
+        "/backbone/backbone.0/backbone.0.2/Clip",  # its ReLU6 goes with it
+    ]
+    early = int8_exclusions(fp32, ["early"])  # at the first conv's output resolution, after it
+    assert [n for n in early if n.endswith("Conv")] == [
+        "/backbone/backbone.1/conv/conv.0/conv.0.0/Conv",
+        "/backbone/backbone.1/conv/conv.1/Conv",
+        "/backbone/backbone.2/conv/conv.0/conv.0.0/Conv",
+    ]
+    assert len([n for n in int8_exclusions(fp32, ["depthwise"]) if n.endswith("Conv")]) == 17
+    assert int8_exclusions(fp32, ["head"]) == ["/head/projection/MatMul"]
+    with pytest.raises(ValueError, match="neither presets"):
+        int8_exclusions(fp32, ["early", "no_such_node"])
+
+
+def test_excluded_nodes_stay_float_in_the_file_and_when_onnx_runtime_runs_it(tmp_path: Path, caplog) -> None:
+    """The default exclusion keeps its convs float in the graph and in what ONNX Runtime runs; a lone conv
+    excluded between quantised neighbours is quantised at load by ONNX Runtime, and that is said."""
+    import logging
+
+    import onnx
+
+    from training.export import int8_exclusions, quantize_onnx_int8, requantised_at_load
+
+    _, fp32 = _mobilenetv2_onnx(tmp_path)
+    calib = np.random.default_rng(0).standard_normal((16, 3, 64, 32)).astype(np.float32)
+    out = quantize_onnx_int8(fp32, tmp_path / "m.int8.onnx", calib)
+    model = onnx.load(str(out))
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    floats = set(int8_exclusions(fp32, ["early"]))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 52 and {n.name for n in convs} >= {f for f in floats if f.endswith("Conv")}
+    for n in convs:  # excluded: float weights; every other conv: INT8 weights behind a DequantizeLinear
+        assert (producer.get(n.input[1]) == "DequantizeLinear") == (n.name not in floats), n.name
+    settings = json.loads({p.key: p.value for p in model.metadata_props}["reid_int8"])
+    assert (
+        settings["float_nodes"] == int8_exclusions(fp32, ["early"]) and settings["calibrate"] == "percentile"
+    )
+    assert requantised_at_load(out, sorted(floats)) == []
+
+    lone = "/backbone/backbone.2/conv/conv.0/conv.0.0/Conv"  # a 1x1 expansion between quantised tensors
+    with caplog.at_level(logging.WARNING, logger="training.export"):
+        quantize_onnx_int8(fp32, tmp_path / "lone.int8.onnx", calib, exclude=[lone])
+    assert "WeightBiasQuantization" in caplog.text and lone in caplog.text
+
+
+@pytest.mark.realdata
+def test_int8_of_the_shipped_body_model_carries_its_own_id_and_card(
+    cuhk03_root: Path, tmp_path: Path
+) -> None:
+    """The default INT8 of the shipped body model: calibrated on training identities, measured on (a part of)
+    the held-out ones, its own model_id and decision; its embeddings of real test crops stay close to fp32."""
+    import random
+
+    from reid.errors import CheckpointError
+    from reid.models import build_model, load_checkpoint, save_checkpoint
+    from services.settings import DEFAULT_BODY_CHECKPOINT
+    from training.export import OnnxEmbedder, export_int8, export_onnx, held_out_split
+
+    ckpt = DEFAULT_BODY_CHECKPOINT
+    _, meta = load_checkpoint(ckpt)
+    train, query, gallery, every = held_out_split(meta.extra["config"], cuhk03_root)
+    assert not {r.pid for r in train} & {r.pid for r in every}  # calibration never sees validation people
+    ids = sorted({r.pid for r in query})[:20]  # a small validation subset keeps the test short
+    part = [[r for r in rs if r.pid in ids] for rs in (query, gallery, every)]
+    calibration = [r.path for r in random.Random(0).sample(train, 64)]
+    fp32 = export_onnx(ckpt, tmp_path / "model.onnx")
+    path, model_id, card = export_int8(ckpt, fp32, tmp_path / "model.int8.onnx", calibration, part)
+    assert model_id.startswith(meta.model_id + "-int8-") and len(model_id) == len(meta.model_id) + 18
+    v = card["validation"]
+    assert v["cosine_to_fp32"]["mean"] >= 0.97 and v["int8"]["mAP"] >= v["fp32"]["mAP"] - 0.05
+
+    emb = OnnxEmbedder(path, ckpt, threads=1)
+    assert emb.model_id == model_id and emb.decision["threshold"] == card["decision"]["threshold"]
+    assert emb.decision["threshold"] != Embedder.from_checkpoint(ckpt).decision["threshold"]
+    crops = [str(p) for p in sorted((cuhk03_root / "bounding_box_test").glob("*.jpg"))[::100]]
+    a, b = emb.embed(crops), OnnxEmbedder(fp32, ckpt, threads=1).embed(crops)
+    cos = (a * b).sum(1)
+    assert cos.mean() >= 0.97 and cos.min() >= 0.8  # validation with 256 calibration images: 0.985 / 0.85
+    emb.flip = True  # flip-averaged INT8 vectors: their own id, and no card was made for them
+    assert emb.model_id == model_id + "-flip" and emb.decision is None
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, build_model("mobilenetv2", embedding_dim=256), input_size=(192, 96))
+    with pytest.raises(CheckpointError, match="quantised from"):
+        OnnxEmbedder(path, other)
+
+
+def test_export_int8_command_calibrates_on_training_identities_and_writes_a_card(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """``export --int8``: calibration images come from the identities the checkpoint trained on (also when a
+    folder is given), the held-out ones measure the card, and the file carries its own model_id and card."""
+    import onnx
+
+    import training.export
+    from reid.models import load_checkpoint
+    from training.cli import main
+
+    market = make_market(tmp_path / "market", ids=10)
+    cfg = tiny_cfg(tmp_path, market, seed=3)
+    cfg["data"].update(val_identities=6, extra_train=[])
+    cfg["train"] = {**cfg["train"], "epochs": 1}
+    Trainer(cfg, device="cpu").train()
+    ckpt = tmp_path / "run" / "final.pt"
+    _, meta = load_checkpoint(ckpt)
+    held = {r.pid for r in training.export.held_out_split(meta.extra["config"])[3]}
+    used: list[list[str]] = []
+    real = training.export.export_int8
+
+    def spy(checkpoint, fp32, out, images, *args, **kwargs):
+        used.append(list(images))
+        return real(checkpoint, fp32, out, images, *args, **kwargs)
+
+    monkeypatch.setattr(training.export, "export_int8", spy)
+    folder = str(market / "bounding_box_train")
+    for extra in ([], ["--calibration-images", folder]):
+        assert (
+            main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x"), "--int8", *extra]) == 0
+        )
+    assert len(held) == 6 and all(used) and len(used) == 2
+    assert not {int(Path(p).name[:4]) for paths in used for p in paths} & held
+    out = capsys.readouterr().out
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "x" / "model.int8.onnx")).metadata_props}
+    assert props["reid_model_id"].startswith(meta.model_id + "-int8-") and props["reid_model_id"] in out
+    card = json.loads(props["reid_card"])
+    assert card["validation"]["queries"] > 0 and "threshold" in card["decision"] and "validation (" in out
+
+
 @pytest.mark.realdata
 def test_exports_match_pytorch_on_real_images(cuhk03_root: Path, tmp_path: Path) -> None:
     from reid.models import build_model, save_checkpoint

@@ -6,8 +6,9 @@ Examples:
   python -m training train --config configs/reid/light_mobilenetv2.yaml --resume runs/light_mobilenetv2/last.pt
   torchrun --nproc_per_node=2 -m training train --config configs/reid/light_osnet_x025.yaml
   python -m training evaluate --checkpoint runs/light_mobilenetv2/best.pt --config configs/reid/light_mobilenetv2.yaml
+  python -m training export --checkpoint models/body/mobilenetv2_cuhk03.pt --out exported/ --int8
   python -m training export --checkpoint runs/light_mobilenetv2/best.pt --out exported/ --int8 \\
-      --calibration-images ../shared/data/cuhk03-np/bounding_box_train
+      --calibration-images ../shared/data/cuhk03-np/bounding_box_train --int8-exclude early,head
 """
 
 from __future__ import annotations
@@ -40,7 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True, help="output folder")
     x.add_argument("--int8", action="store_true", help="also write a statically quantised INT8 ONNX model")
-    x.add_argument("--calibration-images", help="folder of training images for INT8 calibration")
+    x.add_argument(
+        "--calibration-images",
+        help="folder of training images for INT8 calibration (default: the training identities of the "
+        "checkpoint's config; its held-out validation identities are never used to calibrate)",
+    )
+    x.add_argument("--calibration-count", type=int, default=256, help="INT8 calibration images (sampled)")
+    x.add_argument(
+        "--int8-exclude",
+        default="early",  # training.export.DEFAULT_INT8_EXCLUDE (not imported: it loads torch before --help)
+        help="comma-separated presets (first_conv, early, depthwise, head) or node names kept in float; "
+        "'' quantises every Conv (default: %(default)s)",
+    )
+    x.add_argument("--int8-calibrate", default="percentile", choices=["percentile", "minmax", "entropy"])
+    x.add_argument("--int8-format", default="qdq", choices=["qdq", "qoperator"])
+    x.add_argument(
+        "--data-root", help="dataset root for the checkpoint's held-out identities (default: its config's)"
+    )
     args = p.parse_args(argv)
     setup_logging()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -73,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.model.load_state_dict(model.state_dict())
         print(json.dumps(trainer.evaluate(), indent=2))
     elif args.cmd == "export":
-        from training.export import export_onnx, export_torchscript, quantize_onnx_int8
+        from training.export import export_onnx, export_torchscript
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -82,20 +99,76 @@ def main(argv: list[str] | None = None) -> int:
             export_onnx(args.checkpoint, out / "model.onnx"),
         ]
         if args.int8:
-            from reid.images import image_files_in
-            from training.export import calibration_batch
-
-            if not args.calibration_images:
-                raise ConfigError("--int8 needs --calibration-images (a folder of ~200 training crops)")
-            folder = Path(args.calibration_images)
-            files = image_files_in(folder)[:256]
-            if not files:
-                raise ConfigError(f"--calibration-images {folder}: no images found")
-            calib = calibration_batch(args.checkpoint, [str(f) for f in files])
-            paths.append(quantize_onnx_int8(out / "model.onnx", out / "model.int8.onnx", calib))
+            paths.append(_export_int8(args, out))
         for path in paths:
             print(f"wrote {path}")
     return 0
+
+
+def _export_int8(args, out: Path) -> Path:
+    """``export --int8``: calibrate on training identities, measure the card on the held-out ones."""
+    import random
+
+    from reid.data.readers import parse_market_name
+    from reid.images import image_files_in
+    from reid.models import load_checkpoint
+    from training.export import export_int8, held_out_split
+
+    _, meta = load_checkpoint(args.checkpoint)
+    config = meta.extra.get("config") or {}
+    split = held_out_split(config, args.data_root)
+    held = {r.pid for r in split[3]} if split else set()
+    if args.calibration_images:
+        folder = Path(args.calibration_images)
+        files = [str(f) for f in image_files_in(folder)]
+        if not files:
+            raise ConfigError(f"--calibration-images {folder}: no images found")
+        if held:  # validation identities choose and report; they never calibrate
+            files = [f for f in files if _pid(f, parse_market_name) not in held]
+    elif split:
+        files = [r.path for r in split[0]]
+    else:
+        raise ConfigError(
+            "--int8 needs --calibration-images (a folder of training crops): the checkpoint's config held out "
+            "no validation identities to tell training images from"
+        )
+    calibration = random.Random(0).sample(files, min(args.calibration_count, len(files)))
+    if split is None:
+        logger.warning("the checkpoint's config held out no identities: the INT8 model gets no measured card")
+    d = config.get("data") or {}
+    data = (
+        f"{d.get('val_identities')} identities held out of {args.data_root or d.get('root')} "
+        f"(val_seed {d.get('val_seed', 0)}); calibrated on {len(calibration)} training-identity images"
+    )
+    exclude = tuple(e for e in args.int8_exclude.split(",") if e)
+    path, model_id, card = export_int8(
+        args.checkpoint,
+        out / "model.onnx",
+        out / "model.int8.onnx",
+        calibration,
+        split[1:] if split else None,
+        data=data,
+        exclude=exclude,
+        calibrate=args.int8_calibrate,
+        quant_format=args.int8_format,
+    )
+    print(f"INT8 model_id {model_id}")
+    if card:
+        v = card["validation"]
+        print(
+            f"validation ({v['queries']} queries / {v['gallery']} gallery): rank-1 {v['int8']['rank1']:.2%} "
+            f"(fp32 {v['fp32']['rank1']:.2%}), mAP {v['int8']['mAP']:.2%} (fp32 {v['fp32']['mAP']:.2%}); "
+            f"cosine to fp32 mean {v['cosine_to_fp32']['mean']:.4f}, min {v['cosine_to_fp32']['min']:.4f}; "
+            f"decision threshold {card['decision']['threshold']:.4f} on the INT8 vectors"
+        )
+    return path
+
+
+def _pid(path: str, parse) -> int | None:
+    try:
+        return parse(Path(path))[0]
+    except Exception:  # not a Market-style name: it cannot be a held-out identity's file
+        return None
 
 
 def cli() -> None:
