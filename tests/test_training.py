@@ -142,9 +142,51 @@ def test_time_budget_schedule_ends_with_the_budget(market: Path, tmp_path: Path)
     assert 1 <= result["epoch"] < 10_000  # stopped by time, not by epochs
     assert 0.05 <= last["minutes"] < 0.2
     assert "eval/mAP" in last  # the partial last epoch was evaluated despite eval.every
-    base = float(cfg["optimizer"]["lr"])
-    assert last["lr"] < 0.25 * base  # near the end of the cosine, as the budget ran out
     assert (tmp_path / "run" / "final.pt").is_file()
+    # The LR follows the fraction of the budget spent, whatever number of steps fitted in it (a loaded
+    # machine runs only a few): 90 % of the minutes spent is 90 % of the cosine, the budget's end its floor.
+    base = float(cfg["optimizer"]["lr"])
+    assert last["lr"] <= base
+    budget_s = 60 * 0.05
+    for spent, (lo, hi) in {
+        0.0: (0.99, 1.0),
+        0.5: (0.45, 0.56),
+        0.9: (0.01, 0.08),
+        1.0: (0.0099, 0.0101),
+    }.items():
+        t.train_seconds = spent * budget_s
+        t.scheduler.step_to(t._schedule_position(total=1, epoch_seconds=0.0))
+        assert lo * base <= t.optimizer.param_groups[0]["lr"] <= hi * base, spent
+
+
+def test_channels_last_trains_the_same_model_and_saves_plain_weights(market: Path, tmp_path: Path) -> None:
+    """train.channels_last is a layout choice only: the same seed gives the same weights (to float rounding),
+    and the exported checkpoint holds contiguous tensors with the same model_id rules."""
+    runs = {}
+    for flag in (False, True):
+        cfg = tiny_cfg(tmp_path / str(flag), market)
+        cfg["train"] = {**cfg["train"], "epochs": 1, "channels_last": flag}
+        t = Trainer(cfg, device="cpu")
+        t.train()
+        runs[flag] = t
+    conv = next(m for m in runs[True].model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # Adam moves a weight by about lr per step whatever its gradient's size, so float rounding in a near-zero
+    # gradient can move it by up to steps x lr; a layout bug (a permuted input) would move everything far more
+    steps, lr = runs[True].global_step, float(runs[True].cfg["optimizer"]["lr"])
+    params = zip(runs[False].model.named_parameters(), runs[True].model.parameters())
+    for (name, a), b in params:
+        torch.testing.assert_close(a, b, rtol=0, atol=steps * lr, msg=f"{name} differs with channels_last")
+    x = torch.randn(4, 3, 32, 16)
+    plain, nhwc = runs[False].model.eval(), runs[True].model.eval()
+    nhwc.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(
+        plain(x), nhwc(x.contiguous(memory_format=torch.channels_last)), rtol=1e-4, atol=1e-5
+    )
+    from reid.models.checkpoint import read_checkpoint
+
+    state, _ = read_checkpoint(tmp_path / "True" / "run" / "final.pt")
+    assert all(v.is_contiguous() for v in state.values())
 
 
 def test_resume_continues_exactly(market: Path, tmp_path: Path) -> None:

@@ -140,6 +140,10 @@ class Trainer:
         )
         self.batch_size = int(d["p"]) * int(d["k"])
         self.model = build_model(**c["model"])
+        self.memory_format = (
+            torch.channels_last if c["train"].get("channels_last") else torch.contiguous_format
+        )
+        self.model.to(memory_format=self.memory_format)
         self.loss = build_combined_loss(
             c["losses"], num_classes=self.train_set.num_classes, embedding_size=self.model.embedding_dim
         )
@@ -270,7 +274,8 @@ class Trainer:
             if self.step_in_epoch >= total or self._stop or (by_time and self._budget_spent(elapsed)):
                 break
             self.scheduler.step_to(self._schedule_position(total, elapsed))
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 loss, values = self.ddp(x, y)
             self.optimizer.zero_grad(set_to_none=True)

@@ -66,7 +66,11 @@ def save_checkpoint(
     """Write ``model`` to ``path`` atomically (temp file + rename) and return its metadata."""
     if modality not in MODALITIES:
         raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # contiguous: a model trained channels-last saves the same bytes (and loads the same) as any other
+    state = {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
     meta = CheckpointMeta(
         arch=model.arch,
         model_cfg=dict(model.config),
