@@ -36,8 +36,9 @@ class Decision:
     beta: float = 1.0
     cohort: np.ndarray | None = None  # (M, D) float32 unit rows of people never enrolled
     source: str = "argument"  # "calibrated", "model card", "setting" or "argument"
-    # raw rule: thresholds by gallery size (persons), calibrated on the same validation strangers; identify
-    # interpolates in log(persons) so the false-accept rate holds as the gallery grows. Empty: ``threshold``.
+    # thresholds by gallery size (persons), calibrated on the same validation strangers (raw: rising with the
+    # gallery, margin: falling); identify interpolates in log(persons) so the false-accept rate holds as the
+    # gallery grows. Empty: ``threshold``.
     by_size: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:

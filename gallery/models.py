@@ -156,7 +156,7 @@ class Threshold(Base):
     cohort: Mapped[bytes | None] = mapped_column(LargeBinary)
     measured_dir: Mapped[float | None] = mapped_column(Float)
     source: Mapped[str | None] = mapped_column(String(200))
-    by_size: Mapped[dict | None] = mapped_column(JSON)  # {"persons": threshold} of a raw rule
+    by_size: Mapped[dict | None] = mapped_column(JSON)  # {"persons": threshold}, raw or margin rule
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 

@@ -111,4 +111,4 @@ class CalibrationResult:
     beta: float | None = None
     measured_dir: float | None = None  # mated probes named right and accepted (the simulated gallery)
     cohort_size: int = 0
-    by_size: dict[int, float] = field(default_factory=dict)  # raw rule: threshold by gallery size (persons)
+    by_size: dict[int, float] = field(default_factory=dict)  # threshold by gallery size (persons)

@@ -262,9 +262,11 @@ def test_calibration_stores_the_decision_and_identify_shows_its_evidence(gallery
     assert r.runner_up == pytest.approx(max(r.matches[1].score, float((cohort @ q).max())), abs=1e-5)
     assert r.normalised_score == pytest.approx(r.score - d.beta * r.runner_up)
     assert r.decision == {"rule": "margin", "threshold": d.threshold, "beta": d.beta, "cohort_size": 15,
-                          "source": "calibrated", "size_aware": False}  # fmt: skip
+                          "source": "calibrated", "size_aware": True}  # fmt: skip
+    # a margin's thresholds come by gallery size too (they fall past the validation galleries' size)
+    assert res.by_size[100] > res.by_size[10_000] and r.threshold == pytest.approx(d.threshold_at(2))
     stranger = gallery.identify(embedding=unit(rng, 1)[0], modality="face", model_id="m")
-    assert stranger.known is False and stranger.normalised_score < d.threshold
+    assert stranger.known is False and stranger.normalised_score < stranger.threshold
     assert {m.person_id for m in stranger.matches} == {ann, bob}
     # a raw-rule calibration carries thresholds by gallery size; identify applies the one for its size
     raw_cal = gallery.calibrate_threshold("face", "m", emb, labels, target_far=0.05, rule="raw")

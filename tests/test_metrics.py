@@ -432,6 +432,39 @@ def test_margin_names_more_known_people_than_the_raw_score_when_queries_differ_i
     )
 
 
+def test_margin_thresholds_by_gallery_size_hold_the_false_accept_rate_of_bigger_galleries() -> None:
+    """The margin rule's size model against brute force: strangers whose scores against persons are drawn
+    from a known per-probe distribution; galleries of n persons drawn fresh from it, each probe's
+    ``best - beta * max(second, cohort)`` counted directly; the table's threshold must give the target rate
+    at every n, and it falls as the gallery grows (a fixed one would be ever stricter)."""
+    from reid.metrics.open_set_decision import margin_thresholds_by_gallery_size
+
+    rng = np.random.default_rng(3)
+    probes, m, beta, far = 300, 80, 1.0, 0.05
+    mu = rng.normal(0.15, 0.08, size=(probes, 1))  # per-probe hubness in Fisher-z space
+    sd = rng.uniform(0.1, 0.2, size=(probes, 1))
+    cb = np.tanh(mu[:, 0] + sd[:, 0] * 1.5)  # each probe's best cohort score: a fixed competitor
+
+    def scores(n: int) -> np.ndarray:
+        return np.tanh(mu + sd * rng.standard_normal((probes, n)))
+
+    def normalised(sims: np.ndarray) -> np.ndarray:
+        top = -np.sort(-sims, axis=1)[:, :2]
+        return top[:, 0] - beta * np.maximum(top[:, 1], cb)
+
+    seen = scores(m)  # what calibration saw: the strangers against M validation persons
+    anchor = float(np.quantile(normalised(seen), 1 - far))
+    sizes = (2, 10, 80, 1000, 4000)
+    table = margin_thresholds_by_gallery_size([seen], [cb], beta, far, anchor, sizes=sizes, draws=512)
+    assert table[80] == pytest.approx(anchor)
+    # past the validation size the margin shrinks; below it the cohort is the competitor that binds, so a tiny
+    # gallery's stranger (best of two persons minus its cohort score) has a *smaller* margin: not monotone
+    assert table[80] > table[1000] > table[4000]
+    for n in sizes:
+        brute = np.mean([(normalised(scores(n)) >= table[n]).mean() for _ in range(max(2, 20_000 // n))])
+        assert brute == pytest.approx(far, abs=0.025), (n, brute)
+
+
 def test_thresholds_by_gallery_size_hold_the_false_accept_rate_of_random_galleries() -> None:
     """The size model against brute force: galleries of n persons drawn from the M validation persons, each
     stranger probe's best score counted directly; the modelled threshold must give the target rate."""

@@ -80,7 +80,7 @@ class DecisionCalibration:
     n_identities: int
     enroll_per_id: int
     by_beta: dict[float, float] = field(default_factory=dict)  # DIR at the target FAR for every beta tried
-    # raw rule (beta 0): the threshold for each gallery size (persons), from the same validation strangers
+    # the threshold for each gallery size (persons), from the same validation strangers (both rules)
     by_size: dict[int, float] = field(default_factory=dict)
     gallery_size: int = 0  # persons enrolled in each simulated gallery (what ``threshold`` is for)
 
@@ -117,7 +117,7 @@ def _fold_scores(emb, labels, enrolled_ids, stranger_ids, enroll_per_id, cohort,
         s = open_set_scores(sim, beta, cb)
         correct = persons[s.best[:n_mated]] == np.asarray(mated_y)
         out[beta] = (s.normalised[:n_mated], correct, s.normalised[n_mated:])
-    return out, sim[n_mated:]
+    return out, sim[n_mated:], (None if cb is None else cb[n_mated:])
 
 
 # gallery sizes (persons) at which a raw-score decision's threshold is tabulated; identify interpolates in log N
@@ -211,6 +211,57 @@ def thresholds_by_gallery_size(
     return out
 
 
+def _top_two_of_n(
+    sims: np.ndarray, n: int, draws: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``draws`` samples, per stranger probe, of its best and second-best score among ``n`` persons drawn like
+    the ``M`` it was scored against: a normal fitted to the probe's Fisher-z scores (kept per probe, as in
+    ``far_at_size``), its top two order statistics sampled exactly through uniform order statistics
+    (``U(n) = V1^(1/n)``, ``U(n-1) = U(n) V2^(1/(n-1))``), in log space so ``1 - U`` keeps its digits at 1M."""
+    from scipy.stats import norm
+
+    z = np.arctanh(np.clip(sims, -0.999999, 0.999999))
+    mu, sd = z.mean(axis=1, keepdims=True), np.maximum(z.std(axis=1, keepdims=True), 1e-6)
+    log_u1 = np.log(rng.random((len(z), draws))) / n
+    best = np.tanh(mu + sd * norm.isf(-np.expm1(log_u1)))
+    if n == 1:
+        return best, np.full_like(best, NO_COMPETITOR)
+    log_u2 = log_u1 + np.log(rng.random((len(z), draws))) / (n - 1)
+    return best, np.tanh(mu + sd * norm.isf(-np.expm1(log_u2)))
+
+
+def margin_thresholds_by_gallery_size(
+    stranger_sims: list[np.ndarray],
+    cohort_bests: list[np.ndarray | None],
+    beta: float,
+    target_far: float,
+    anchor: float,
+    sizes: tuple[int, ...] = GALLERY_SIZES,
+    draws: int = 256,
+    seed: int = 0,
+) -> dict[int, float]:
+    """The margin rule's thresholds by gallery size: ``best - beta * max(second, cohort)`` of a stranger
+    shrinks as the gallery grows (its best and second-best are both drawn from the far tail, closer together
+    the more persons there are), so a threshold fixed at the validation galleries' size accepts ever fewer
+    strangers *and* names ever fewer known people. Each stranger probe's top two among ``n`` persons are
+    sampled from the normal fitted to its scores (``_top_two_of_n``); the cohort competitor stays the probe's
+    own. The table is that model's change from the validation size ``M`` added to ``anchor``, the threshold
+    measured there (an extrapolation anchored where it was measured, as for the raw rule)."""
+    m = min(x.shape[1] for x in stranger_sims)
+
+    def model(n: int) -> float:
+        rng = np.random.default_rng(seed)  # the same uniforms at every size: a smooth, monotone table
+        values = []
+        for sims, cb in zip(stranger_sims, cohort_bests):
+            best, second = _top_two_of_n(sims, n, draws, rng)
+            runner = second if cb is None else np.maximum(second, np.asarray(cb)[:, None])
+            values.append((best - beta * runner).ravel())
+        return float(np.quantile(np.concatenate(values), 1 - target_far))
+
+    base = model(m)
+    return {n: float(np.clip(anchor + model(n) - base, -2.0, 2.0)) for n in sizes}
+
+
 def calibrate_decision(
     embeddings: np.ndarray,
     labels,
@@ -238,15 +289,19 @@ def calibrate_decision(
     counts = {pid: int((labels == pid).sum()) for pid in ids}
     pooled: dict[float, list] = {b: [[], [], []] for b in betas}
     per_person: list[np.ndarray] = []  # strangers x enrolled persons, per fold
+    per_cohort: list[np.ndarray | None] = []  # strangers' best cohort score, per fold
     for enrolled, strangers in (halves, halves[::-1]):
         enrolled = [p for p in enrolled if counts[p] > enroll_per_id]
         if not enrolled:
             continue
-        fold, stranger_sims = _fold_scores(emb, labels, enrolled, strangers, enroll_per_id, cohort, betas)
+        fold, stranger_sims, stranger_cb = _fold_scores(
+            emb, labels, enrolled, strangers, enroll_per_id, cohort, betas
+        )
         for beta, parts in fold.items():
             for acc, part in zip(pooled[beta], parts):
                 acc.append(part)
         per_person.append(stranger_sims)
+        per_cohort.append(stranger_cb)
     if not pooled[betas[0]][0]:
         raise EvaluationError(
             f"calibrate: no identity has more than {enroll_per_id} images to enroll and probe"
@@ -268,7 +323,11 @@ def calibrate_decision(
                 stranger,
             )
     beta, dir_, thr, far, rank1, mated, stranger = best
-    by_size = thresholds_by_gallery_size(per_person, target_far) if beta == 0.0 else {}
+    by_size = (
+        thresholds_by_gallery_size(per_person, target_far)
+        if beta == 0.0
+        else margin_thresholds_by_gallery_size(per_person, per_cohort, beta, target_far, thr, seed=seed)
+    )
     return DecisionCalibration(
         "raw" if beta == 0.0 else "margin", beta, float(thr), target_far, far, dir_, rank1, len(mated), len(stranger),
         len(ids), enroll_per_id, by_beta, by_size, round(float(np.mean([m.shape[1] for m in per_person]))),
