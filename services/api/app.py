@@ -175,7 +175,8 @@ def add_middleware(app: FastAPI, state: ServiceState) -> None:
             return settings.max_request_bytes
         return 2 * settings.max_json_bytes + 4096  # metadata and consent, each at most max_json_bytes
 
-    # inside `observe` (added after it), so a refused body is still counted and audited
+    # inside `observe` (added after it), so a refused body is still counted (route "unmatched"); one refused from
+    # its Content-Length is not audited: it is answered before routing, so no audited route or key is known
     app.add_middleware(BodySizeLimit, limit_for=request_limit)
     app.add_middleware(LoadShedder, max_inflight=settings.max_inflight)
 
