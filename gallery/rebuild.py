@@ -1,11 +1,11 @@
 """Background rebuilds of a ``gallery.index.VectorIndex``: the index's kind follows its size while it runs.
 
-When adds or removals make another shape right (``auto`` crossing its threshold, an IVF outgrowing its lists,
-an HNSW full of tombstones), a thread copies the vectors ``copy_chunk`` at a time under the index's lock, builds
-the new index outside it while searches keep answering from the current one, replays the adds and removals
-recorded since the copy began, and swaps the new index in under the lock. ``BackgroundRebuilds`` is the part of
-``VectorIndex`` that does this; it works on the index's own state and lock (listed below), so the two are one
-object with one lock, split only so each file reads as one job.
+When adds or removals make another shape right (``auto`` crossing its threshold, an IVF outgrowing its
+lists, an HNSW full of tombstones), a thread copies the vectors ``copy_chunk`` at a time under the index's
+lock, builds the new index outside it while searches keep answering from the current one, replays the adds
+and removals recorded since the copy began, and swaps the new index in under the lock. ``BackgroundRebuilds``
+is the part of ``VectorIndex`` that does this; it works on the index's own state and lock (declared below),
+so the two are one object with one lock, split only so each file reads as one job.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ class _Built:
 
 
 class BackgroundRebuilds:
-    """Starts, runs and swaps in background rebuilds of a ``VectorIndex`` (which provides what is declared
-    here: its lock, FAISS index and shape, and ``_choose_kind``, ``_make``, ``_install``, ``export``, ``_run``)."""
+    """Starts, runs and swaps in background rebuilds of a ``VectorIndex``, which provides what is declared
+    here (its lock, FAISS index and shape) and ``_choose_kind``, ``_make``, ``_install``, ``export``,
+    ``_run``."""
 
     lock: threading.RLock
     index: faiss.Index
