@@ -300,6 +300,27 @@ def test_a_short_fragment_beside_a_named_track_is_not_a_new_person(tmp_path: Pat
         assert sorted(named.values()) == ([1] if overlapping else [1, 2])
 
 
+def test_stats_count_the_trackers_tracks_apart_from_the_named_ones(tmp_path: Path) -> None:
+    """A short fragment beside a named track gets no id (``tracks`` leaves it out) but is a track the tracker
+    made (``tracked`` counts it): what benchmarks/tracker_compare.py compares trackers by."""
+    from tests.servers import ColourEmbedder
+
+    main_box, frag_box = (100, 40, 260, 460), (500, 200, 600, 420)
+    frames, boxes = [], []
+    for i in range(40):
+        people = [(main_box, (200, 30, 30))] if i < 30 else []
+        if 10 <= i < 13:
+            people.append((frag_box, (20, 160, 170)))
+        frames.append(_scene(people))
+        boxes.append([b for b, _ in people])
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.95}) as g:
+        pipe = CameraPipeline(
+            g, ColourEmbedder(), _Boxes(boxes), PipelineConfig(embed_every=1, assign_after=5, min_hits=2)
+        )
+        stats = pipe.run(_Sequence("cam1", frames))
+        assert (stats.tracked, stats.tracks, len(g.list_persons())) == (2, 1, 1)
+
+
 def _lab_run(camera_feeds_root: Path, tmp_path: Path) -> dict[str, list[dict]]:
     import subprocess
     import sys

@@ -71,7 +71,10 @@ class CameraStats:
     camera_id: str
     frames: int = 0
     seconds: float = 0.0
-    tracks: int = 0
+    tracks: int = 0  # tracks that ended with a global id (or, in worker mode, an event)
+    # tracks the tracker ended with at least ``min_hits`` detections and an embedding, named or not: a
+    # fragment the identity policy gives no id is counted here only (what a comparison of trackers counts)
+    tracked: int = 0
     events: list[dict] = field(default_factory=list)
 
     @property
@@ -187,6 +190,7 @@ class CameraPipeline:
     def _finish(self, track: Track, camera_id: str, fps_hint: float, stats: CameraStats) -> None:
         if track.hits < self.config.min_hits or not track.embeddings:
             return
+        stats.tracked += 1
         if self.sink is not None:
             event = self._event(track, camera_id, final=True)
             self.sink(event)
