@@ -68,6 +68,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
     gallery = Gallery(
         settings.database_url,
         index_dir=settings.index_dir,
+        media_dir=settings.media_dir,
         embedders=embedders,
         thresholds=thresholds,
         store_id=settings.store_id,
