@@ -28,6 +28,14 @@ async function thumbnail(personId, img) {
   } catch (e) { img.alt = "no picture"; }
 }
 
+// The crop a template was made from; the person's thumbnail when the template has none.
+async function templateCrop(personId, templateId, img) {
+  try {
+    const blob = await (await api(`/persons/${personId}/templates/${templateId}/image`)).blob();
+    img.src = URL.createObjectURL(blob);
+  } catch (e) { await thumbnail(personId, img); }
+}
+
 async function loadPersons() {
   const body = $("#persons tbody");
   try {
@@ -331,7 +339,7 @@ function showQuery(file, box) {
   img.src = URL.createObjectURL(file);
 }
 
-// The top persons, best first, with their thumbnail and score; the accepted one is marked.
+// The top persons, best first, with their best template's crop and score; the accepted one is marked.
 function showCandidates(r) {
   const list = $("#identify-candidates");
   list.innerHTML = "";
@@ -341,7 +349,7 @@ function showCandidates(r) {
     li.innerHTML = `<img class="thumb" alt=""><span class="name"></span> <span class="score"></span>`;
     li.querySelector(".name").textContent = m.display_name || `person ${m.person_id}`;
     li.querySelector(".score").textContent = `score ${m.score.toFixed(3)}`;
-    thumbnail(m.person_id, li.querySelector("img"));
+    templateCrop(m.person_id, m.template_id, li.querySelector("img"));
     list.appendChild(li);
   }
 }
