@@ -254,6 +254,35 @@ def test_a_track_that_started_as_someone_new_is_reassociated_by_its_whole_track(
         assert kept["global_id"] != first and len(g.list_persons()) == 2
 
 
+@pytest.mark.parametrize("band", [0.05, 0.0])
+def test_a_camera_near_miss_is_offered_for_review(tmp_path: Path, band: float) -> None:
+    """A track whose body falls just under the threshold against a known person becomes a new person, and the
+    pair is offered for review from the camera (once: the end-of-track re-association finds it open); a band
+    of 0 turns the review off."""
+    from gallery.review import ReviewQueue
+    from tests.servers import ColourEmbedder
+
+    red = (200, 30, 30)
+    near = _person(red)
+    x1, y1, x2, y2 = _FixedBox.box
+    near[y1 + int(0.7 * (y2 - y1)) : y2, x1:x2] = (100, 30, 30)  # only red differs, in the lower 30%
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.99}) as g:
+        cfg = PipelineConfig(embed_every=1, assign_after=3, review_band=band)
+        known = CameraPipeline(g, ColourEmbedder(), _FixedBox(), cfg).run(
+            _Sequence("cam1", [_person(red)] * 10)
+        )
+        new = CameraPipeline(g, ColourEmbedder(), _FixedBox(), cfg).run(_Sequence("cam2", [near] * 10))
+        known_id, new_id = known.events[0]["global_id"], new.events[0]["global_id"]
+        assert new_id != known_id and len(g.list_persons()) == 2  # a near miss, not a match
+        pairs = ReviewQueue(g.Session).list()
+        if band == 0:
+            assert pairs == []
+            return
+        (pair,) = pairs
+        assert (pair.person_id, pair.candidate_id, pair.source) == (new_id, known_id, "camera:cam2")
+        assert pair.modality == "body" and pair.threshold - band <= pair.normalised < pair.threshold
+
+
 class _Boxes:
     """A detector replaying a fixed list of boxes per frame index."""
 
