@@ -50,7 +50,11 @@ async function loadPersons() {
         `<td><button class="export">Export</button> <button class="delete">Delete</button></td>`;
       row.querySelector(".name").innerHTML = `<a href="#" class="open-person"></a>`;
       row.querySelector(".open-person").textContent = p.display_name || "(anonymous)";
-      row.querySelector(".open-person").onclick = (ev) => { ev.preventDefault(); showPerson(p.id); };
+      row.querySelector(".open-person").onclick = async (ev) => {
+        ev.preventDefault();
+        await showPerson(p.id);
+        $("#person-panel h2").focus();  // from the keyboard: the page opens where Tab goes on
+      };
       row.querySelector(".delete").onclick = () => deletePerson(p);
       row.querySelector(".export").onclick = () => exportPerson(p);
       row.querySelector(".show-sightings").onclick = (ev) => { ev.preventDefault(); showSightings(p); };
@@ -117,7 +121,13 @@ async function timeline(id, box) {
   if (!rows.length) box.textContent = "no sightings";
 }
 
-$("#person-close").onclick = () => { $("#person-panel").hidden = true; current = null; };
+$("#person-close").onclick = () => {
+  const id = current && current.id;
+  $("#person-panel").hidden = true;
+  current = null;
+  const link = $(`#persons tr[data-person-id="${id}"] .open-person`);
+  if (link) link.focus();  // back where the person was opened
+};
 $("#person-form").onsubmit = async (ev) => {
   ev.preventDefault();
   let consent = null;
@@ -225,6 +235,9 @@ async function loadReviews() {
         `threshold ${r.threshold.toFixed(3)}, ${r.source || r.modality})`;
       thumbnail(r.person_id, li.querySelector(".new"));
       thumbnail(r.candidate_id, li.querySelector(".candidate"));
+      const pair = `person ${r.person_id} and person ${r.candidate_id}`;
+      li.querySelector(".confirm").setAttribute("aria-label", `Same person: merge ${pair}`);
+      li.querySelector(".reject").setAttribute("aria-label", `Different people: keep ${pair} apart`);
       li.querySelector(".confirm").onclick = () => judge(r, "confirm");
       li.querySelector(".reject").onclick = () => judge(r, "reject");
       list.appendChild(li);
