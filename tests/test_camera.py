@@ -492,6 +492,34 @@ def test_camera_tile_blurs_a_detected_person_the_tracker_has_not_confirmed(tmp_p
     assert StatusWriter(tmp_path / "s2").write("../etc", frame, {}) is False  # an id that cannot name a file
 
 
+def test_camera_tile_status_names_the_tracks_in_view_by_global_id(tmp_path: Path) -> None:
+    """While a person is in view the tile's status lists their track with the global id they were given (the
+    page shows "in view: id N"), with frames and frames/s; the last status is marked stopped with nobody."""
+    from services.camera.status import StatusWriter, read_statuses
+    from tests.servers import ColourEmbedder
+
+    written: list[dict] = []
+
+    class Recording(StatusWriter):
+        def write(self, camera_id: str, bgr: np.ndarray, status: dict, force: bool = False) -> bool:
+            written.append(status)
+            return super().write(camera_id, bgr, status, force)
+
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.99}) as g:
+        pipe = CameraPipeline(
+            g, ColourEmbedder(), _FixedBox(), PipelineConfig(embed_every=1, assign_after=2),
+            status=Recording(tmp_path / "status", every_seconds=0),
+        )  # fmt: skip
+        stats = pipe.run(_Sequence("cam1", [_person((200, 30, 30))] * 8))
+    gid = stats.events[0]["global_id"]
+    in_view = [[t["global_id"] for t in s["tracks"]] for s in written if s["running"]]
+    assert len(in_view) == 8 and in_view[-1] == [gid]  # named once the track had assign_after views
+    assert all(ids in ([], [None], [gid]) for ids in in_view)
+    assert [s["frames"] for s in written[:-1]] == list(range(1, 9)) and written[-1]["fps"] > 0
+    (last,) = read_statuses(tmp_path / "status")
+    assert last["running"] is False and last["tracks"] == [] and last["frames"] == 8
+
+
 def test_camera_command_and_worker_run_the_body_model_on_the_chosen_runtime(monkeypatch, capsys) -> None:
     """`--body-runtime` on both commands (default REID_BODY_RUNTIME, else onnx); both build the body embedder
     through services.settings.body_embedder, as the API does."""
