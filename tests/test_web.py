@@ -321,6 +321,15 @@ def test_camera_tiles_and_live_sightings_from_the_camera_command(
                 re.compile(rf"^{cam}: stopped, [1-9][0-9.]* frames/s, in view: nobody$")
             )
         page.screenshot(path=str(SCREENSHOTS / "cameras.png"), full_page=True)
+        # the person page of the man cam1 saw: his sightings as a timeline per camera, his body templates
+        man = next(e["global_id"] for e in events if e["camera_id"] == "cam1")
+        page.click("#refresh")
+        page.locator(f"#persons tr[data-person-id='{man}'] .open-person").click()
+        expect(page.locator("#person-panel")).to_be_visible()
+        expect(page.locator("#person-sightings")).to_contain_text("cam1")
+        expect(page.locator("#person-sightings .camera span").first).to_be_visible()
+        expect(page.locator("#person-templates .templates[data-modality='body']")).to_be_visible()
+        page.screenshot(path=str(SCREENSHOTS / "person-timeline.png"), full_page=True)
         browser.close()
 
 
