@@ -358,6 +358,10 @@ class Gallery:
     def newest_sighting_id(self) -> int:
         return self.sightings_log.newest_id()
 
+    def track_person(self, track_id: str) -> int | None:
+        """The person the sightings of this track (``record_sighting(track_id=...)``) name, or None."""
+        return self.sightings_log.person_of_track(track_id)
+
     # ------------------------------------------------------------------------------------------- decisions
     def register_card(self, modality: str, model_id: str, card: dict | None) -> None:
         """Use a model card's calibrated decision for this model when the database holds none."""

@@ -91,6 +91,11 @@ class Sightings:
                 for r in s.scalars(q)
             ]
 
+    def person_of_track(self, track_id: str) -> int | None:
+        """The person a sighting of this track was recorded for (None: the track has none yet)."""
+        with self.store.Session() as s:
+            return s.scalar(select(Sighting.person_id).where(Sighting.track_id == track_id).limit(1))
+
     def newest_id(self) -> int:
         """The id of the newest sighting (0 when there is none)."""
         with self.store.Session() as s:

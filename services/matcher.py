@@ -16,10 +16,7 @@ import asyncio
 import logging
 import sys
 
-from sqlalchemy import select
-
 from gallery import Gallery
-from gallery.models import Sighting
 from reid.cli.common import make_parser, run, setup_logging
 from reid.decision_card import card_from_checkpoint_extra, flip_model_id, read_card
 from reid.errors import ConfigError
@@ -56,8 +53,7 @@ class Matcher:
 
     def _known_track(self, track_key: str) -> int | None:
         """After a restart: the person an earlier event of this track was given."""
-        with self.gallery.Session() as s:
-            return s.scalar(select(Sighting.person_id).where(Sighting.track_id == track_key).limit(1))
+        return self.gallery.track_person(track_key)
 
     def handle(self, ev: TrackEvent) -> int | None:
         key = f"{ev.camera_id}:{ev.track_id}"

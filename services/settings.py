@@ -118,6 +118,9 @@ class Settings(BodyModelSettings):
 
     database_url: str = "gallery.db"
     index_dir: str | None = None
+    # per-person files: the crops templates were made from (the person page shows them); default beside an
+    # SQLite file, none on PostgreSQL unless set (replicas share one folder, or each keeps only its own crops)
+    media_dir: str | None = None
     # inline JSON list of {key, name, scopes}, or the path of a file holding it
     api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
     # Raw-score thresholds that override the model cards' calibrated decisions (None: the card's decision, or a
@@ -165,7 +168,7 @@ class Settings(BodyModelSettings):
     # lines from them
     event_logs: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("index_dir", "store_id", "camera_status_dir", mode="before")
+    @field_validator("index_dir", "media_dir", "store_id", "camera_status_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

@@ -156,6 +156,13 @@ def test_metadata_and_consent_json_is_bounded_in_size_and_depth(server: str) -> 
     ok = {"store": "7", "tags": [{"a": 1}]}
     r = httpx.post(f"{server}/persons", headers=ADMIN, json={"display_name": "fine", "metadata": ok})
     assert r.status_code == 201
+    # a consent record changed later is held to the same bounds
+    pid = r.json()["id"]
+    r = httpx.patch(f"{server}/persons/{pid}", headers=ADMIN, json={"consent": {"a": [[[[[[[[[1]]]]]]]]]}})
+    assert r.status_code == 422 and r.json()["detail"].startswith("consent: nested 10 levels deep"), r.text
+    r = httpx.patch(f"{server}/persons/{pid}", headers=ADMIN, json={"consent": {"notes": "x" * 20_000}})
+    assert r.status_code == 422 and "consent" in r.json()["detail"] and "16384" in r.json()["detail"]
+    assert httpx.get(f"{server}/persons/{pid}/record", headers=ADMIN).json()["consent"] is None
 
 
 def _raw_request(url: str, head: str, body: bytes = b"") -> tuple[int, bytes, float]:

@@ -254,6 +254,35 @@ def test_a_track_that_started_as_someone_new_is_reassociated_by_its_whole_track(
         assert kept["global_id"] != first and len(g.list_persons()) == 2
 
 
+@pytest.mark.parametrize("band", [0.05, 0.0])
+def test_a_camera_near_miss_is_offered_for_review(tmp_path: Path, band: float) -> None:
+    """A track whose body falls just under the threshold against a known person becomes a new person, and the
+    pair is offered for review from the camera (once: the end-of-track re-association finds it open); a band
+    of 0 turns the review off."""
+    from gallery.review import ReviewQueue
+    from tests.servers import ColourEmbedder
+
+    red = (200, 30, 30)
+    near = _person(red)
+    x1, y1, x2, y2 = _FixedBox.box
+    near[y1 + int(0.7 * (y2 - y1)) : y2, x1:x2] = (100, 30, 30)  # only red differs, in the lower 30%
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.99}) as g:
+        cfg = PipelineConfig(embed_every=1, assign_after=3, review_band=band)
+        known = CameraPipeline(g, ColourEmbedder(), _FixedBox(), cfg).run(
+            _Sequence("cam1", [_person(red)] * 10)
+        )
+        new = CameraPipeline(g, ColourEmbedder(), _FixedBox(), cfg).run(_Sequence("cam2", [near] * 10))
+        known_id, new_id = known.events[0]["global_id"], new.events[0]["global_id"]
+        assert new_id != known_id and len(g.list_persons()) == 2  # a near miss, not a match
+        pairs = ReviewQueue(g.Session).list()
+        if band == 0:
+            assert pairs == []
+            return
+        (pair,) = pairs
+        assert (pair.person_id, pair.candidate_id, pair.source) == (new_id, known_id, "camera:cam2")
+        assert pair.modality == "body" and pair.threshold - band <= pair.normalised < pair.threshold
+
+
 class _Boxes:
     """A detector replaying a fixed list of boxes per frame index."""
 
@@ -298,6 +327,27 @@ def test_a_short_fragment_beside_a_named_track_is_not_a_new_person(tmp_path: Pat
         named = {e["track_id"]: e["global_id"] for e in events}
         assert len(g.list_persons()) == (1 if overlapping else 2), named
         assert sorted(named.values()) == ([1] if overlapping else [1, 2])
+
+
+def test_stats_count_the_trackers_tracks_apart_from_the_named_ones(tmp_path: Path) -> None:
+    """A short fragment beside a named track gets no id (``tracks`` leaves it out) but is a track the tracker
+    made (``tracked`` counts it): what benchmarks/tracker_compare.py compares trackers by."""
+    from tests.servers import ColourEmbedder
+
+    main_box, frag_box = (100, 40, 260, 460), (500, 200, 600, 420)
+    frames, boxes = [], []
+    for i in range(40):
+        people = [(main_box, (200, 30, 30))] if i < 30 else []
+        if 10 <= i < 13:
+            people.append((frag_box, (20, 160, 170)))
+        frames.append(_scene(people))
+        boxes.append([b for b, _ in people])
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.95}) as g:
+        pipe = CameraPipeline(
+            g, ColourEmbedder(), _Boxes(boxes), PipelineConfig(embed_every=1, assign_after=5, min_hits=2)
+        )
+        stats = pipe.run(_Sequence("cam1", frames))
+        assert (stats.tracked, stats.tracks, len(g.list_persons())) == (2, 1, 1)
 
 
 def _lab_run(camera_feeds_root: Path, tmp_path: Path) -> dict[str, list[dict]]:
@@ -461,6 +511,34 @@ def test_camera_tile_blurs_a_detected_person_the_tracker_has_not_confirmed(tmp_p
     (status,) = read_statuses(tmp_path / "status")
     assert status["camera_id"] == "cam1" and status["frames"] == 1 and status["running"] is False
     assert StatusWriter(tmp_path / "s2").write("../etc", frame, {}) is False  # an id that cannot name a file
+
+
+def test_camera_tile_status_names_the_tracks_in_view_by_global_id(tmp_path: Path) -> None:
+    """While a person is in view the tile's status lists their track with the global id they were given (the
+    page shows "in view: id N"), with frames and frames/s; the last status is marked stopped with nobody."""
+    from services.camera.status import StatusWriter, read_statuses
+    from tests.servers import ColourEmbedder
+
+    written: list[dict] = []
+
+    class Recording(StatusWriter):
+        def write(self, camera_id: str, bgr: np.ndarray, status: dict, force: bool = False) -> bool:
+            written.append(status)
+            return super().write(camera_id, bgr, status, force)
+
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.99}) as g:
+        pipe = CameraPipeline(
+            g, ColourEmbedder(), _FixedBox(), PipelineConfig(embed_every=1, assign_after=2),
+            status=Recording(tmp_path / "status", every_seconds=0),
+        )  # fmt: skip
+        stats = pipe.run(_Sequence("cam1", [_person((200, 30, 30))] * 8))
+    gid = stats.events[0]["global_id"]
+    in_view = [[t["global_id"] for t in s["tracks"]] for s in written if s["running"]]
+    assert len(in_view) == 8 and in_view[-1] == [gid]  # named once the track had assign_after views
+    assert all(ids in ([], [None], [gid]) for ids in in_view)
+    assert [s["frames"] for s in written[:-1]] == list(range(1, 9)) and written[-1]["fps"] > 0
+    (last,) = read_statuses(tmp_path / "status")
+    assert last["running"] is False and last["tracks"] == [] and last["frames"] == 8
 
 
 def test_camera_command_and_worker_run_the_body_model_on_the_chosen_runtime(monkeypatch, capsys) -> None:

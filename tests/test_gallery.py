@@ -321,6 +321,19 @@ def test_sightings_query(gallery: Gallery) -> None:
         gallery.record_sighting(pid + 100, "c1")
 
 
+def test_track_person_names_the_person_a_track_was_seen_as(gallery: Gallery) -> None:
+    """What the NATS matcher asks after a restart, through the gallery's API rather than its tables."""
+    from services.matcher import Matcher
+
+    rng = np.random.default_rng(10)
+    pid = gallery.enroll(embeddings=unit(rng, 1), modality="body", model_id="m").person_id
+    assert gallery.track_person("cam1:7") is None
+    gallery.record_sighting(pid, "cam1", 0.9, "body", track_id="cam1:7")
+    assert gallery.track_person("cam1:7") == pid
+    assert gallery.track_person("cam1:8") is None
+    assert Matcher(gallery)._known_track("cam1:7") == pid
+
+
 def test_datetimes_come_back_aware_in_utc(gallery: Gallery) -> None:
     from datetime import UTC, datetime, timedelta, timezone
 

@@ -48,6 +48,7 @@ def test_thumbnails_blur_without_consent_and_erasure_leaves_nothing(db_url: str,
         body_threshold=0.99,
         event_logs=[str(events)],
         retention_sweep_every=None,
+        media_dir=str(tmp_path / "media"),  # template crops, on PostgreSQL too
     )
     with running(create_app(settings, embedders={"body": ColourEmbedder()})) as url:
         # a stranger from a camera: anonymous, no consent -> the head of the thumbnail is blurred
@@ -61,6 +62,10 @@ def test_thumbnails_blur_without_consent_and_erasure_leaves_nothing(db_url: str,
         pid = r["person_id"]
         thumb = httpx.get(f"{url}/persons/{pid}/thumbnail", headers=H).content
         assert stripe_energy(thumb, top=True) < 0.25 * stripe_energy(thumb, top=False)
+        # so is the crop kept for the person page
+        (t,) = httpx.get(f"{url}/persons/{pid}/templates", headers=H).json()
+        crop = httpx.get(f"{url}/persons/{pid}/templates/{t['id']}/image", headers=H).content
+        assert stripe_energy(crop, top=True) < 0.25 * stripe_energy(crop, top=False)
         # enrolled by staff with a consent record -> stored as taken
         staff = httpx.post(
             f"{url}/persons",
@@ -75,6 +80,9 @@ def test_thumbnails_blur_without_consent_and_erasure_leaves_nothing(db_url: str,
         )
         thumb = httpx.get(f"{url}/persons/{staff}/thumbnail", headers=H).content
         assert stripe_energy(thumb, top=True) > 0.6 * stripe_energy(thumb, top=False)
+        (t,) = httpx.get(f"{url}/persons/{staff}/templates", headers=H).json()
+        crop = httpx.get(f"{url}/persons/{staff}/templates/{t['id']}/image", headers=H).content
+        assert stripe_energy(crop, top=True) > 0.6 * stripe_energy(crop, top=False)
 
         # erasure: camera event log lines, rows, index entries
         events.write_text(
@@ -95,6 +103,7 @@ def test_thumbnails_blur_without_consent_and_erasure_leaves_nothing(db_url: str,
         lines = events.read_text().splitlines()
         assert lines == [json.dumps({"camera_id": "c", "track_id": 1, "global_id": staff}), "not json"]
         assert httpx.get(f"{url}/persons/{pid}", headers=H).status_code == 404
+        assert not (tmp_path / "media" / str(pid)).exists()  # the crops went with the person
         q = httpx.post(
             f"{url}/identify", headers=H, data={"modality": "body"}, files={"image": ("q.png", png(stranger))}
         ).json()

@@ -56,3 +56,28 @@ def test_the_admin_key_is_created_private_and_shown_once(tmp_path: Path) -> None
     second = start_and_stop(db)
     assert key not in second and f"API keys: {keyfile} (1 keys)" in second
     assert json.loads(keyfile.read_text())[0]["key"] == key  # never overwritten
+
+
+def test_the_sqlite_file_and_its_wal_are_private_from_creation(tmp_path: Path, caplog) -> None:
+    """The gallery's own check, without starting a server: the file is made 0600 before SQLite opens it (SQLite
+    gives its -wal and -shm files the database's mode), and a loose file made by someone else is warned about."""
+    from sqlalchemy import text
+
+    from gallery.db import make_engine
+
+    db = tmp_path / "new" / "g.db"
+    engine = make_engine(str(db))
+    try:
+        with engine.begin() as c:
+            c.execute(text("CREATE TABLE t (x INTEGER)"))
+            c.execute(text("INSERT INTO t VALUES (1)"))
+        assert mode(db) == 0o600
+        assert mode(db.with_name("g.db-wal")) == 0o600 and mode(db.with_name("g.db-shm")) == 0o600
+    finally:
+        engine.dispose()
+    loose = tmp_path / "loose.db"
+    loose.touch()
+    loose.chmod(0o644)
+    make_engine(str(loose)).dispose()
+    assert mode(loose) == 0o644  # an existing file keeps its mode: the operator chose it
+    assert "loose.db is readable by other users" in caplog.text

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reid.errors import ConfigError
-from services.settings import Settings
+from services.settings import ApiKey, Settings
 
 
 def test_settings_from_env(monkeypatch, tmp_path) -> None:
@@ -139,3 +139,30 @@ def test_the_body_runtime_is_onnx_unless_set_and_one_function_builds_the_embedde
         Settings.from_env()
     with pytest.raises(ConfigError, match="REID_BODY_RUNTIME"):
         body_settings()  # the camera command and worker read the same variables
+
+
+def test_api_keys_are_held_hashed_and_every_key_is_compared(monkeypatch) -> None:
+    """Issue 13 item 7: a lookup hashes the given key and compares it with every stored digest through
+    hmac.compare_digest, so its time does not depend on which key matched or how many leading bytes agree."""
+    import hmac
+
+    import services.api.state as state_module
+    from services.api.state import KeyRing
+
+    keys = [ApiKey(f"{SECRET}-{i}", f"k{i}", frozenset({"read"})) for i in range(3)]
+    ring = KeyRing(keys)
+    assert all(SECRET not in repr(k) for _, k in ring._keys)  # only the digests are kept
+    calls: list[tuple[bytes, bytes]] = []
+    compare = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(state_module.hmac, "compare_digest", counting)
+    for given, name in [(f"{SECRET}-0", "k0"), (f"{SECRET}-2", "k2"), (f"{SECRET}-9", None), ("", None)]:
+        calls.clear()
+        found = ring.find(given)
+        assert (found.name if found else None) == name
+        assert len(calls) == len(keys)  # no early exit on the first match
+        assert all(len(a) == len(b) == 32 for a, b in calls)  # digests, never the keys themselves

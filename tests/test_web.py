@@ -92,7 +92,8 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
         page.set_input_files("#identify-file", str(blue))
         page.click("#identify-form button[type=submit]")
         expect(page.locator("#identify-result .unknown")).to_have_text("Nobody we know")
-        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "people.png"), full_page=True)
         with page.expect_download() as dl:  # subject access export, downloaded as a zip
             row.locator("button.export").click()
         saved = tmp_path / "export.zip"
@@ -106,6 +107,7 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
         page.click("#show-audit")  # the audit log shows what was just done, newest first
         expect(page.locator("#audit tbody tr").first).to_contain_text("delete")
         expect(page.locator("#audit tbody")).to_contain_text("export")
+        page.screenshot(path=str(SCREENSHOTS / "audit-log.png"), full_page=True)
         page.fill("#api-key", "wrong")
         page.click("#save-key")
         expect(page.locator("#status")).to_contain_text("401: unknown API key")
@@ -259,6 +261,12 @@ def test_review_queue_confirm_merges_and_reject_keeps_apart(server: str, lfw_roo
         browser.close()
     audit = httpx.get(f"{server}/audit", headers=key).json()
     assert {a["action"] for a in audit} >= {"review-confirm", "review-reject"}
+    # merged: the new person is gone into the enrolled one; rejected: both stay, and the pair stays closed
+    assert httpx.get(f"{server}/persons/{new['Adam_Scott']}", headers=key).status_code == 404
+    for pid in (new["Aitor_Gonzalez"], enrolled["Aitor_Gonzalez"]):
+        assert httpx.get(f"{server}/persons/{pid}", headers=key).status_code == 200
+    assert [r["id"] for r in httpx.get(f"{server}/review?status=rejected", headers=key).json()] == [aitor]
+    assert httpx.get(f"{server}/review", headers=key).json() == []
 
 
 @pytest.mark.realdata
@@ -313,6 +321,15 @@ def test_camera_tiles_and_live_sightings_from_the_camera_command(
                 re.compile(rf"^{cam}: stopped, [1-9][0-9.]* frames/s, in view: nobody$")
             )
         page.screenshot(path=str(SCREENSHOTS / "cameras.png"), full_page=True)
+        # the person page of the man cam1 saw: his sightings as a timeline per camera, his body templates
+        man = next(e["global_id"] for e in events if e["camera_id"] == "cam1")
+        page.click("#refresh")
+        page.locator(f"#persons tr[data-person-id='{man}'] .open-person").click()
+        expect(page.locator("#person-panel")).to_be_visible()
+        expect(page.locator("#person-sightings")).to_contain_text("cam1")
+        expect(page.locator("#person-sightings .camera span").first).to_be_visible()
+        expect(page.locator("#person-templates .templates[data-modality='body']")).to_be_visible()
+        page.screenshot(path=str(SCREENSHOTS / "person-timeline.png"), full_page=True)
         browser.close()
 
 
@@ -370,4 +387,72 @@ def test_person_page_templates_consent_merge_and_erase(server: str, lfw_root: Pa
         expect(panel).to_be_hidden()
         assert httpx.get(f"{server}/persons/{pid}", headers=key).status_code == 404
         assert httpx.get(f"{server}/persons/{pid}/templates", headers=key).status_code == 404
+        browser.close()
+
+
+def tab_to(page, selector: str, limit: int = 100) -> None:
+    """Press Tab until the focused element matches ``selector`` (the page used from the keyboard only)."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("s => !!document.activeElement && document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"{limit} presses of Tab never reached {selector}")
+
+
+def test_review_and_person_page_from_the_keyboard(server: str) -> None:
+    """Issue 15 part 5: the key entered, a near miss confirmed and another rejected, a person opened and closed,
+    with Tab and Enter only (body colours near the 0.95 setting: 60% of the colour scores ~0.946)."""
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_review_api import photo
+
+    key = {"X-API-Key": "k1"}
+    red, blue = (200, 30, 30), (30, 30, 200)
+    known, new = {}, {}
+    for name, rgb, other in (("Red", red, (100, 30, 30)), ("Blue", blue, (30, 30, 100))):
+        pid = httpx.post(f"{server}/persons", json={"display_name": name}, headers=key).json()["id"]
+        r = httpx.post(f"{server}/persons/{pid}/enroll", headers=key, data={"modality": "body"},
+                       files={"images": ("p.png", photo(rgb))})  # fmt: skip
+        assert r.status_code == 200, r.text
+        known[name] = pid
+        r = httpx.post(f"{server}/identify-or-enroll", headers=key, data={"modality": "body"},
+                       files={"image": ("q.png", photo(rgb, other, 0.6))}).json()  # fmt: skip
+        t = r["decision"]["threshold"]
+        assert r["created"] and t - 0.05 <= r["normalised_score"] < t, r
+        new[name] = r["person_id"]
+    pairs = httpx.get(f"{server}/review", headers=key).json()
+    pair = {name: next(r["id"] for r in pairs if r["candidate_id"] == pid) for name, pid in known.items()}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page()
+        page.on("dialog", lambda d: d.accept())
+        page.goto(server + "/")
+        tab_to(page, "#api-key")
+        page.keyboard.type("k1")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")  # "Use key"
+        expect(page.locator("#reviews li")).to_have_count(2)
+        tab_to(page, f"#reviews li[data-review-id='{pair['Red']}'] .confirm")
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text(f"merged person {new['Red']} into person {known['Red']}")
+        expect(page.locator("#reviews li")).to_have_count(1)
+        page.locator("#load-review").focus()  # the list was rebuilt: start again from its Refresh button
+        tab_to(page, f"#reviews li[data-review-id='{pair['Blue']}'] .reject")
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text(
+            f"kept person {new['Blue']} and person {known['Blue']} apart"
+        )
+        expect(page.locator("#review-counts")).to_contain_text("1 confirmed (merged), 1 rejected")
+        row = f"#persons tr[data-person-id='{known['Blue']}'] .open-person"
+        page.locator("#refresh").focus()
+        tab_to(page, row)
+        page.keyboard.press("Enter")
+        expect(page.locator("#person-panel")).to_be_visible()
+        expect(page.locator("#person-panel h2")).to_be_focused()  # the panel opened where Tab goes on
+        page.keyboard.press("Tab")
+        expect(page.locator("#person-close")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#person-panel")).to_be_hidden()
+        expect(page.locator(row)).to_be_focused()  # back on the person's row
         browser.close()

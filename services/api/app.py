@@ -68,6 +68,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
     gallery = Gallery(
         settings.database_url,
         index_dir=settings.index_dir,
+        media_dir=settings.media_dir,
         embedders=embedders,
         thresholds=thresholds,
         store_id=settings.store_id,
@@ -175,7 +176,8 @@ def add_middleware(app: FastAPI, state: ServiceState) -> None:
             return settings.max_request_bytes
         return 2 * settings.max_json_bytes + 4096  # metadata and consent, each at most max_json_bytes
 
-    # inside `observe` (added after it), so a refused body is still counted and audited
+    # inside `observe` (added after it), so a refused body is still counted (route "unmatched"); one refused from
+    # its Content-Length is not audited: it is answered before routing, so no audited route or key is known
     app.add_middleware(BodySizeLimit, limit_for=request_limit)
     app.add_middleware(LoadShedder, max_inflight=settings.max_inflight)
 

@@ -64,6 +64,9 @@ class EnrollOut(BaseModel):
 class MatchOut(FromResult):
     person_id: int
     score: float
+    template_id: int = Field(
+        description="the person's best-matching template (its crop: /persons/{id}/templates/{tid}/image)"
+    )
     display_name: str | None
     external_id: str | None
 

@@ -17,8 +17,9 @@ from services.settings import ApiKey, Settings
 
 
 class KeyRing:
-    """API keys held as SHA-256 digests; a lookup compares against every key in constant time, so neither the
-    answer's timing nor a memory dump shows a key."""
+    """API keys held as SHA-256 digests; a lookup compares the given key's digest with every key's in constant
+    time, so the answer's timing does not show how much of a key was right or which key matched. (The plain keys
+    still live in ``Settings.api_keys``, which other apps built from the same settings read.)"""
 
     def __init__(self, keys: list[ApiKey]) -> None:
         self._keys = [(self._digest(k.key), ApiKey("", k.name, k.scopes)) for k in keys]

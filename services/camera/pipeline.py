@@ -1,12 +1,13 @@
 """Camera frames -> people -> tracks -> face and body embeddings -> one global person id across cameras.
 
-Per camera: detect people (pluggable detector), track them (IoU tracker), embed a crop of each tracked person
-every ``embed_every`` processed frames, and, with a face embedder, look for a face in the head part of the
-crop. Once a track has ``assign_after`` body embeddings it gets its global id: by face when a face was seen and
-the gallery knows it (the body is then linked to that person), else by body through
-``Gallery.identify_or_enroll`` (a new anonymous person when nobody is close enough, if ``enroll`` is allowed;
-a face seen on such a track is linked to it). When the track ends, a sighting is written and an event line
-(JSON) is emitted.
+Per camera: detect people (pluggable detector), track them (``PipelineConfig.tracker``, ByteTrack by default:
+``services.camera.tracker``), embed a crop of each tracked person every ``embed_every`` processed frames, and,
+with a face embedder, look for a face in the head part of the crop. Once a track has ``assign_after`` body
+embeddings it gets its global id from ``services.identity.IdentityPolicy`` (shared with the NATS matcher): by
+face when a face was seen and the gallery knows it (the body is then linked to that person), else by body
+through ``Gallery.identify_or_enroll`` (a new anonymous person when nobody is close enough, if ``enroll`` is
+allowed; a face seen on such a track is linked to it). When the track ends, a sighting is written and an event
+line (JSON) is emitted.
 
 Worker mode (``sink`` given, no gallery): the pipeline only tracks and embeds, and hands one
 :class:`~services.broker.TrackEvent` per track segment to the sink (e.g. NATS); the matcher assigns ids.
@@ -70,7 +71,10 @@ class CameraStats:
     camera_id: str
     frames: int = 0
     seconds: float = 0.0
-    tracks: int = 0
+    tracks: int = 0  # tracks that ended with a global id (or, in worker mode, an event)
+    # tracks the tracker ended with at least ``min_hits`` detections and an embedding, named or not: a
+    # fragment the identity policy gives no id is counted here only (what a comparison of trackers counts)
+    tracked: int = 0
     events: list[dict] = field(default_factory=list)
 
     @property
@@ -186,6 +190,7 @@ class CameraPipeline:
     def _finish(self, track: Track, camera_id: str, fps_hint: float, stats: CameraStats) -> None:
         if track.hits < self.config.min_hits or not track.embeddings:
             return
+        stats.tracked += 1
         if self.sink is not None:
             event = self._event(track, camera_id, final=True)
             self.sink(event)

@@ -28,6 +28,14 @@ async function thumbnail(personId, img) {
   } catch (e) { img.alt = "no picture"; }
 }
 
+// The crop a template was made from; the person's thumbnail when the template has none.
+async function templateCrop(personId, templateId, img) {
+  try {
+    const blob = await (await api(`/persons/${personId}/templates/${templateId}/image`)).blob();
+    img.src = URL.createObjectURL(blob);
+  } catch (e) { await thumbnail(personId, img); }
+}
+
 async function loadPersons() {
   const body = $("#persons tbody");
   try {
@@ -42,7 +50,11 @@ async function loadPersons() {
         `<td><button class="export">Export</button> <button class="delete">Delete</button></td>`;
       row.querySelector(".name").innerHTML = `<a href="#" class="open-person"></a>`;
       row.querySelector(".open-person").textContent = p.display_name || "(anonymous)";
-      row.querySelector(".open-person").onclick = (ev) => { ev.preventDefault(); showPerson(p.id); };
+      row.querySelector(".open-person").onclick = async (ev) => {
+        ev.preventDefault();
+        await showPerson(p.id);
+        $("#person-panel h2").focus();  // from the keyboard: the page opens where Tab goes on
+      };
       row.querySelector(".delete").onclick = () => deletePerson(p);
       row.querySelector(".export").onclick = () => exportPerson(p);
       row.querySelector(".show-sightings").onclick = (ev) => { ev.preventDefault(); showSightings(p); };
@@ -109,7 +121,13 @@ async function timeline(id, box) {
   if (!rows.length) box.textContent = "no sightings";
 }
 
-$("#person-close").onclick = () => { $("#person-panel").hidden = true; current = null; };
+$("#person-close").onclick = () => {
+  const id = current && current.id;
+  $("#person-panel").hidden = true;
+  current = null;
+  const link = $(`#persons tr[data-person-id="${id}"] .open-person`);
+  if (link) link.focus();  // back where the person was opened
+};
 $("#person-form").onsubmit = async (ev) => {
   ev.preventDefault();
   let consent = null;
@@ -217,6 +235,9 @@ async function loadReviews() {
         `threshold ${r.threshold.toFixed(3)}, ${r.source || r.modality})`;
       thumbnail(r.person_id, li.querySelector(".new"));
       thumbnail(r.candidate_id, li.querySelector(".candidate"));
+      const pair = `person ${r.person_id} and person ${r.candidate_id}`;
+      li.querySelector(".confirm").setAttribute("aria-label", `Same person: merge ${pair}`);
+      li.querySelector(".reject").setAttribute("aria-label", `Different people: keep ${pair} apart`);
       li.querySelector(".confirm").onclick = () => judge(r, "confirm");
       li.querySelector(".reject").onclick = () => judge(r, "reject");
       list.appendChild(li);
@@ -331,7 +352,7 @@ function showQuery(file, box) {
   img.src = URL.createObjectURL(file);
 }
 
-// The top persons, best first, with their thumbnail and score; the accepted one is marked.
+// The top persons, best first, with their best template's crop and score; the accepted one is marked.
 function showCandidates(r) {
   const list = $("#identify-candidates");
   list.innerHTML = "";
@@ -341,7 +362,7 @@ function showCandidates(r) {
     li.innerHTML = `<img class="thumb" alt=""><span class="name"></span> <span class="score"></span>`;
     li.querySelector(".name").textContent = m.display_name || `person ${m.person_id}`;
     li.querySelector(".score").textContent = `score ${m.score.toFixed(3)}`;
-    thumbnail(m.person_id, li.querySelector("img"));
+    templateCrop(m.person_id, m.template_id, li.querySelector("img"));
     list.appendChild(li);
   }
 }

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from gallery.review import near_miss, offer_review
 from services.api.deps import Enroll, Read, State, audited
 from services.api.schemas import IdentifyOrEnrollOut, IdentifyOut, MatchOut, Modality, VerifyOut, evidence
-from services.api.uploads import embed_located, embed_one, read_upload, save_thumbnail
+from services.api.uploads import embed_located, embed_one, read_upload, save_template_image, save_thumbnail
 
 router = APIRouter(tags=["identify"])
 
@@ -56,6 +56,8 @@ def identify_or_enroll(
     r = state.gallery.identify_or_enroll(embedding=vec, modality=modality, model_id=model_id)
     if r.created:
         save_thumbnail(state, r.person_id, img, box)
+        for tid in r.enroll.template_ids if r.enroll is not None else []:  # the crop the person page shows
+            save_template_image(state, r.person_id, tid, img, box)
         if near_miss(r.identify, state.settings.review_band):
             offer_review(state.review, r.person_id, r.identify, modality, model_id, "api")
     request.state.audit_subject = f"person:{r.person_id}"

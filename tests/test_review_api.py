@@ -1,0 +1,163 @@
+"""The review queue through the REST API on a real server, without a browser (issue 15 part 2; the page's
+Playwright test in test_web.py does the same on LFW faces): near misses of identify-or-enroll are queued with
+their numbers, a confirmation merges the two persons and changes the identify answer, a rejection keeps them
+apart for good; every decision is audited and counted. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.api import create_app
+from services.settings import ApiKey, Settings
+from tests.servers import ColourEmbedder, running
+
+ADMIN, READ = {"X-API-Key": "admin-key"}, {"X-API-Key": "read-key"}
+RED, BLUE, GREEN = (200, 30, 30), (30, 30, 200), (30, 200, 30)
+
+
+def photo(main: tuple[int, int, int], other: tuple[int, int, int] | None = None, share: float = 1.0) -> bytes:
+    """A body-sized PNG: the top ``share`` of its rows in ``main``, the rest in ``other``. With colour
+    histograms as embeddings, 70% of one colour is a near miss of that colour at a 0.99 threshold."""
+    a = np.zeros((60, 20, 3), np.uint8)
+    a[...] = other if other is not None else main
+    a[: round(share * 60)] = main
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+NEAR_RED = photo(RED, (100, 30, 30), 0.7)  # only the red channel differs, in 30% of the rows
+NEAR_BLUE = photo(BLUE, (30, 30, 100), 0.7)
+
+
+@pytest.fixture
+def server(db_url: str, tmp_path: Path):
+    settings = Settings(
+        database_url=db_url,
+        media_dir=str(tmp_path / "media"),  # on PostgreSQL there is no SQLite file to keep crops beside
+        api_keys=[
+            ApiKey("admin-key", "admin", frozenset({"admin"})),
+            ApiKey("read-key", "reader", frozenset({"read"})),
+        ],
+        body_threshold=0.99,
+        review_band=0.05,
+        retention_sweep_every=None,
+    )
+    with running(create_app(settings, embedders={"body": ColourEmbedder()})) as url:
+        yield url
+
+
+def enroll(url: str, name: str, image: bytes) -> int:
+    pid = httpx.post(f"{url}/persons", json={"display_name": name}, headers=ADMIN).json()["id"]
+    r = httpx.post(
+        f"{url}/persons/{pid}/enroll",
+        headers=ADMIN,
+        data={"modality": "body"},
+        files={"images": ("p.png", image)},
+    )
+    assert r.status_code == 200, r.text
+    return pid
+
+
+def identify_or_enroll(url: str, image: bytes) -> dict:
+    r = httpx.post(
+        f"{url}/identify-or-enroll",
+        headers=ADMIN,
+        data={"modality": "body"},
+        files={"image": ("q.png", image)},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def identify(url: str, image: bytes) -> dict:
+    r = httpx.post(
+        f"{url}/identify", headers=READ, data={"modality": "body"}, files={"image": ("q.png", image)}
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_confirm_merges_reject_keeps_apart_audited_and_counted(server: str) -> None:
+    url = server
+    red, blue = enroll(url, "Red", photo(RED)), enroll(url, "Blue", photo(BLUE))
+    new = {}
+    for name, image in (("red", NEAR_RED), ("blue", NEAR_BLUE)):
+        r = identify_or_enroll(url, image)
+        t = r["decision"]["threshold"]
+        assert r["created"] and t - 0.05 <= r["normalised_score"] < t, r  # a near miss: a new person
+        new[name] = r["person_id"]
+    far = identify_or_enroll(url, photo(GREEN))  # nobody close: a new person, nothing to review
+    assert far["created"] and far["normalised_score"] < far["decision"]["threshold"] - 0.05
+
+    pairs = httpx.get(f"{url}/review", headers=READ).json()
+    assert [(p["person_id"], p["candidate_id"]) for p in pairs] == [(new["blue"], blue), (new["red"], red)]
+    assert all(
+        p["status"] == "open" and p["source"] == "api" and p["modality"] == "body"
+        and p["threshold"] - 0.05 <= p["normalised"] < p["threshold"]
+        for p in pairs
+    )  # fmt: skip
+    by = {p["candidate_id"]: p["id"] for p in pairs}
+    assert httpx.get(f"{url}/review/counts", headers=READ).json() == {
+        "open": 2, "confirmed": 0, "rejected": 0, "right_near_threshold": None,
+    }  # fmt: skip
+
+    # the person identify-or-enroll created keeps the crop it was made from (both sides show a picture)
+    (t,) = httpx.get(f"{url}/persons/{new['red']}/templates", headers=READ).json()
+    assert (
+        t["image"]
+        and httpx.get(f"{url}/persons/{new['red']}/templates/{t['id']}/image", headers=READ).status_code
+        == 200
+    )
+    before = identify(url, NEAR_RED)
+    assert before["known"] and before["person"]["person_id"] == new["red"]
+    assert before["matches"][0]["template_id"] == t["id"]  # the best template, whose crop the page shows
+
+    # deciding needs the delete scope: a reader cannot merge people
+    assert httpx.post(f"{url}/review/{by[red]}/confirm", headers=READ).status_code == 403
+
+    r = httpx.post(f"{url}/review/{by[red]}/confirm", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["status"] == "confirmed" and r.json()["decided_by"] == "admin"
+    assert httpx.get(f"{url}/persons/{new['red']}", headers=READ).status_code == 404  # merged away
+    assert httpx.get(f"{url}/persons/{red}", headers=READ).json()["templates"] == {"body/colour-hist-8": 2}
+    after = identify(url, NEAR_RED)
+    assert after["known"] and after["person"]["person_id"] == red  # the answer changed
+    assert after["person"]["display_name"] == "Red"
+
+    r = httpx.post(f"{url}/review/{by[blue]}/reject", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["status"] == "rejected"
+    for pid in (blue, new["blue"]):  # kept apart
+        assert httpx.get(f"{url}/persons/{pid}", headers=READ).status_code == 200
+    assert identify(url, NEAR_BLUE)["person"]["person_id"] == new["blue"]
+
+    # decided once: a second decision is refused, an unknown pair is 404
+    for pid, verdict in ((by[red], "reject"), (by[blue], "confirm"), (by[blue], "reject")):
+        r = httpx.post(f"{url}/review/{pid}/{verdict}", headers=ADMIN)
+        assert r.status_code == 409 and "already" in r.json()["detail"], r.text
+    assert httpx.post(f"{url}/review/999999/confirm", headers=ADMIN).status_code == 404
+
+    # the same photos again: named now, nothing new to judge (the rejected pair is not offered again)
+    for image in (NEAR_RED, NEAR_BLUE):
+        assert identify_or_enroll(url, image)["created"] is False
+    assert httpx.get(f"{url}/review", headers=READ).json() == []
+    assert [p["id"] for p in httpx.get(f"{url}/review?status=rejected", headers=READ).json()] == [by[blue]]
+    assert [p["id"] for p in httpx.get(f"{url}/review?status=confirmed", headers=READ).json()] == [by[red]]
+    assert httpx.get(f"{url}/review/counts", headers=READ).json() == {
+        "open": 0, "confirmed": 1, "rejected": 1, "right_near_threshold": 0.5,
+    }  # fmt: skip
+
+    audit = httpx.get(f"{url}/audit", headers=ADMIN).json()
+    decisions = [
+        (a["action"], a["subject"], a["key_id"], a["outcome"])
+        for a in audit
+        if a["action"].startswith("review")
+    ]
+    assert ("review-confirm", f"person:{red}", "admin", "ok") in decisions
+    assert ("review-reject", f"person:{new['blue']}", "admin", "ok") in decisions
+    assert sum(d[3] == "error 409" for d in decisions) == 3  # refused decisions are audited too
