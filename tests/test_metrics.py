@@ -457,12 +457,17 @@ def test_margin_thresholds_by_gallery_size_hold_the_false_accept_rate_of_bigger_
     sizes = (2, 10, 80, 1000, 4000)
     table = margin_thresholds_by_gallery_size([seen], [cb], beta, far, anchor, sizes=sizes, draws=512)
     assert table[80] == pytest.approx(anchor)
-    # past the validation size the margin shrinks; below it the cohort is the competitor that binds, so a tiny
-    # gallery's stranger (best of two persons minus its cohort score) has a *smaller* margin: not monotone
+    # past the validation size the margin shrinks, and so does the threshold that holds the rate
     assert table[80] > table[1000] > table[4000]
+    # below it the cohort is the competitor that binds and a stranger's margin is smaller still; the table is
+    # floored at the measured threshold there (fewer strangers accepted than the target, never more)
+    assert table[2] == table[10] == anchor
     for n in sizes:
         brute = np.mean([(normalised(scores(n)) >= table[n]).mean() for _ in range(max(2, 20_000 // n))])
-        assert brute == pytest.approx(far, abs=0.025), (n, brute)
+        if n < m:
+            assert brute <= far, (n, brute)
+        else:
+            assert brute == pytest.approx(far, abs=0.025), (n, brute)
 
 
 def test_thresholds_by_gallery_size_hold_the_false_accept_rate_of_random_galleries() -> None:

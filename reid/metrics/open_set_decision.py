@@ -246,7 +246,8 @@ def margin_thresholds_by_gallery_size(
     strangers *and* names ever fewer known people. Each stranger probe's top two among ``n`` persons are
     sampled from the normal fitted to its scores (``_top_two_of_n``); the cohort competitor stays the probe's
     own. The table is that model's change from the validation size ``M`` added to ``anchor``, the threshold
-    measured there (an extrapolation anchored where it was measured, as for the raw rule)."""
+    measured there (an extrapolation anchored where it was measured, as for the raw rule), floored at ``anchor``
+    up to ``M``."""
     m = min(x.shape[1] for x in stranger_sims)
 
     def model(n: int) -> float:
@@ -259,7 +260,14 @@ def margin_thresholds_by_gallery_size(
         return float(np.quantile(np.concatenate(values), 1 - target_far))
 
     base = model(m)
-    return {n: float(np.clip(anchor + model(n) - base, -2.0, 2.0)) for n in sizes}
+    # below the validation size, never under the measured threshold (as for the raw rule): there the cohort is
+    # the competitor that binds, and one room under one light makes strangers look more alike than validation
+    # strangers do; a small gallery then accepts fewer strangers than the target, not more
+    out = {}
+    for n in sizes:
+        shift = model(n) - base
+        out[n] = float(np.clip(anchor + (shift if n > m else max(shift, 0.0)), -2.0, 2.0))
+    return out
 
 
 def calibrate_decision(
