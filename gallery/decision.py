@@ -40,6 +40,8 @@ class Decision:
     # gallery, margin: falling); identify interpolates in log(persons) so the false-accept rate holds as the
     # gallery grows. Empty: ``threshold``.
     by_size: tuple[tuple[int, float], ...] = ()
+    # the share of strangers the threshold was set to accept (a card's; what ``gallery.selfcal`` re-reads)
+    target_far: float | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -88,6 +90,7 @@ class Decision:
                 cohort,
                 source,
                 size_table(card.get("by_size")),
+                None if card.get("target_far") is None else float(card["target_far"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise GalleryError(f"model card decision is malformed ({type(e).__name__}: {e})") from e

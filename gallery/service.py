@@ -35,6 +35,7 @@ from gallery.results import (
     SightingInfo,
     TemplateInfo,
 )
+from gallery.selfcal import SelfCalibration
 from gallery.sightings import Sightings
 from gallery.store import EnrollRequest, GalleryStore, Key
 from gallery.thresholds import Decisions
@@ -58,6 +59,8 @@ class Gallery:
         media_dir: per-person files (cached crops), removed on erasure (default: beside an SQLite file).
         store_id: the store this process serves (new persons belong to it; retention is per store).
         clock: returns the current UTC time (tests inject a controlled clock).
+        self_calibration: re-read a model card's threshold on this gallery's own persons once there are enough
+            (``gallery.selfcal``); a calibration stored here or an operator's threshold is never overridden.
     """
 
     # seconds a threshold read from the database is reused (other processes may change it)
@@ -74,6 +77,7 @@ class Gallery:
         media_dir: str | os.PathLike | None = None,
         store_id: str | None = None,
         clock=utcnow,
+        self_calibration: bool = True,
     ) -> None:
         if aggregation not in ("max", "mean"):
             raise GalleryError(f"aggregation must be 'max' or 'mean', got {aggregation!r}")
@@ -93,6 +97,10 @@ class Gallery:
             self.store, index_config or IndexConfig(), Path(index_dir) if index_dir else None, aggregation
         )
         self.identifier = Identifier(self.store, self.cache, self.decisions)
+        self.selfcal: SelfCalibration | None = None
+        if self_calibration:
+            self.selfcal = SelfCalibration(self.cache)
+            self.decisions.refine = self.selfcal.refine
         self._follower: ChangeFollower | None = None
         self.cache.load()
 
@@ -131,6 +139,8 @@ class Gallery:
         return self._follower
 
     def close(self) -> None:
+        if self.selfcal is not None:
+            self.selfcal.close()
         if self._follower is not None:
             self._follower.stop()
             self._follower = None

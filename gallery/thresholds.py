@@ -2,14 +2,15 @@
 
 First found wins: calibrated in the database (``set_threshold``/``calibrate_threshold``; cached for
 ``ttl`` seconds because other processes may change it) > the operator's raw per-modality setting
-(``default_thresholds``) > the model card's decision (``register_card``) > none. ``gallery.decision`` holds the
+(``default_thresholds``) > the model card's decision (``register_card``; its threshold re-read on the gallery's
+own persons once there are enough, ``gallery.selfcal``) > none. ``gallery.decision`` holds the
 decision itself (rules, verdicts).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,8 @@ class Decisions:
         # model cards' calibrated decisions, by (modality, model_id): the default when nothing is calibrated here
         self.cards: dict[Key, Decision] = {}
         self._cache: dict[Key, tuple[Decision | None, float]] = {}
+        # re-reads a card's threshold on the gallery's own persons (``gallery.selfcal``); None: the card as is
+        self.refine: Callable[[Key, Decision | None], Decision | None] | None = None
 
     def register_card(self, modality: str, model_id: str, card: dict | None) -> None:
         """Use a model card's calibrated decision for this model when the database holds none."""
@@ -68,7 +71,8 @@ class Decisions:
             return cached[0]
         if self.default_thresholds.get(modality) is not None:  # the operator's explicit setting
             return Decision(float(self.default_thresholds[modality]), source="setting")
-        return self.cards.get(key)
+        card = self.cards.get(key)
+        return self.refine(key, card) if self.refine is not None else card
 
     def decision(self, modality: str, model_id: str, threshold: float | None) -> Decision | None:
         """A call's ``threshold`` (a raw one) or the model's decision."""

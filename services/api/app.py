@@ -72,6 +72,7 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         embedders=embedders,
         thresholds=thresholds,
         store_id=settings.store_id,
+        self_calibration=settings.self_calibration,
     )
     state = ServiceState(settings, gallery, embedders)
     for e in embedders.values():

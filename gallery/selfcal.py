@@ -1,0 +1,157 @@
+"""A model card's threshold re-read on this gallery's own persons: "leave one out".
+
+A card is calibrated on other people than the store's (CelebA for faces, held-out CUHK03 identities for bodies),
+and strangers of another domain score differently: on LFW the CelebA face card accepted no stranger but named
+only a fifth of the people it knew. The gallery itself holds the missing data: each enrolled person, asked
+against every *other* enrolled person, is a stranger to them, photographed as this store photographs people, in
+a gallery of this size. The ``target_far`` quantile of those leave-one-out scores (under the card's own rule:
+raw, or margin with its beta and cohort) is the threshold at which that share of such strangers is accepted.
+No query and no label is used, only who is enrolled.
+
+It replaces the card's threshold only when the gallery has enough persons for the quantile to rest on at least
+``min_above`` of them (``min_above / target_far``: 1,000 persons at 1 %), and only for a card's decision: a
+calibration stored in the database or an operator's setting is never overridden. It is computed in a
+background thread (at most ``max_probes`` persons, sampled) and recomputed when the number of persons has
+moved by more than ``tolerance`` since; until then identify uses the card, then the last value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+
+from gallery.cache import IndexCache
+from gallery.decision import Decision
+from gallery.store import Key
+from reid.metrics.open_set import threshold_at_far
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "model card, threshold from this gallery's persons (leave one out)"
+
+
+def _card_of(d: Decision) -> tuple:
+    return (d.rule, d.beta, d.threshold, d.target_far, d.by_size)
+
+
+class SelfCalibration:
+    """Leave-one-out thresholds of card decisions, per (modality, model_id).
+
+    Args:
+        cache: the gallery's index cache (persons, templates, search).
+        min_above: persons the ``target_far`` quantile must rest on (needs ``min_above / target_far`` persons).
+        max_probes: at most this many persons are asked (sampled, seeded) per computation.
+        tolerance: recompute once the number of persons has moved by more than this fraction.
+        background: compute in a worker thread (False: inline, for benchmarks and tests).
+    """
+
+    def __init__(
+        self,
+        cache: IndexCache,
+        min_above: int = 10,
+        max_probes: int = 2000,
+        tolerance: float = 0.1,
+        background: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.cache = cache
+        self.min_above, self.max_probes, self.tolerance, self.seed = min_above, max_probes, tolerance, seed
+        # key -> (persons when computed, threshold, the card it was computed for)
+        self._done: dict[Key, tuple[int, float, tuple]] = {}
+        self._pending: dict[Key, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfcal") if background else None
+
+    def refine(self, key: Key, decision: Decision | None) -> Decision | None:
+        """The card's decision with this gallery's leave-one-out threshold, once there is one."""
+        if decision is None or decision.source != "model card" or not decision.target_far:
+            return decision
+        persons = self.cache.persons_count(key)
+        if persons < math.ceil(self.min_above / decision.target_far):
+            return decision
+        with self._lock:
+            done = self._done.get(key)
+            if done is not None and done[2] != _card_of(decision):  # another card registered since
+                del self._done[key]
+                done = None
+            stale = done is None or abs(persons - done[0]) > self.tolerance * done[0]
+            if stale and key not in self._pending:
+                if self._pool is None:
+                    self._pending[key] = Future()
+                else:
+                    self._pending[key] = self._pool.submit(self._compute, key, decision)
+        if stale and self._pool is None:
+            self._compute(key, decision)
+            done = self._done.get(key)
+        if done is None:
+            return decision
+        return replace(decision, threshold=done[1], by_size=(), source=SOURCE)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the computations under way (tests, benchmarks)."""
+        with self._lock:
+            pending = list(self._pending.values())
+        for f in pending:
+            if self._pool is not None:
+                f.result(timeout)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _compute(self, key: Key, decision: Decision) -> None:
+        try:
+            value = self._leave_one_out(key, decision)
+            if value is not None:
+                with self._lock:
+                    self._done[key] = (*value, _card_of(decision))
+                logger.info(
+                    "%s/%s: leave-one-out threshold %.4f over %d persons (card %.4f)",
+                    key[0], key[1], value[1], value[0], decision.threshold_at(value[0]),
+                )  # fmt: skip
+        except Exception:  # a background thread must not die silently; identify keeps the card meanwhile
+            logger.exception("%s/%s: leave-one-out threshold failed; the card's threshold stays", *key)
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def _leave_one_out(self, key: Key, decision: Decision) -> tuple[int, float] | None:
+        cache = self.cache
+        with cache.lock:
+            index = cache.indexes.get(key)
+            if index is None:
+                return None
+            persons = sorted(cache.key_persons.get(key, ()))
+            needed = math.ceil(self.min_above / decision.target_far)
+            ask = max(self.max_probes, needed)  # the quantile never rests on fewer than min_above
+            if len(persons) > ask:
+                persons = sorted(
+                    np.random.default_rng(self.seed).choice(persons, ask, replace=False).tolist()
+                )
+            probes = []  # each person's lowest template id of this model: its first photo, as enrolled
+            for pid in persons:
+                tids = [t for t in cache.templates_of.get(pid, ()) if cache.key_of.get(t) == key]
+                tids = [t for t in tids if t not in index.tombstones]
+                if tids:
+                    probes.append((pid, min(tids)))
+            if not probes:
+                return None
+            vecs = index.reconstruct([t for _, t in probes])
+            n = len(cache.key_persons.get(key, ()))
+        values = []
+        for (pid, _), v in zip(probes, vecs):
+            q = np.asarray(v, np.float32).reshape(1, -1)
+            # the person itself plus the two best others (more when it has templates the search ranks apart)
+            ranked = cache.rank_persons(index, q, 3)
+            others = [score for p, score, _ in ranked if p != pid][:2]
+            verdict = decision.verdict(q[0], others, n - 1)
+            if verdict is not None:
+                values.append(verdict.normalised)
+        if len(values) < needed:
+            return None
+        return n, threshold_at_far(np.asarray(values), decision.target_far)

@@ -1,0 +1,81 @@
+"""A card's threshold re-read on the gallery's own persons (gallery.selfcal): strangers of the store's domain are
+accepted at the card's rate, where the card's own threshold (made on another domain) is far off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gallery import Gallery
+from gallery.selfcal import SOURCE
+from reid.metrics.open_set import threshold_at_far
+
+D, FAR = 32, 0.05
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def store_photos(rng: np.random.Generator, n: int, shared: np.ndarray) -> np.ndarray:
+    # one room, one light: every photo of this store leans the same way, so strangers look more alike than on
+    # the card's validation data
+    return unit(rng.normal(size=(n, D)) + 3.0 * shared)
+
+
+def card_threshold(rng: np.random.Generator, persons: int) -> float:
+    """The raw threshold the card's calibration would set on its own (unshifted) people at this size."""
+    gallery, strangers = unit(rng.normal(size=(persons, D))), unit(rng.normal(size=(4000, D)))
+    return threshold_at_far((strangers @ gallery.T).max(axis=1), FAR)
+
+
+def stranger_rate(g: Gallery, strangers: np.ndarray) -> tuple[float, set[str]]:
+    results = [g.identify(embedding=s, modality="face", model_id="m", k=2) for s in strangers]
+    return float(np.mean([r.known for r in results])), {r.decision["source"] for r in results}
+
+
+@pytest.mark.parametrize("persons", [150, 400])
+def test_the_card_threshold_is_reread_on_the_gallerys_own_persons(tmp_path: Path, persons: int) -> None:
+    rng = np.random.default_rng(persons)
+    shared = unit(rng.normal(size=(1, D)))
+    card = {"rule": "raw", "threshold": card_threshold(rng, persons), "target_far": FAR}
+    enrolled, strangers = store_photos(rng, persons, shared), store_photos(rng, 2000, shared)
+    rates = {}
+    for on in (False, True):
+        with Gallery(f"sqlite:///{tmp_path}/g{on}.db", index_dir=None, self_calibration=on) as g:
+            g.register_card("face", "m", card)
+            for v in enrolled:
+                g.enroll(embeddings=v[None], modality="face", model_id="m")
+            g.identify(embedding=strangers[0], modality="face", model_id="m")  # starts the computation
+            if g.selfcal is not None:
+                g.selfcal.wait(60)
+            rates[on] = stranger_rate(g, strangers)
+    card_rate, card_sources = rates[False]
+    assert card_sources == {"model card"} and card_rate > 4 * FAR  # another domain: the card is far off
+    rate, sources = rates[True]
+    if persons < 10 / FAR:  # too few persons for a 5 % quantile resting on 10 of them: the card as shipped
+        assert sources == {"model card"} and rate == card_rate
+    else:
+        assert sources == {SOURCE}
+        assert FAR / 2 <= rate <= 2 * FAR, rate
+
+
+def test_a_stored_calibration_or_an_operator_setting_is_never_overridden(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    shared = unit(rng.normal(size=(1, D)))
+    with Gallery(f"sqlite:///{tmp_path}/g.db", index_dir=None, thresholds={"body": 0.99}) as g:
+        g.register_card("face", "m", {"rule": "raw", "threshold": 0.1, "target_far": FAR})
+        g.register_card("body", "b", {"rule": "raw", "threshold": 0.1, "target_far": FAR})
+        for v in store_photos(rng, 250, shared):
+            g.enroll(embeddings=v[None], modality="face", model_id="m")
+            g.enroll(embeddings=v[None], modality="body", model_id="b")
+        g.set_threshold("face", "m", 0.97)
+        for modality, model_id in (("face", "m"), ("body", "b")):
+            g.identify(embedding=v, modality=modality, model_id=model_id)
+        g.selfcal.wait(60)
+        face = g.identify(embedding=v, modality="face", model_id="m")
+        body = g.identify(embedding=v, modality="body", model_id="b")
+        assert (face.decision["source"], face.threshold) == ("calibrated", 0.97)
+        assert (body.decision["source"], body.threshold) == ("setting", 0.99)
