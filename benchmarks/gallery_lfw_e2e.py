@@ -10,7 +10,7 @@ through a real ``Gallery`` (SQLite + FAISS) and its decision path. Decisions com
   code and seed;
 - ``card + own persons (LOO)``: the card as a deployed gallery holds it (``gallery.selfcal``): its threshold
   re-read on the enrolled persons themselves, each asked against the others (no query, no stranger, no label);
-  only where the gallery holds enough persons (1,000 at 1 %);
+  only where the gallery holds enough (1,000 photos of 400 persons at 1 %);
 - ``raw by size (CelebA)``: the raw best score, thresholds by gallery size calibrated on the same CelebA
   identities, read at this gallery's size;
 - ``raw (LFW strangers)``: the raw best score with the threshold set on these LFW strangers themselves: not a

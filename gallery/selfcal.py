@@ -8,11 +8,13 @@ a gallery of this size. The ``target_far`` quantile of those leave-one-out score
 raw, or margin with its beta and cohort) is the threshold at which that share of such strangers is accepted.
 No query and no label is used, only who is enrolled.
 
-It replaces the card's threshold only when the gallery has enough persons for the quantile to rest on at least
-``min_above`` of them (``min_above / target_far``: 1,000 persons at 1 %), and only for a card's decision: a
-calibration stored in the database or an operator's setting is never overridden. It is computed in a
-background thread (at most ``max_probes`` persons, sampled) and recomputed when the number of persons has
-moved by more than ``tolerance`` since; until then identify uses the card, then the last value.
+Every template is one such stranger photo (a person enrolled with three photos asks three times). It replaces
+the card's threshold only when the quantile rests on at least ``min_above`` of them (``min_above / target_far``
+templates: 1,000 at 1 %) from at least ``min_persons_above / target_far`` persons (400 at 1 %), and only for a
+card's decision: a calibration stored in the database or an operator's setting is never overridden. It is
+computed in a background thread (templates of at most ``max_probes`` templates' worth of persons, sampled)
+and recomputed when the number of persons has moved by more than ``tolerance`` since; until then identify
+uses the card, then the last value.
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ class SelfCalibration:
 
     Args:
         cache: the gallery's index cache (persons, templates, search).
-        min_above: persons the ``target_far`` quantile must rest on (needs ``min_above / target_far`` persons).
-        max_probes: at most this many persons are asked (sampled, seeded) per computation.
+        min_above: stranger photos the ``target_far`` quantile must rest on (``min_above / target_far``
+            templates).
+        min_persons_above: distinct persons it must rest on (a person's photos are alike: with k persons above
+            it, the rate accepted moves by about 1/sqrt(k) of the target).
+        max_probes: about this many templates are asked (whole persons, sampled, seeded) per computation.
         tolerance: recompute once the number of persons has moved by more than this fraction.
         background: compute in a worker thread (False: inline, for benchmarks and tests).
     """
@@ -54,6 +59,7 @@ class SelfCalibration:
         self,
         cache: IndexCache,
         min_above: int = 10,
+        min_persons_above: int = 4,
         max_probes: int = 2000,
         tolerance: float = 0.1,
         background: bool = True,
@@ -61,6 +67,7 @@ class SelfCalibration:
     ) -> None:
         self.cache = cache
         self.min_above, self.max_probes, self.tolerance, self.seed = min_above, max_probes, tolerance, seed
+        self.min_persons_above = min_persons_above
         # key -> (persons when computed, threshold, the card it was computed for)
         self._done: dict[Key, tuple[int, float, tuple]] = {}
         self._pending: dict[Key, Future] = {}
@@ -71,9 +78,9 @@ class SelfCalibration:
         """The card's decision with this gallery's leave-one-out threshold, once there is one."""
         if decision is None or decision.source != "model card" or not decision.target_far:
             return decision
-        persons = self.cache.persons_count(key)
-        if persons < math.ceil(self.min_above / decision.target_far):
+        if not self._enough(key, decision.target_far):
             return decision
+        persons = self.cache.persons_count(key)
         with self._lock:
             done = self._done.get(key)
             if done is not None and done[2] != _card_of(decision):  # another card registered since
@@ -91,6 +98,14 @@ class SelfCalibration:
         if done is None:
             return decision
         return replace(decision, threshold=done[1], by_size=(), source=SOURCE)
+
+    def _enough(self, key: Key, target_far: float) -> bool:
+        with self.cache.lock:
+            counts = self.cache.key_persons.get(key, {})
+            templates, persons = sum(counts.values()), len(counts)
+        return templates >= math.ceil(self.min_above / target_far) and persons >= math.ceil(
+            self.min_persons_above / target_far
+        )
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the computations under way (tests, benchmarks)."""
@@ -126,19 +141,17 @@ class SelfCalibration:
             index = cache.indexes.get(key)
             if index is None:
                 return None
-            persons = sorted(cache.key_persons.get(key, ()))
+            counts = cache.key_persons.get(key, {})
             needed = math.ceil(self.min_above / decision.target_far)
             ask = max(self.max_probes, needed)  # the quantile never rests on fewer than min_above
-            if len(persons) > ask:
-                persons = sorted(
-                    np.random.default_rng(self.seed).choice(persons, ask, replace=False).tolist()
-                )
-            probes = []  # each person's lowest template id of this model: its first photo, as enrolled
+            persons = sorted(counts)
+            np.random.default_rng(self.seed).shuffle(persons)
+            probes = []  # (person, template): every photo of a sampled person asks once
             for pid in persons:
+                if len(probes) >= ask:
+                    break
                 tids = [t for t in cache.templates_of.get(pid, ()) if cache.key_of.get(t) == key]
-                tids = [t for t in tids if t not in index.tombstones]
-                if tids:
-                    probes.append((pid, min(tids)))
+                probes += [(pid, t) for t in sorted(tids) if t not in index.tombstones]
             if not probes:
                 return None
             vecs = index.reconstruct([t for _, t in probes])
