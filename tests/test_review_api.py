@@ -53,35 +53,27 @@ def server(db_url: str, tmp_path: Path):
         yield url
 
 
-def enroll(url: str, name: str, image: bytes) -> int:
-    pid = httpx.post(f"{url}/persons", json={"display_name": name}, headers=ADMIN).json()["id"]
+def upload(url: str, path: str, field: str, image: bytes, headers: dict = ADMIN) -> dict:
+    """POST one body image as multipart ``field`` and return the JSON of a 200 answer."""
     r = httpx.post(
-        f"{url}/persons/{pid}/enroll",
-        headers=ADMIN,
-        data={"modality": "body"},
-        files={"images": ("p.png", image)},
+        f"{url}{path}", headers=headers, data={"modality": "body"}, files={field: ("p.png", image)}
     )
     assert r.status_code == 200, r.text
+    return r.json()
+
+
+def enroll(url: str, name: str, image: bytes) -> int:
+    pid = httpx.post(f"{url}/persons", json={"display_name": name}, headers=ADMIN).json()["id"]
+    upload(url, f"/persons/{pid}/enroll", "images", image)
     return pid
 
 
 def identify_or_enroll(url: str, image: bytes) -> dict:
-    r = httpx.post(
-        f"{url}/identify-or-enroll",
-        headers=ADMIN,
-        data={"modality": "body"},
-        files={"image": ("q.png", image)},
-    )
-    assert r.status_code == 200, r.text
-    return r.json()
+    return upload(url, "/identify-or-enroll", "image", image)
 
 
 def identify(url: str, image: bytes) -> dict:
-    r = httpx.post(
-        f"{url}/identify", headers=READ, data={"modality": "body"}, files={"image": ("q.png", image)}
-    )
-    assert r.status_code == 200, r.text
-    return r.json()
+    return upload(url, "/identify", "image", image, READ)
 
 
 def test_confirm_merges_reject_keeps_apart_audited_and_counted(server: str) -> None:
