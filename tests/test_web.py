@@ -148,7 +148,9 @@ def test_identify_shows_the_photo_with_its_face_box_the_candidates_and_the_decis
         page.click("#identify-form button[type=submit]")
         expect(page.locator("#identify-result .known")).to_contain_text("Aaron Peirsol")
         expect(page.locator("#identify-result .evidence")).to_contain_text("runner-up")
-        expect(page.locator("#identify-result .evidence")).to_contain_text("(model card)")
+        expect(page.locator("#identify-result .evidence")).to_contain_text(
+            "(model card, for this gallery's size)"
+        )
         box = page.locator("#identify-query .box")
         expect(box).to_be_visible()
         photo = page.locator("#identify-query img").bounding_box()
