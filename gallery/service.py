@@ -59,8 +59,7 @@ class Gallery:
         media_dir: per-person files (cached crops), removed on erasure (default: beside an SQLite file).
         store_id: the store this process serves (new persons belong to it; retention is per store).
         clock: returns the current UTC time (tests inject a controlled clock).
-        self_calibration: re-read a model card's threshold on this gallery's own persons once there are enough
-            (``gallery.selfcal``); a calibration stored here or an operator's threshold is never overridden.
+        self_calibration: re-read a card's threshold on this gallery's own persons (``gallery.selfcal``).
     """
 
     # seconds a threshold read from the database is reused (other processes may change it)
@@ -97,10 +96,8 @@ class Gallery:
             self.store, index_config or IndexConfig(), Path(index_dir) if index_dir else None, aggregation
         )
         self.identifier = Identifier(self.store, self.cache, self.decisions)
-        self.selfcal: SelfCalibration | None = None
-        if self_calibration:
-            self.selfcal = SelfCalibration(self.cache)
-            self.decisions.refine = self.selfcal.refine
+        self.selfcal = SelfCalibration(self.cache) if self_calibration else None
+        self.decisions.refine = self.selfcal.refine if self.selfcal else None
         self._follower: ChangeFollower | None = None
         self.cache.load()
 
