@@ -120,14 +120,13 @@ class ReviewQueue:
             return _record(row)
 
     def list(self, status: str = "open", limit: int = 100) -> list[ReviewRecord]:
+        """Pairs with this status, newest first; open ones only while both persons exist (one erased or merged
+        away can no longer be judged, and is neither right nor wrong)."""
         if status not in STATUSES:
             raise GalleryError(f"review status must be one of {STATUSES}, got {status!r}")
         with self.Session() as s:
             rows = s.scalars(
-                select(ReviewPair)
-                .where(ReviewPair.status == status)
-                .order_by(ReviewPair.id.desc())
-                .limit(limit)
+                select(ReviewPair).where(_with_status(status)).order_by(ReviewPair.id.desc()).limit(limit)
             )
             return [_record(r) for r in rows]
 
@@ -141,14 +140,27 @@ class ReviewQueue:
                 raise UnknownReviewError(f"review pair {pair_id} does not exist")
             if row.status != "open":
                 raise ReviewDecidedError(f"review pair {pair_id} is already {row.status}")
+            # a confirmation merges first (its created person is gone by now); a rejection needs both persons,
+            # or it would count as "the system was right" about a pair nobody can judge any more
+            if status == "rejected" and (row.person_id is None or row.candidate_id is None):
+                raise ReviewDecidedError(
+                    f"review pair {pair_id}: one of its persons was erased or merged away"
+                )
             row.status, row.decided_at, row.decided_by = status, self.clock(), by
             s.flush()
             return _record(row)
 
     def counts(self) -> dict[str, int]:
         with self.Session() as s:
-            got = dict(s.execute(select(ReviewPair.status, func.count()).group_by(ReviewPair.status)).all())
-        return {k: int(got.get(k, 0)) for k in STATUSES}
+            return {k: int(s.scalar(select(func.count()).where(_with_status(k))) or 0) for k in STATUSES}
+
+
+def _with_status(status: str):
+    """Rows of ``status``; an open pair counts only while both its persons exist."""
+    cond = ReviewPair.status == status
+    if status == "open":
+        cond = and_(cond, ReviewPair.person_id.is_not(None), ReviewPair.candidate_id.is_not(None))
+    return cond
 
 
 def _record(r: ReviewPair) -> ReviewRecord:

@@ -294,6 +294,15 @@ def test_review_queue_offers_once_counts_and_outlives_erasure(db_url: str, tmp_p
         g.merge(a, c)  # what a confirmation does
         assert q.close(second, "confirmed", "ops").decided_by == "ops"
         assert q.counts() == {"open": 0, "confirmed": 1, "rejected": 1}
+        # an open pair whose person is erased can no longer be judged: not listed, not counted, not rejectable
+        # (a rejection would count as "the system was right" about it)
+        d = g.create_person("d")
+        gone = q.offer(d, b, **nums)
+        assert q.counts()["open"] == 1
+        g.delete_person(d)
+        assert q.list() == [] and q.counts() == {"open": 0, "confirmed": 1, "rejected": 1}
+        with pytest.raises(ReviewDecidedError, match="erased or merged away"):
+            q.close(gone, "rejected", "ops")
         g.delete_person(b)  # erasure: the pair keeps its outcome, not the person
         kept = q.get(first)
         assert kept.person_id is None and kept.candidate_id == a and kept.status == "rejected"
