@@ -52,7 +52,6 @@ class SelfCalibration:
             it, the rate accepted moves by about 1/sqrt(k) of the target).
         max_probes: about this many templates are asked (whole persons, sampled, seeded) per computation.
         tolerance: recompute once the number of persons has moved by more than this fraction.
-        background: compute in a worker thread (False: inline, for benchmarks and tests).
     """
 
     def __init__(
@@ -62,7 +61,6 @@ class SelfCalibration:
         min_persons_above: int = 4,
         max_probes: int = 2000,
         tolerance: float = 0.1,
-        background: bool = True,
         seed: int = 0,
     ) -> None:
         self.cache = cache
@@ -72,15 +70,15 @@ class SelfCalibration:
         self._done: dict[Key, tuple[int, float, tuple]] = {}
         self._pending: dict[Key, Future] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfcal") if background else None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfcal")
 
     def refine(self, key: Key, decision: Decision | None) -> Decision | None:
         """The card's decision with this gallery's leave-one-out threshold, once there is one."""
         if decision is None or decision.source != "model card" or not decision.target_far:
             return decision
-        if not self._enough(key, decision.target_far):
-            return decision
         persons = self.cache.persons_count(key)
+        if not self._enough(key, persons, decision.target_far):
+            return decision
         with self._lock:
             done = self._done.get(key)
             if done is not None and done[2] != _card_of(decision):  # another card registered since
@@ -88,36 +86,29 @@ class SelfCalibration:
                 done = None
             stale = done is None or abs(persons - done[0]) > self.tolerance * done[0]
             if stale and key not in self._pending:
-                if self._pool is None:
-                    self._pending[key] = Future()
-                else:
-                    self._pending[key] = self._pool.submit(self._compute, key, decision)
-        if stale and self._pool is None:
-            self._compute(key, decision)
-            done = self._done.get(key)
+                self._pending[key] = self._pool.submit(self._compute, key, decision)
         if done is None:
-            return decision
+            return decision  # until the first computation ends: the card as shipped
         return replace(decision, threshold=done[1], by_size=(), source=SOURCE)
 
-    def _enough(self, key: Key, target_far: float) -> bool:
+    def _enough(self, key: Key, persons: int, target_far: float) -> bool:
+        """Photos and persons for the quantile to rest on; the photos are summed only in the narrow range of
+        sizes where the persons alone do not decide (identify calls this, so no pass over a large gallery)."""
+        photos = math.ceil(self.min_above / target_far)
+        if persons < math.ceil(self.min_persons_above / target_far) or persons >= photos:
+            return persons >= photos
         with self.cache.lock:
-            counts = self.cache.key_persons.get(key, {})
-            templates, persons = sum(counts.values()), len(counts)
-        return templates >= math.ceil(self.min_above / target_far) and persons >= math.ceil(
-            self.min_persons_above / target_far
-        )
+            return sum(self.cache.key_persons.get(key, {}).values()) >= photos
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the computations under way (tests, benchmarks)."""
         with self._lock:
             pending = list(self._pending.values())
         for f in pending:
-            if self._pool is not None:
-                f.result(timeout)
+            f.result(timeout)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _compute(self, key: Key, decision: Decision) -> None:
         try:
@@ -142,6 +133,7 @@ class SelfCalibration:
             if index is None:
                 return None
             counts = cache.key_persons.get(key, {})
+            n = len(counts)
             needed = math.ceil(self.min_above / decision.target_far)
             ask = max(self.max_probes, needed)  # the quantile never rests on fewer than min_above
             persons = sorted(counts)
@@ -155,7 +147,6 @@ class SelfCalibration:
             if not probes:
                 return None
             vecs = index.reconstruct([t for _, t in probes])
-            n = len(cache.key_persons.get(key, ()))
         values = []
         for (pid, _), v in zip(probes, vecs):
             q = np.asarray(v, np.float32).reshape(1, -1)
