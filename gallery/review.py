@@ -126,7 +126,10 @@ class ReviewQueue:
             raise GalleryError(f"review status must be one of {STATUSES}, got {status!r}")
         with self.Session() as s:
             rows = s.scalars(
-                select(ReviewPair).where(_with_status(status)).order_by(ReviewPair.id.desc()).limit(limit)
+                select(ReviewPair)
+                .where(ReviewPair.status == status, _judgeable())
+                .order_by(ReviewPair.id.desc())
+                .limit(limit)
             )
             return [_record(r) for r in rows]
 
@@ -152,15 +155,20 @@ class ReviewQueue:
 
     def counts(self) -> dict[str, int]:
         with self.Session() as s:
-            return {k: int(s.scalar(select(func.count()).where(_with_status(k))) or 0) for k in STATUSES}
+            got = dict(
+                s.execute(
+                    select(ReviewPair.status, func.count()).where(_judgeable()).group_by(ReviewPair.status)
+                ).all()
+            )
+        return {k: int(got.get(k, 0)) for k in STATUSES}
 
 
-def _with_status(status: str):
-    """Rows of ``status``; an open pair counts only while both its persons exist."""
-    cond = ReviewPair.status == status
-    if status == "open":
-        cond = and_(cond, ReviewPair.person_id.is_not(None), ReviewPair.candidate_id.is_not(None))
-    return cond
+def _judgeable():
+    """Decided pairs, and open ones while both their persons exist."""
+    return or_(
+        ReviewPair.status != "open",
+        and_(ReviewPair.person_id.is_not(None), ReviewPair.candidate_id.is_not(None)),
+    )
 
 
 def _record(r: ReviewPair) -> ReviewRecord:
