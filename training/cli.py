@@ -109,7 +109,6 @@ def _export_int8(args, out: Path) -> Path:
     """``export --int8``: calibrate on training identities, measure the card on the held-out ones."""
     import random
 
-    from reid.data.readers import parse_market_name
     from reid.images import image_files_in
     from reid.models import load_checkpoint
     from training.export import export_int8, held_out_split
@@ -124,7 +123,7 @@ def _export_int8(args, out: Path) -> Path:
         if not files:
             raise ConfigError(f"--calibration-images {folder}: no images found")
         if held:  # validation identities choose and report; they never calibrate
-            files = [f for f in files if _pid(f, parse_market_name) not in held]
+            files = [f for f in files if _pid(f) not in held]
     elif split:
         files = [r.path for r in split[0]]
     else:
@@ -164,10 +163,13 @@ def _export_int8(args, out: Path) -> Path:
     return path
 
 
-def _pid(path: str, parse) -> int | None:
+def _pid(path: str) -> int | None:
+    from reid.data.readers import parse_market_name
+    from reid.errors import DatasetError
+
     try:
-        return parse(Path(path))[0]
-    except Exception:  # not a Market-style name: it cannot be a held-out identity's file
+        return parse_market_name(Path(path))[0]
+    except DatasetError:  # not a Market-style name: it cannot be a held-out identity's file
         return None
 
 
