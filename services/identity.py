@@ -10,7 +10,12 @@ decision, through the gallery's public API only:
 3. **Fragments create nobody.** A track that ended short (fewer than ``assign_after`` body views) and overlaps
    in time with a named track of the same camera is a piece of someone already in view: it may be named, never
    new.
-4. **At the end of a long track** (``2 x assign_after`` views): if its first decision created a person, the
+4. **Two people in one frame are two people.** When two tracks of the same camera overlap in time, their boxes
+   lie apart, and both are named the same person, only one of them is that person: the track that created the
+   person keeps it, else a face match beats a body match, else the higher score wins. The other is decided again
+   with that person left out (another known person, a new one, or nobody for a fragment) and never re-associated
+   with it. A track whose box overlaps the other's is a piece of the same person (a split detection), not a rival.
+5. **At the end of a long track** (``2 x assign_after`` views): if its first decision created a person, the
    whole-track embedding is matched again and the new person merged into a known one when the decision says so
    (re-association); the whole-track body becomes another template of its person.
 """
@@ -42,6 +47,7 @@ class TrackEvidence:
     face: np.ndarray | None = None
     face_model_id: str | None = None
     ended: bool = False  # the track is over: these are all the views it will ever have
+    box: np.ndarray | None = None  # its latest box, xyxy in the frame (None: unknown, no two-people check)
 
 
 @dataclass
@@ -56,6 +62,26 @@ class Assignment:
 def mean_unit(vectors: list[np.ndarray]) -> np.ndarray:
     v = np.mean(vectors, axis=0)
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def boxes_apart(a: np.ndarray | None, b: np.ndarray | None, overlap: float = 0.3) -> bool:
+    """Two boxes (xyxy) that cannot hold the same person: their intersection covers less than ``overlap`` of
+    the smaller one. A split detection (a head-and-shoulders box inside the whole person's) is not apart."""
+    if a is None or b is None:
+        return False
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, float(w)) * max(0.0, float(h))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return inter < overlap * max(float(smaller), 1e-9)
+
+
+@dataclass
+class _Claim:
+    """A named track of one camera: its latest evidence and its current decision."""
+
+    ev: TrackEvidence
+    a: Assignment
 
 
 class IdentityPolicy:
@@ -76,21 +102,24 @@ class IdentityPolicy:
         self.review, self.review_band = ReviewQueue(gallery.Session), review_band
         self.body_threshold, self.face_threshold = body_threshold, face_threshold
         self.assign_after, self.reassociate, self.track_templates = assign_after, reassociate, track_templates
-        self._named: dict[str, dict[str, list[int]]] = {}  # camera -> named track key -> [first, last] frame
+        self._named: dict[str, dict[str, _Claim]] = {}  # camera -> named track key -> its claim
+        self._apart: dict[str, set[int]] = {}  # track key -> persons it was seen beside, so cannot be
+        self._renamed: dict[str, Assignment] = {}  # decisions of live tracks changed since the last take
 
     # ------------------------------------------------------------------------------------ fragments
-    def seen(self, camera_id: str, key: str, last_frame: int) -> None:
+    def seen(self, ev: TrackEvidence) -> None:
         """A named track was seen again (call as its evidence arrives)."""
-        span = self._named.get(camera_id, {}).get(key)
-        if span is not None:
-            span[1] = max(span[1], last_frame)
+        claim = self._named.get(ev.camera_id, {}).get(ev.key)
+        if claim is not None:
+            ev.first_frame = min(ev.first_frame, claim.ev.first_frame)
+            claim.ev = ev
 
     def fragment_of(self, ev: TrackEvidence) -> str | None:
         """The named track of the same camera a short, ended track overlaps in time, if any."""
         if not ev.ended or ev.views >= self.assign_after:
             return None
-        for key, (first, last) in self._named.get(ev.camera_id, {}).items():
-            if key != ev.key and first <= ev.last_frame and ev.first_frame <= last:
+        for key, c in self._named.get(ev.camera_id, {}).items():
+            if key != ev.key and _overlap(c.ev, ev):
                 return key
         return None
 
@@ -98,18 +127,103 @@ class IdentityPolicy:
         """Named tracks that ended before ``frame`` (the first frame of every live track) can overlap no
         fragment to come."""
         named = self._named.get(camera_id, {})
-        for key in [k for k, (_, last) in named.items() if last < frame]:
+        for key in [k for k, c in named.items() if c.ev.last_frame < frame]:
             del named[key]
+            self._apart.pop(key, None)
+
+    def take_renamed(self) -> dict[str, Assignment]:
+        """Live tracks whose decision changed because another track proved them someone else (rule 4), by
+        track key; the caller updates what it shows and records for them."""
+        out, self._renamed = self._renamed, {}
+        return out
+
+    # ------------------------------------------------------------------------------------ two people
+    def _beside(self, ev: TrackEvidence) -> list[_Claim]:
+        """Named tracks of ``ev``'s camera seen at the same time as it, with a box apart from its."""
+        return [
+            c
+            for key, c in self._named.get(ev.camera_id, {}).items()
+            if key != ev.key and _overlap(c.ev, ev) and boxes_apart(c.ev.box, ev.box)
+        ]
+
+    @staticmethod
+    def _keeps(holder: Assignment, challenger: Assignment) -> bool:
+        """Whether the track holding a person keeps it against a concurrent track named the same."""
+        if holder.created:  # the person's templates are this track's own views
+            return True
+        if holder.matched_by != challenger.matched_by:
+            return holder.matched_by == "face"
+        return (holder.score or 0.0) >= (challenger.score or 0.0)
+
+    def _settle(self, ev: TrackEvidence, a: Assignment, may_create: bool) -> Assignment:
+        """Rule 4 for a track just named ``a``: if a track beside it holds the same person, one of them is
+        decided again without that person."""
+        rival = next((c for c in self._beside(ev) if c.a.person_id == a.person_id), None)
+        if rival is None:
+            return a
+        pid = a.person_id
+        if self._keeps(rival.a, a):
+            logger.info(
+                "track %s is beside track %s, which is person %d (score %s): deciding again without them",
+                ev.key, rival.ev.key, pid, rival.a.score,
+            )  # fmt: skip
+            self._apart.setdefault(ev.key, set()).add(pid)
+            return self._redecide(ev, may_create)
+        logger.info(
+            "track %s is person %d (%s %.3f); track %s beside it was named so too (%s %s): deciding it again",
+            ev.key, pid, a.matched_by, a.score or 0.0, rival.ev.key, rival.a.matched_by, rival.a.score,
+        )  # fmt: skip
+        self._apart.setdefault(rival.ev.key, set()).add(pid)
+        if rival.a.template_ids:
+            logger.warning(
+                "track %s enrolled templates %s into person %d before track %s proved it someone else; "
+                "they stay there (review that person)",
+                rival.ev.key, rival.a.template_ids, pid, ev.key,
+            )  # fmt: skip
+        rival.a = self._redecide(rival.ev, self.enroll)
+        self._renamed[rival.ev.key] = rival.a
+        return a
+
+    def _redecide(self, ev: TrackEvidence, may_create: bool) -> Assignment:
+        """The body decision without the persons this track was seen beside: the best other known person,
+        else a new one (``may_create``), else nobody."""
+        held = {c.a.person_id for c in self._beside(ev)}
+        excluded = self._apart.get(ev.key, set()) | held
+        r = self._identify(ev, "body", k=len(excluded) + 3)
+        others = [m for m in r.matches if m.person_id not in excluded]
+        v = None
+        if others:
+            v = self.gallery.decide(
+                "body", ev.body_model_id, ev.body, [m.score for m in others], threshold=self.body_threshold
+            )
+        best = float(others[0].score) if others else None
+        if v is not None and v.known:
+            return Assignment(others[0].person_id, "body", best)
+        if not may_create:
+            return Assignment(None, "body", best)
+        e = self.gallery.enroll(
+            None, embeddings=ev.body[None], modality="body", model_id=ev.body_model_id, kind="anonymous",
+            sources=[f"camera:{ev.camera_id}"],
+        )  # fmt: skip
+        return Assignment(e.person_id, "body", best, created=True, template_ids=list(e.template_ids))
 
     # ------------------------------------------------------------------------------------ decisions
     def assign(self, ev: TrackEvidence) -> Assignment:
         """The track's first decision: face when the gallery knows it, else body."""
         fragment = self.fragment_of(ev)
+        may_create = self.enroll and fragment is None
         a = self._by_face(ev)
         if a is None:
-            a = self._by_body(ev, may_create=self.enroll and fragment is None)
+            a = self._by_body(ev, may_create)
         if a.person_id is not None:
-            self._named.setdefault(ev.camera_id, {})[ev.key] = [ev.first_frame, ev.last_frame]
+            a = self._settle(ev, a, may_create)
+        if a.person_id is None and ev.ended:
+            self._apart.pop(ev.key, None)
+        if a.person_id is not None:
+            self._named.setdefault(ev.camera_id, {})[ev.key] = _Claim(ev, a)
+            if ev.face is not None and a.matched_by == "body":
+                # a face nobody knows: it now belongs to this (new or known) person
+                self._add(a, ev, "face", f"camera:{ev.camera_id}")
         elif fragment is not None:
             logger.info(
                 "track %s (%d views, frames %d-%d) is a fragment beside named track %s: no new person",
@@ -166,25 +280,28 @@ class IdentityPolicy:
             offer_review(
                 self.review, r.person_id, r.identify, "body", ev.body_model_id, f"camera:{ev.camera_id}"
             )
-        if ev.face is not None:  # a face nobody knows: it now belongs to this (new or known) person
-            self._add(a, ev, "face", f"camera:{ev.camera_id}")
         return a
 
     def finish(self, ev: TrackEvidence, a: Assignment) -> Assignment:
         """At the end of a named track: re-association and the whole-track template (long tracks only)."""
-        if a.person_id is None or ev.views < 2 * self.assign_after:
-            return a
-        if self.reassociate and a.created:
-            self._reassociate(ev, a)
-        if self.track_templates and self.enroll and a.matched_by == "body":
-            self._add(a, ev, "body", f"camera:{ev.camera_id}:track:{ev.key.rsplit(':', 1)[-1]}")
+        claim = self._named.get(ev.camera_id, {}).get(ev.key)
+        if claim is not None:
+            claim.ev = ev
+        if a.person_id is not None and ev.views >= 2 * self.assign_after:
+            if self.reassociate and a.created:
+                self._reassociate(ev, a)
+            if self.track_templates and self.enroll and a.matched_by == "body":
+                self._add(a, ev, "body", f"camera:{ev.camera_id}:track:{ev.key.rsplit(':', 1)[-1]}")
+        if claim is not None:
+            claim.a = a
         return a
 
     def _reassociate(self, ev: TrackEvidence, a: Assignment) -> None:
         """Whole-track match of a track that created its person early; merge that person into a known one."""
         g, mine = self.gallery, a.person_id
-        r = self._identify(ev, "body", k=3)
-        others = [m for m in r.matches if m.person_id != mine]
+        apart = self._apart.get(ev.key, set())
+        r = self._identify(ev, "body", k=3 + len(apart))
+        others = [m for m in r.matches if m.person_id != mine and m.person_id not in apart]
         if not others:
             return
         # the same decision as identify's, with this track's own person left out of the candidates
@@ -209,3 +326,7 @@ class IdentityPolicy:
         )  # fmt: skip
         g.merge(other.person_id, mine)
         a.person_id, a.score, a.created = other.person_id, float(other.score), False
+
+
+def _overlap(a: TrackEvidence, b: TrackEvidence) -> bool:
+    return a.first_frame <= b.last_frame and b.first_frame <= a.last_frame

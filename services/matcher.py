@@ -16,6 +16,8 @@ import asyncio
 import logging
 import sys
 
+import numpy as np
+
 from gallery import Gallery
 from reid.cli.common import make_parser, run, setup_logging
 from reid.decision_card import card_from_checkpoint_extra, flip_model_id, read_card
@@ -69,6 +71,7 @@ class Matcher:
             face=ev.face_vector(),
             face_model_id=ev.face_model_id,
             ended=ev.final,
+            box=np.asarray(ev.box, dtype=np.float64) if ev.box else None,
         )
         a, score, ours = self.assigned.get(key), None, False
         if a is None:
@@ -79,11 +82,16 @@ class Matcher:
                 a = Assignment(pid, ev.modality)
             else:
                 a = self.policy.assign(evidence)
+                # a track beside this one, named the same person, proved to be someone else: its later
+                # events carry the new decision (its earlier sightings keep the old one, as stored)
+                self.assigned.update(
+                    (k, other) for k, other in self.policy.take_renamed().items() if k in self.assigned
+                )
                 if a.person_id is None:
                     return None
                 score, ours = a.score, True
         else:
-            self.policy.seen(ev.camera_id, key, ev.last_frame)
+            self.policy.seen(evidence)
             ours = True
         if ev.final and ours:
             before = a.person_id

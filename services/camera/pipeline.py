@@ -113,6 +113,7 @@ class CameraPipeline:
         self.sink = sink
         self.status = status  # the operator page's camera tile (latest annotated frame and status)
         self._consented: dict[int, bool] = {}
+        self._live: dict[str, Track] = {}  # named live tracks by key: a later decision may rename them
         c = self.config
         self.policy = (
             None
@@ -149,11 +150,21 @@ class CameraPipeline:
             face=mean_unit(track.face_embeddings) if track.face_embeddings else None,
             face_model_id=self.face_embedder.model_id if track.face_embeddings else None,
             ended=ended,
+            box=np.asarray(track.box, dtype=np.float64).copy(),
         )
 
     def _assign(self, track: Track, camera_id: str, ended: bool = False) -> None:
         a = self.policy.assign(self._evidence(track, camera_id, ended))
         self._take(track, a)
+        if a.person_id is not None and not ended:
+            self._live[f"{camera_id}:{track.id}"] = track
+        for key, other in self.policy.take_renamed().items():  # a track beside this one proved them apart
+            if key in self._live:
+                self._take(self._live[key], other)
+                self._thumbnail(self._live[key], other)
+        self._thumbnail(track, a)
+
+    def _thumbnail(self, track: Track, a: Assignment) -> None:
         if a.created and track.crop is not None:  # the new person's picture (operators' review, the page)
             h = track.crop.shape[0]
             head = (0, 0, track.crop.shape[1], h * self.config.head_fraction)
@@ -188,6 +199,7 @@ class CameraPipeline:
         )
 
     def _finish(self, track: Track, camera_id: str, fps_hint: float, stats: CameraStats) -> None:
+        self._live.pop(f"{camera_id}:{track.id}", None)
         if track.hits < self.config.min_hits or not track.embeddings:
             return
         stats.tracked += 1
@@ -291,7 +303,7 @@ class CameraPipeline:
             elif track.global_id is None and len(track.embeddings) >= self.config.assign_after:
                 self._assign(track, camera_id)
             elif track.global_id is not None:
-                self.policy.seen(camera_id, f"{camera_id}:{track.id}", track.last_frame)
+                self.policy.seen(self._evidence(track, camera_id))
 
     def _look_for_face(self, track: Track, crop: np.ndarray) -> None:
         c = self.config
