@@ -142,8 +142,12 @@ def main() -> None:
                 g.selfcal.wait()
                 d = g.decision_for("face", model_id)
                 if d.source == SELF_SOURCE:
-                    own[far] = ("card + own persons (LOO)", card.beta, d.threshold,
+                    own[far] = ("card + own persons (LOO)", d.beta if d.rule == "margin" else 0.0, d.threshold,
                                 run(g, model_id, lfw, known_q, stranger_q))  # fmt: skip
+                    r = g.selfcal.outcome(("face", model_id))
+                    if r.named:
+                        print(f"  leave-one-out at {far:g}, {n} photo(s): {r.mated} mated probes, named by beta: "
+                              + ", ".join(f"{b:g} {v:.2%}" for b, v in r.named.items()))  # fmt: skip
             for far in args.far:
                 rows = [own[far]] if far in own else []
                 card, cohort = cards[far]

@@ -277,8 +277,11 @@ class IndexCache:
                 logger.warning("change feed: unknown op %r at seq %d ignored", c.op, c.seq)
 
     # ---------------------------------------------------------------------------------------------- rank
-    def rank_persons(self, index: VectorIndex, q: np.ndarray, k: int) -> list[tuple[int, float, int]]:
-        """[(person_id, score, best template id)] best first, for one query ``q`` (1, D).
+    def rank_persons(
+        self, index: VectorIndex, q: np.ndarray, k: int, exclude: int | None = None
+    ) -> list[tuple[int, float, int]]:
+        """[(person_id, score, best template id)] best first, for one query ``q`` (1, D); template
+        ``exclude`` is left out (a stored template asked as if it were a new photo of its person).
 
         The FAISS search runs outside the maps' lock (the index has its own); the maps are read, and the mean
         aggregation's vectors read back, under it, so no template moves or leaves meanwhile."""
@@ -290,7 +293,7 @@ class IndexCache:
         best: dict[int, tuple[float, int]] = {}
         with self.lock:
             for sim, tid in zip(sims[0].tolist(), ids[0].tolist()):
-                pid = self.person_of.get(tid) if tid >= 0 else None
+                pid = self.person_of.get(tid) if tid >= 0 and tid != exclude else None
                 if pid is not None and (pid not in best or sim > best[pid][0]):
                     best[pid] = (sim, tid)
             if self.aggregation == "mean":
@@ -298,7 +301,7 @@ class IndexCache:
                     tids = [
                         t
                         for t in self.templates_of.get(pid, ())
-                        if self.key_of.get(t) == key and t not in index.tombstones
+                        if self.key_of.get(t) == key and t not in index.tombstones and t != exclude
                     ]
                     if tids:
                         best[pid] = (float((index.reconstruct(tids) @ q[0]).mean()), best[pid][1])

@@ -15,6 +15,15 @@ card's decision: a calibration stored in the database or an operator's setting i
 computed in a background thread (templates of at most ``max_probes`` templates' worth of persons, sampled)
 and recomputed when the number of persons has moved by more than ``tolerance`` since; until then identify
 uses the card, then the last value.
+
+**The rule, where the gallery has the photos to choose it.** A card's margin weight ``beta`` (in
+``best - beta x runner-up``; 0 is the raw best score) was chosen on the card's people too, and the best weight
+moves with the domain (CelebA chose 1.0 for dlib faces, LFW's people prefer 0.5). A person enrolled with two
+or more photos gives *mated* leave-one-out probes: each photo asked against the gallery with that photo left
+out should name its own person. When at least ``min_mated`` such probes exist, every ``beta`` in
+``BETAS`` gets its own leave-one-out threshold, and the one naming the most mated probes at it wins; the
+card's own weight is kept unless another names at least ``min_gain`` more. Again only enrolled photos and who
+they belong to are used: no query, no stranger.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import logging
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,14 +40,37 @@ from gallery.cache import IndexCache
 from gallery.decision import Decision
 from gallery.store import Key
 from reid.metrics.open_set import threshold_at_far
+from reid.metrics.open_set_decision import NO_COMPETITOR, cohort_best
 
 logger = logging.getLogger(__name__)
 
-SOURCE = "model card, threshold from this gallery's persons (leave one out)"
+SOURCE = "model card, re-read on this gallery's persons (leave one out)"
+BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # margin weights a gallery with mated photos chooses between (0: raw)
 
 
 def _card_of(d: Decision) -> tuple:
     return (d.rule, d.beta, d.threshold, d.target_far, d.by_size)
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """One computation's outcome for a (modality, model_id)."""
+
+    persons: int  # persons in the gallery when computed
+    threshold: float
+    rule: str
+    beta: float
+    strangers: int  # stranger probes the threshold rests on
+    mated: int  # mated probes the rule was chosen on (0: the card's rule kept, nothing to choose on)
+    named: dict[float, float]  # beta -> share of mated probes named right at its own threshold
+
+
+def _normalised(score: np.ndarray, runner: np.ndarray, cohort: np.ndarray | None, beta: float) -> np.ndarray:
+    """``score - beta x max(runner-up person, cohort)`` as ``Decision.verdict`` computes it (beta 0: raw)."""
+    if beta == 0.0:
+        return score
+    comp = runner if cohort is None else np.maximum(runner, cohort)
+    return score - beta * comp
 
 
 class SelfCalibration:
@@ -52,6 +84,9 @@ class SelfCalibration:
             it, the rate accepted moves by about 1/sqrt(k) of the target).
         max_probes: about this many templates are asked (whole persons, sampled, seeded) per computation.
         tolerance: recompute once the number of persons has moved by more than this fraction.
+        min_mated: mated probes (photos of persons enrolled with two or more) needed to choose the margin
+            weight; fewer: the card's rule is kept.
+        min_gain: share of mated probes another weight must name beyond the card's own to replace it.
     """
 
     def __init__(
@@ -62,12 +97,14 @@ class SelfCalibration:
         max_probes: int = 2000,
         tolerance: float = 0.1,
         seed: int = 0,
+        min_mated: int = 200,
+        min_gain: float = 0.01,
     ) -> None:
         self.cache = cache
         self.min_above, self.max_probes, self.tolerance, self.seed = min_above, max_probes, tolerance, seed
-        self.min_persons_above = min_persons_above
-        # key -> (persons when computed, threshold, the card it was computed for)
-        self._done: dict[Key, tuple[int, float, tuple]] = {}
+        self.min_persons_above, self.min_mated, self.min_gain = min_persons_above, min_mated, min_gain
+        # key -> (the outcome, the card it was computed for)
+        self._done: dict[Key, tuple[LeaveOneOut, tuple]] = {}
         self._pending: dict[Key, Future] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfcal")
@@ -81,15 +118,22 @@ class SelfCalibration:
             return decision
         with self._lock:
             done = self._done.get(key)
-            if done is not None and done[2] != _card_of(decision):  # another card registered since
+            if done is not None and done[1] != _card_of(decision):  # another card registered since
                 del self._done[key]
                 done = None
-            stale = done is None or abs(persons - done[0]) > self.tolerance * done[0]
+            stale = done is None or abs(persons - done[0].persons) > self.tolerance * done[0].persons
             if stale and key not in self._pending:
                 self._pending[key] = self._pool.submit(self._compute, key, decision)
         if done is None:
             return decision  # until the first computation ends: the card as shipped
-        return replace(decision, threshold=done[1], by_size=(), source=SOURCE)
+        r = done[0]
+        return replace(decision, threshold=r.threshold, rule=r.rule, beta=r.beta, by_size=(), source=SOURCE)
+
+    def outcome(self, key: Key) -> LeaveOneOut | None:
+        """The last computation's outcome for ``key`` (None before the first)."""
+        with self._lock:
+            done = self._done.get(key)
+        return None if done is None else done[0]
 
     def _enough(self, key: Key, persons: int, target_far: float) -> bool:
         """Photos and persons for the quantile to rest on; the photos are summed only in the narrow range of
@@ -112,13 +156,16 @@ class SelfCalibration:
 
     def _compute(self, key: Key, decision: Decision) -> None:
         try:
-            value = self._leave_one_out(key, decision)
-            if value is not None:
+            r = self._leave_one_out(key, decision)
+            if r is not None:
                 with self._lock:
-                    self._done[key] = (*value, _card_of(decision))
+                    self._done[key] = (r, _card_of(decision))
                 logger.info(
-                    "%s/%s: leave-one-out threshold %.4f over %d persons (card %.4f)",
-                    key[0], key[1], value[1], value[0], decision.threshold_at(value[0]),
+                    "%s/%s: leave-one-out %s beta %g, threshold %.4f over %d persons, %d stranger and %d mated "
+                    "probes (card: %s beta %g, %.4f); named by beta: %s",
+                    key[0], key[1], r.rule, r.beta, r.threshold, r.persons, r.strangers, r.mated, decision.rule,
+                    decision.beta, decision.threshold_at(r.persons),
+                    {b: round(v, 4) for b, v in r.named.items()},
                 )  # fmt: skip
         except Exception:  # a background thread must not die silently; identify keeps the card meanwhile
             logger.exception("%s/%s: leave-one-out threshold failed; the card's threshold stays", *key)
@@ -126,7 +173,7 @@ class SelfCalibration:
             with self._lock:
                 self._pending.pop(key, None)
 
-    def _leave_one_out(self, key: Key, decision: Decision) -> tuple[int, float] | None:
+    def _leave_one_out(self, key: Key, decision: Decision) -> LeaveOneOut | None:
         cache = self.cache
         with cache.lock:
             index = cache.indexes.get(key)
@@ -147,15 +194,45 @@ class SelfCalibration:
             if not probes:
                 return None
             vecs = index.reconstruct([t for _, t in probes])
-        values = []
-        for (pid, _), v in zip(probes, vecs):
-            q = np.asarray(v, np.float32).reshape(1, -1)
-            # the person itself plus the two best others (more when it has templates the search ranks apart)
-            ranked = cache.rank_persons(index, q, 3)
-            others = [score for p, score, _ in ranked if p != pid][:2]
-            verdict = decision.verdict(q[0], others, n - 1)
-            if verdict is not None:
-                values.append(verdict.normalised)
-        if len(values) < needed:
+        vecs = np.asarray(vecs, np.float32)
+        rows: dict[int, list[int]] = {}  # person -> its probes' rows (every photo of a sampled person asks)
+        for i, (pid, _) in enumerate(probes):
+            rows.setdefault(pid, []).append(i)
+        # per probe: its own person (nan: no other photo of them), the best other person, the second
+        own, first, second = [], [], []
+        for i, (pid, tid) in enumerate(probes):
+            q = vecs[i : i + 1]
+            ranked = cache.rank_persons(index, q, 3, exclude=tid)
+            others = [*[score for p, score, _ in ranked if p != pid][:2], NO_COMPETITOR, NO_COMPETITOR]
+            # its own person with this photo left out, aggregated as identify aggregates
+            mine = vecs[[j for j in rows[pid] if j != i]] @ q[0]
+            own.append(
+                np.nan if not len(mine) else mine.mean() if cache.aggregation == "mean" else mine.max()
+            )
+            first.append(others[0])
+            second.append(others[1])
+        own, first, second = (np.asarray(x, np.float64) for x in (own, first, second))
+        cb = cohort_best(vecs, decision.cohort)  # what verdict uses under "margin"
+        stranger = first > NO_COMPETITOR  # someone else is enrolled: a stranger to them
+        if stranger.sum() < needed:
             return None
-        return n, threshold_at_far(np.asarray(values), decision.target_far)
+        # a mated probe names its person when that person ranks first and clears the threshold
+        mated = np.isfinite(own)
+        card = 0.0 if decision.rule == "raw" else decision.beta
+        betas = [card] + [b for b in BETAS if b != card] if mated.sum() >= self.min_mated else [card]
+        thresholds, named = {}, {}
+        for b in betas:
+            thresholds[b] = threshold_at_far(_normalised(first, second, cb, b)[stranger], decision.target_far)
+            if mated.any():
+                m_own, m_first = own[mated], first[mated]
+                m_cb = None if cb is None else cb[mated]
+                ok = (m_own > m_first) & (_normalised(m_own, m_first, m_cb, b) >= thresholds[b])
+                named[b] = float(ok.mean())
+        best = max(betas, key=lambda b: named.get(b, 0.0))
+        if named.get(best, 0.0) < named.get(card, 0.0) + self.min_gain:
+            best = card
+        rule = "margin" if best else "raw"
+        return LeaveOneOut(
+            n, thresholds[best], rule, best,
+            int(stranger.sum()), int(mated.sum()) if len(betas) > 1 else 0, named,
+        )  # fmt: skip

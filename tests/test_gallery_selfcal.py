@@ -102,3 +102,81 @@ def test_a_stored_calibration_or_an_operator_setting_is_never_overridden(tmp_pat
         body = g.identify(embedding=v, modality="body", model_id="b")
         assert (face.decision["source"], face.threshold) == ("calibrated", 0.97)
         assert (body.decision["source"], body.threshold) == ("setting", 0.99)
+
+
+def hub_photos(rng: np.random.Generator, people: int, photos: int) -> np.ndarray:
+    """(people, photos, D): each photo leans a random amount towards one direction every photo shares (light,
+    pose, image quality). A photo that leans far scores high against everyone who also does, so its best score
+    says little and the runner-up tells a stranger apart: what a margin rule is for."""
+    shared = unit(rng.normal(size=(1, 1, D)))
+    who = unit(rng.normal(size=(people, 1, D)))
+    lean = rng.uniform(0.0, 1.0, size=(people, photos, 1))
+    return unit(who + 0.8 * rng.normal(size=(people, photos, D)) / D**0.5 + lean * shared)
+
+
+def loo_choice(albums: list[np.ndarray], far: float, card_beta: float, betas, min_gain: float):
+    """The rule the gallery should choose, from the definition: every photo asked with itself left out, its
+    own person's best other photo (if any) and the two best other persons; per beta the ``far`` quantile of the
+    strangers' normalised scores, and the share of mated photos ranked first and above it."""
+    own, first, second = [], [], []
+    for p, album in enumerate(albums):
+        for j in range(len(album)):
+            q = album[j]
+            mine = np.delete(album, j, axis=0) @ q
+            others = sorted(((a @ q).max() for o, a in enumerate(albums) if o != p), reverse=True)
+            own.append(mine.max() if len(mine) else np.nan)
+            first.append(others[0])
+            second.append(others[1])
+    own, first, second = np.array(own), np.array(first), np.array(second)
+    named, thresholds = {}, {}
+    for b in [card_beta] + [b for b in betas if b != card_beta]:
+        thresholds[b] = threshold_at_far(first - b * second, far)
+        m = np.isfinite(own)
+        named[b] = float(((own[m] > first[m]) & (own[m] - b * first[m] >= thresholds[b])).mean())
+    best = max(named, key=named.get)
+    if named[best] < named[card_beta] + min_gain:
+        best = card_beta
+    return best, thresholds[best], named
+
+
+@pytest.mark.parametrize("photos", [1, 3])
+def test_a_gallery_with_mated_photos_chooses_the_margin_weight_its_own_people_need(
+    tmp_path: Path, photos: int
+) -> None:
+    """The card says raw (beta 0), chosen on photos that all lean alike. In a store whose photos lean by
+    different amounts, the enrolled photos themselves (each asked with itself left out) show that a margin
+    names more of the known at the same stranger rate: the gallery takes the weight its leave-one-out says, as
+    computed from the definition, and real queries (photos never enrolled) are named more often than under the
+    card's rule, with strangers accepted near the target. One photo per person: nothing to choose on, the
+    card's rule stays."""
+    from gallery.selfcal import BETAS
+
+    rng = np.random.default_rng(7)
+    people = hub_photos(rng, 1360, photos + 1)
+    enrolled, strangers = people[:360], people[360:, 0]  # 360 enrolled (the last photo asks), 1,000 strangers
+    albums, queries = [p[:photos] for p in enrolled], enrolled[:, photos]
+    card = {"rule": "raw", "threshold": 0.5, "target_far": FAR}
+    outcome = {}
+    for choose in (False, True):
+        with Gallery(f"sqlite:///{tmp_path}/g{choose}.db", index_dir=None) as g:
+            if not choose:  # the card's rule, its threshold re-read: what choosing is measured against
+                g.selfcal.min_mated = 10**9
+            g.register_card("face", "m", card)
+            pids = [g.enroll(embeddings=a, modality="face", model_id="m").person_id for a in albums]
+            g.identify(embedding=strangers[0], modality="face", model_id="m")
+            g.selfcal.wait(60)
+            r = g.selfcal.outcome(("face", "m"))
+            answers = [g.identify(embedding=q, modality="face", model_id="m", k=2) for q in queries]
+            named = np.mean([a.known and a.best.person_id == pid for a, pid in zip(answers, pids)])
+            outcome[choose] = (r, named, stranger_rate(g, strangers)[0])
+    r, named, fa = outcome[True]
+    if photos == 1:
+        assert (r.rule, r.mated, r.named) == ("raw", 0, {}) and named == outcome[False][1]
+        return
+    beta, threshold, by_beta = loo_choice(albums, FAR, 0.0, BETAS, 0.01)
+    assert (r.rule, r.beta, r.mated) == ("margin", beta, len(queries) * photos) and beta > 0
+    assert r.threshold == pytest.approx(threshold, abs=1e-6)
+    assert r.named == pytest.approx(by_beta, abs=1e-9)
+    base_named, base_fa = outcome[False][1:]
+    assert named >= base_named + 0.05, (named, base_named)  # queries never enrolled: named more often
+    assert fa <= 2.5 * FAR and base_fa <= 2.5 * FAR, (fa, base_fa)
