@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -34,10 +35,6 @@ from reid.cli.common import make_parser, run, setup_logging
 
 def _embedders(args: argparse.Namespace, need: str | None) -> dict:
     out = {}
-    if need == "face":
-        from reid.face import DlibFaceEmbedder
-
-        out["face"] = DlibFaceEmbedder()
     if need == "body":
         if not args.body_checkpoint:
             raise GalleryError("body images need --body-checkpoint (an embedding checkpoint)")
@@ -89,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     p = make_parser("python -m gallery", __doc__)
     p.add_argument("--db", default="gallery.db", help="SQLite file or database URL")
     p.add_argument("--body-checkpoint", help="embedding checkpoint for body images")
+    p.add_argument(
+        "--face-flip",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("REID_FACE_FLIP", "auto"),
+        help="face images: average each chip's embedding with its mirror's; auto: on, unless the gallery holds "
+        "plain face templates only (default: REID_FACE_FLIP, else auto)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("init", help="create or migrate the database")
     e = sub.add_parser("enroll", help="add templates to a person (new unless --person)")
@@ -146,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("enroll", "identify") and (getattr(args, "images", None) or getattr(args, "image", None)):
         need = args.modality
     with Gallery(args.db, embedders=_embedders(args, need)) as g:
+        if need == "face":  # plain or flip faces: the gallery's stored face templates have a say
+            from reid.face import DlibFaceEmbedder, face_flip
+
+            g.add_embedder(DlibFaceEmbedder(flip=face_flip(args.face_flip, g.model_ids("face"))))
         _run(g, args)
     return 0
 

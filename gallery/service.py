@@ -369,6 +369,17 @@ class Gallery:
         """The person the sightings of this track (``record_sighting(track_id=...)``) name, or None."""
         return self.sightings_log.person_of_track(track_id)
 
+    def add_embedder(self, embedder: Any) -> None:
+        """Embed ``embedder.modality``'s images with it from now on (and use its model card, if any): for an
+        embedder chosen after looking at the gallery (``model_ids``)."""
+        self.embedders[embedder.modality] = embedder
+        self.register_card(embedder.modality, embedder.model_id, getattr(embedder, "decision", None))
+
+    def model_ids(self, modality: str) -> set[str]:
+        """The models this gallery holds templates of, for ``modality``."""
+        with self.cache.lock:
+            return {m for (mod, m), persons in self.cache.key_persons.items() if mod == modality and persons}
+
     # ------------------------------------------------------------------------------------------- decisions
     def register_card(self, modality: str, model_id: str, card: dict | None) -> None:
         """Use a model card's calibrated decision for this model when the database holds none."""

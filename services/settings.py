@@ -128,6 +128,9 @@ class Settings(BodyModelSettings):
     # gallery grows, which the cards' margin rule does not)
     face_threshold: float | None = None
     body_threshold: float | None = None
+    # faces: average each chip's descriptor with its mirror's ("on"); "auto" is on unless the gallery already
+    # holds plain face templates and no flip ones (reid.face.face_flip)
+    face_flip: Literal["auto", "on", "off"] = "auto"
     # a card's threshold re-read on the gallery's own persons (each asked against the others) once there are
     # enough of them (1,000 photos of 400 persons at the cards' 1 %); false: the card's threshold as shipped
     self_calibration: bool = True

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gallery import Gallery
 from services.api import create_app
 from services.settings import ApiKey, Settings
 from tests.servers import ColourEmbedder, running
@@ -298,6 +299,10 @@ def test_out_of_the_box_body_identify_or_enroll_uses_the_shipped_models_card(
     app = create_app(settings)
     body = app.state.svc.embedders["body"]
     assert body.runtime == runtime and body.model_id == body.meta.model_id
+    # a new gallery's faces are flip-averaged (reid.face.face_flip), and their card is the flip one
+    face = app.state.svc.embedders["face"]
+    assert face.model_id == "dlib-resnet-v1-128-flip" and face.decision["beta"] == 0.75
+    assert app.state.svc.gallery.decision_for("face", face.model_id).source == "model card"
     assert isinstance(body, BatchingEmbedder) == (runtime == "onnx")
     test = sorted((cuhk03_root / "bounding_box_test").iterdir())
     a1 = next(p for p in test if p.name.startswith(test[0].name[:4] + "_c1"))
@@ -354,3 +359,38 @@ def test_a_router_runs_on_its_own_app_with_its_dependencies_overridden(tmp_path:
             assert r.status_code == 201 and g.get_person(r.json()["id"]).display_name == "solo"
             assert httpx.get(f"{url}/persons", headers=READ).json()[0]["display_name"] == "solo"
             assert httpx.get(f"{url}/identify").status_code == 404  # only the persons router is here
+
+
+@pytest.mark.parametrize(
+    "stored, setting, flip",
+    [
+        ((), "auto", True),
+        (("dlib-resnet-v1-128",), "auto", False),  # plain templates stay matchable
+        (("dlib-resnet-v1-128", "dlib-resnet-v1-128-flip"), "auto", True),
+        (("dlib-resnet-v1-128",), "on", True),
+        ((), "off", False),
+    ],
+)
+def test_faces_are_flip_averaged_unless_the_gallery_holds_only_plain_face_templates(
+    tmp_path: Path, stored: tuple, setting: str, flip: bool
+) -> None:
+    from reid.face import face_flip
+
+    rng = np.random.default_rng(0)
+    with Gallery(str(tmp_path / "g.db")) as g:
+        for model_id in stored:
+            v = rng.normal(size=(1, 128)).astype(np.float32)
+            g.enroll(embeddings=v / np.linalg.norm(v), modality="face", model_id=model_id)
+        g.enroll(embeddings=np.eye(1, 24, dtype=np.float32), modality="body", model_id="colour-hist-8")
+        assert g.model_ids("face") == set(stored)
+        assert face_flip(setting, g.model_ids("face")) is flip
+
+
+def test_a_bad_face_flip_setting_is_a_config_error() -> None:
+    from reid.errors import ConfigError
+    from reid.face import face_flip
+
+    with pytest.raises(ConfigError, match="face flip must be one of"):
+        face_flip("yes")
+    with pytest.raises(ConfigError, match="REID_FACE_FLIP"):
+        Settings.from_env(face_flip="yes")

@@ -3,6 +3,7 @@ Embedder (its network on ONNX Runtime by default: ``reid.face.dlib_onnx``)."""
 
 from reid.face.dlib_backend import (
     FACE_EMBEDDERS,
+    FACE_FLIP_CHOICES,
     DlibFaceEmbedder,
     Face,
     FaceDetector,
@@ -10,10 +11,12 @@ from reid.face.dlib_backend import (
     MultipleFacesError,
     align,
     dlib_model_path,
+    face_flip,
 )
 
 __all__ = [
     "FACE_EMBEDDERS",
+    "FACE_FLIP_CHOICES",
     "DlibFaceEmbedder",
     "Face",
     "FaceDetector",
@@ -21,4 +24,5 @@ __all__ = [
     "MultipleFacesError",
     "align",
     "dlib_model_path",
+    "face_flip",
 ]

@@ -30,7 +30,7 @@ import math
 import os
 import pickle
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +280,32 @@ def align(image: ImageLike, face: Face, size: int = 150, padding: float = 0.25) 
     parts = [dlib.point(round(float(x)), round(float(y))) for x, y in face.landmarks]
     shape = dlib.full_object_detection(dlib.rectangle(x1, y1, x2, y2), parts)
     return np.asarray(dlib.get_face_chip(img, shape, size=size, padding=padding))
+
+
+FACE_FLIP_CHOICES = ("auto", "on", "off")
+PLAIN_FACE_MODEL = "dlib-resnet-v1-128"
+
+
+def face_flip(setting: str, stored_model_ids: Collection[str] = ()) -> bool:
+    """Whether to average each face chip's descriptor with its mirror's (``model_id`` ends in ``-flip``).
+
+    ``"on"`` / ``"off"`` decide. ``"auto"`` (the default everywhere) is on: on LFW, with the threshold set on
+    the strangers themselves, flip names 61.4 % of known people with one photo against 56.7 % (issue 12), for
+    about 1.5x the network's time. Except for a gallery that already holds plain face templates and no flip
+    ones (``stored_model_ids``): switching would leave them unmatched, so it stays plain (with a warning)."""
+    if setting not in FACE_FLIP_CHOICES:
+        raise ConfigError(f"face flip must be one of {FACE_FLIP_CHOICES}, got {setting!r}")
+    if setting != "auto":
+        return setting == "on"
+    ids = set(stored_model_ids)
+    if PLAIN_FACE_MODEL in ids and f"{PLAIN_FACE_MODEL}-flip" not in ids:
+        logger.warning(
+            "this gallery's face templates are plain %s embeddings: faces stay plain (flip averaging names "
+            "more people, but needs the templates re-enrolled; set face flip 'on' to switch)",
+            PLAIN_FACE_MODEL,
+        )
+        return False
+    return True
 
 
 @FACE_EMBEDDERS.register("dlib")

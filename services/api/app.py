@@ -60,6 +60,7 @@ WEB = Path(__file__).resolve().parents[1] / "web"
 def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = None) -> FastAPI:
     """The API over a gallery opened from ``settings``. ``embedders`` default to dlib (faces) and
     ``settings.body_checkpoint`` (bodies, on ``settings.body_runtime``) when given."""
+    choose_face = embedders is None
     if embedders is None:
         embedders = default_embedders(settings)
     thresholds = {
@@ -74,6 +75,11 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         store_id=settings.store_id,
         self_calibration=settings.self_calibration,
     )
+    if choose_face:  # plain or flip faces: the gallery's stored templates have a say (reid.face.face_flip)
+        from reid.face import DlibFaceEmbedder, face_flip
+
+        embedders["face"] = DlibFaceEmbedder(flip=face_flip(settings.face_flip, gallery.model_ids("face")))
+        gallery.add_embedder(embedders["face"])
     state = ServiceState(settings, gallery, embedders)
     for e in embedders.values():
         if isinstance(e, BatchingEmbedder) and e.on_batch is None:
@@ -95,9 +101,8 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
 
 
 def default_embedders(settings: Settings) -> dict[str, BaseEmbedder]:
-    from reid.face import DlibFaceEmbedder
-
-    embedders: dict[str, BaseEmbedder] = {"face": DlibFaceEmbedder()}
+    """The body embedder of ``settings`` (the face embedder is chosen once the gallery is open)."""
+    embedders: dict[str, BaseEmbedder] = {}
     if settings.body_checkpoint:
         from services.settings import body_embedder
 

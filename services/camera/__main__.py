@@ -66,6 +66,13 @@ def _parser():
         "--face-threshold", type=float, default=None, help="face match threshold (default: calibrated)"
     )
     p.add_argument(
+        "--face-flip",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("REID_FACE_FLIP", "auto"),
+        help="average each face chip's embedding with its mirror's; auto: on, unless the gallery holds plain "
+        "face templates only (default: REID_FACE_FLIP, else auto)",
+    )
+    p.add_argument(
         "--no-blur", action="store_true", help="annotated video: do not blur people without consent"
     )
     p.add_argument("--realtime", action="store_true", help="play files at their frame rate (a live camera)")
@@ -122,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     events = open(args.events, "a") if args.events else sys.stdout  # noqa: SIM115 (closed below)
     try:
-        face_embedder = None
-        if args.faces:
-            from reid.face import DlibFaceEmbedder, FaceDetector
-
-            face_embedder = DlibFaceEmbedder(FaceDetector(args.face_detector))
         # the embedders' model cards carry their calibrated decisions: no flag needed
-        cards = {"body": embedder, **({"face": face_embedder} if face_embedder else {})}
-        with Gallery(args.db, embedders=cards) as g:
+        with Gallery(args.db, embedders={"body": embedder}) as g:
+            face_embedder = None
+            if args.faces:  # plain or flip faces: the gallery's stored face templates have a say
+                from reid.face import DlibFaceEmbedder, FaceDetector, face_flip
+
+                flip = face_flip(args.face_flip, g.model_ids("face"))
+                face_embedder = DlibFaceEmbedder(FaceDetector(args.face_detector), flip=flip)
+                g.add_embedder(face_embedder)
             _check_decisions(g, args, embedder.model_id, face_embedder)
             pipe = CameraPipeline(
                 g,

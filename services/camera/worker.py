@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from reid.cli.common import make_parser, run, setup_logging
@@ -30,10 +31,11 @@ def body_embedder(checkpoint: str | None, runtime: str | None = None):
     return body_embedder(body_settings(body_checkpoint=checkpoint, body_runtime=runtime))
 
 
-def face_embedder(detector: str):
-    from reid.face import DlibFaceEmbedder, FaceDetector
+def face_embedder(detector: str, flip: str = "auto"):
+    from reid.face import DlibFaceEmbedder, FaceDetector, face_flip
 
-    return DlibFaceEmbedder(FaceDetector(detector))
+    # no gallery here: "auto" is on; run the worker with --face-flip off for a gallery of plain face templates
+    return DlibFaceEmbedder(FaceDetector(detector), flip=face_flip(flip))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segment-every", type=int, default=4, help="publish a track event every N embeddings")
     p.add_argument("--faces", action="store_true", help="also send each track's face embedding (dlib)")
     p.add_argument("--face-detector", default="mtcnn", choices=["mtcnn", "hog", "cnn"])
+    p.add_argument(
+        "--face-flip",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("REID_FACE_FLIP", "auto"),
+        help="average each face chip's embedding with its mirror's (auto: on; off for a gallery of plain face "
+        "templates, as the matcher's gallery holds them)",
+    )
     args = p.parse_args(argv)
     setup_logging()
     sources = [parse_camera(v, args.every, args.realtime) for v in args.video]
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         DETECTORS.build(args.detector),
         PipelineConfig(segment_every=args.segment_every, tracker=args.tracker),
         sink=lambda ev: loop.run_until_complete(pub.publish(ev)),
-        face_embedder=face_embedder(args.face_detector) if args.faces else None,
+        face_embedder=face_embedder(args.face_detector, args.face_flip) if args.faces else None,
     )
     try:
         for src in sources:
