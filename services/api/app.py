@@ -12,6 +12,7 @@ unreadable / no face / several faces. 5xx only for server faults.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -118,6 +119,11 @@ async def lifespan(app: FastAPI):
     state: ServiceState = app.state.svc
     settings, gallery = state.settings, state.gallery
     stop = threading.Event()
+    # the gallery's maps hold a few Python containers per template (300k objects at 100k templates): a full
+    # collection walks them all (~130 ms there), stalling every request at random. What is loaded by now lives
+    # as long as the process, so the collector is told to leave it alone.
+    gc.collect()
+    gc.freeze()
     if settings.follow_changes:
         gallery.follow(settings.change_poll_interval)
     if settings.retention_sweep_every:
