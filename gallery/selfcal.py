@@ -46,6 +46,20 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "model card, re-read on this gallery's persons (leave one out)"
 BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # margin weights a gallery with mated photos chooses between (0: raw)
+TAIL_FROM = 0.1  # below this target rate, a gallery too small for the empirical quantile extrapolates a tail
+
+
+def far_threshold(values: np.ndarray, far: float, min_above: int) -> tuple[float, bool]:
+    """The threshold accepting ``far`` of ``values`` and whether it was extrapolated: their empirical quantile
+    when at least ``min_above`` of them lie above it, else an exponential tail fitted to their top
+    ``TAIL_FROM`` (``u + mean excess over u x ln(TAIL_FROM / far)``, u their ``1 - TAIL_FROM`` quantile)."""
+    values = np.asarray(values, np.float64)
+    if far * len(values) >= min_above or far >= TAIL_FROM:
+        return threshold_at_far(values, far), False
+    top = np.sort(values)[::-1]
+    k = int(TAIL_FROM * len(top))
+    u = top[k]
+    return float(u + (top[:k] - u).mean() * np.log(TAIL_FROM / far)), True
 
 
 def _card_of(d: Decision) -> tuple:
@@ -61,6 +75,7 @@ class LeaveOneOut:
     rule: str
     beta: float
     strangers: int  # stranger probes the threshold rests on
+    tail: bool  # the threshold is extrapolated (exponential tail), not an empirical quantile
     mated: int  # mated probes the rule was chosen on (0: the card's rule kept, nothing to choose on)
     named: dict[float, float]  # beta -> share of mated probes named right at its own threshold
 
@@ -87,6 +102,8 @@ class SelfCalibration:
         min_mated: mated probes (photos of persons enrolled with two or more) needed to choose the margin
             weight; fewer: the card's rule is kept.
         min_gain: share of mated probes another weight must name beyond the card's own to replace it.
+        min_tail, min_tail_persons: photos and persons above the tail's base (the top ``TAIL_FROM``) that an
+            extrapolated threshold needs.
     """
 
     def __init__(
@@ -99,10 +116,13 @@ class SelfCalibration:
         seed: int = 0,
         min_mated: int = 200,
         min_gain: float = 0.01,
+        min_tail: int = 100,
+        min_tail_persons: int = 40,
     ) -> None:
         self.cache = cache
         self.min_above, self.max_probes, self.tolerance, self.seed = min_above, max_probes, tolerance, seed
         self.min_persons_above, self.min_mated, self.min_gain = min_persons_above, min_mated, min_gain
+        self.min_tail, self.min_tail_persons = min_tail, min_tail_persons
         # key -> (the outcome, the card it was computed for)
         self._done: dict[Key, tuple[LeaveOneOut, tuple]] = {}
         self._pending: dict[Key, Future] = {}
@@ -138,11 +158,20 @@ class SelfCalibration:
     def _enough(self, key: Key, persons: int, target_far: float) -> bool:
         """Photos and persons for the quantile to rest on; the photos are summed only in the narrow range of
         sizes where the persons alone do not decide (identify calls this, so no pass over a large gallery)."""
-        photos = math.ceil(self.min_above / target_far)
-        if persons < math.ceil(self.min_persons_above / target_far) or persons >= photos:
+        photos, need = self._requirement(target_far)
+        if persons < need or persons >= photos:
             return persons >= photos
         with self.cache.lock:
             return sum(self.cache.key_persons.get(key, {}).values()) >= photos
+
+    def _requirement(self, target_far: float) -> tuple[int, int]:
+        """(photos, persons) a threshold at ``target_far`` needs: the empirical quantile's, or below
+        ``TAIL_FROM`` the extrapolated tail's when that is less."""
+        empirical = (math.ceil(self.min_above / target_far), math.ceil(self.min_persons_above / target_far))
+        if target_far >= TAIL_FROM:
+            return empirical
+        tail = (math.ceil(self.min_tail / TAIL_FROM), math.ceil(self.min_tail_persons / TAIL_FROM))
+        return min(empirical, tail)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the computations under way (tests, benchmarks)."""
@@ -181,8 +210,8 @@ class SelfCalibration:
                 return None
             counts = cache.key_persons.get(key, {})
             n = len(counts)
-            needed = math.ceil(self.min_above / decision.target_far)
-            ask = max(self.max_probes, needed)  # the quantile never rests on fewer than min_above
+            needed = self._requirement(decision.target_far)[0]
+            ask = max(self.max_probes, needed)  # the quantile never rests on fewer than it needs
             persons = sorted(counts)
             np.random.default_rng(self.seed).shuffle(persons)
             probes = []  # (person, template): every photo of a sampled person asks once
@@ -220,9 +249,11 @@ class SelfCalibration:
         mated = np.isfinite(own)
         card = 0.0 if decision.rule == "raw" else decision.beta
         betas = [card] + [b for b in BETAS if b != card] if mated.sum() >= self.min_mated else [card]
-        thresholds, named = {}, {}
+        thresholds, named, tail = {}, {}, False
         for b in betas:
-            thresholds[b] = threshold_at_far(_normalised(first, second, cb, b)[stranger], decision.target_far)
+            thresholds[b], tail = far_threshold(
+                _normalised(first, second, cb, b)[stranger], decision.target_far, self.min_above
+            )
             if mated.any():
                 m_own, m_first = own[mated], first[mated]
                 m_cb = None if cb is None else cb[mated]
@@ -234,5 +265,5 @@ class SelfCalibration:
         rule = "margin" if best else "raw"
         return LeaveOneOut(
             n, thresholds[best], rule, best,
-            int(stranger.sum()), int(mated.sum()) if len(betas) > 1 else 0, named,
+            int(stranger.sum()), tail, int(mated.sum()) if len(betas) > 1 else 0, named,
         )  # fmt: skip
