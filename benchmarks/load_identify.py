@@ -105,14 +105,14 @@ async def load(
     wire = [identify_request(url, im, f"q{i}.jpg") for i, im in enumerate(images)]
 
     async def raw(i: int) -> None:
-        reader, writer = await asyncio.open_connection(u.host, u.port)
+        reader, writer = await asyncio.open_connection(u.host, u.port or 80)
         try:
             writer.write(wire[i % len(wire)])
             await writer.drain()
             reply = await asyncio.wait_for(reader.read(), 30)
         finally:
             writer.close()
-        status = int(reply[9:12]) if reply[:5] == b"HTTP/" else 0
+        status = int(reply[9:12]) if reply[:5] == b"HTTP/" and reply[9:12].isdigit() else 0
         if status != 200:
             body = reply.partition(b"\r\n\r\n")[2][:100].decode(errors="replace")
             errors.append(f"{status}: {body}")

@@ -31,6 +31,7 @@ from gallery.errors import GalleryError
 from gallery.results import PersonInfo
 from gallery.service import Gallery
 from reid.cli.common import make_parser, run, setup_logging
+from reid.face import FACE_FLIP_CHOICES
 
 
 def _embedders(args: argparse.Namespace, need: str | None) -> dict:
@@ -88,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--body-checkpoint", help="embedding checkpoint for body images")
     p.add_argument(
         "--face-flip",
-        choices=["auto", "on", "off"],
+        choices=FACE_FLIP_CHOICES,
         default=os.environ.get("REID_FACE_FLIP", "auto"),
         help="face images: average each chip's embedding with its mirror's; auto: on, unless the gallery holds "
         "plain face templates only (default: REID_FACE_FLIP, else auto)",

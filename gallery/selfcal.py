@@ -10,7 +10,8 @@ No query and no label is used, only who is enrolled.
 
 Every template is one such stranger photo (a person enrolled with three photos asks three times). It replaces
 the card's threshold only when the quantile rests on at least ``min_above`` of them (``min_above / target_far``
-templates: 1,000 at 1 %) from at least ``min_persons_above / target_far`` persons (400 at 1 %), and only for a
+templates: 1,000 at 1 %) from at least ``min_persons_above / target_far`` persons (400 at 1 %), or below a 10 %
+target on an extrapolated tail (below), and only for a
 card's decision: a calibration stored in the database or an operator's setting is never overridden. It is
 computed in a background thread (templates of at most ``max_probes`` templates' worth of persons, sampled)
 and recomputed when the number of persons has moved by more than ``tolerance`` since; until then identify
@@ -54,7 +55,7 @@ def far_threshold(values: np.ndarray, far: float, min_above: int) -> tuple[float
     when at least ``min_above`` of them lie above it, else an exponential tail fitted to their top
     ``TAIL_FROM`` (``u + mean excess over u x ln(TAIL_FROM / far)``, u their ``1 - TAIL_FROM`` quantile)."""
     values = np.asarray(values, np.float64)
-    if far * len(values) >= min_above or far >= TAIL_FROM:
+    if far * len(values) >= min_above or far >= TAIL_FROM or int(TAIL_FROM * len(values)) < 1:
         return threshold_at_far(values, far), False
     top = np.sort(values)[::-1]
     k = int(TAIL_FROM * len(top))

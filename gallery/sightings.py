@@ -92,9 +92,11 @@ class Sightings:
             ]
 
     def person_of_track(self, track_id: str) -> int | None:
-        """The person a sighting of this track was recorded for (None: the track has none yet)."""
+        """The person the latest sighting of this track was recorded for (None: the track has none yet): a track
+        renamed while in view (two people seen together) keeps its new name after a restart."""
         with self.store.Session() as s:
-            return s.scalar(select(Sighting.person_id).where(Sighting.track_id == track_id).limit(1))
+            q = select(Sighting.person_id).where(Sighting.track_id == track_id)
+            return s.scalar(q.order_by(Sighting.id.desc()).limit(1))
 
     def newest_id(self) -> int:
         """The id of the newest sighting (0 when there is none)."""

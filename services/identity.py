@@ -96,8 +96,12 @@ class IdentityPolicy:
         reassociate: bool = True,
         track_templates: bool = True,
         review_band: float = 0.05,
+        apart_within: int = 3,
     ) -> None:
         self.gallery, self.enroll = gallery, enroll
+        # two tracks' boxes are compared only when they were seen at most this many frames apart (a box from
+        # another moment says nothing about where the other person stands now)
+        self.apart_within = apart_within
         # near misses (a new person just under the threshold of a known one) go to the operators' review queue
         self.review, self.review_band = ReviewQueue(gallery.Session), review_band
         self.body_threshold, self.face_threshold = body_threshold, face_threshold
@@ -113,6 +117,12 @@ class IdentityPolicy:
         if claim is not None:
             ev.first_frame = min(ev.first_frame, claim.ev.first_frame)
             claim.ev = ev
+
+    def moved(self, camera_id: str, key: str, frame: int, box: np.ndarray) -> None:
+        """A named track's box in ``frame`` (call every frame it is matched in, so boxes compare at one time)."""
+        claim = self._named.get(camera_id, {}).get(key)
+        if claim is not None:
+            claim.ev.last_frame, claim.ev.box = max(claim.ev.last_frame, frame), box
 
     def fragment_of(self, ev: TrackEvidence) -> str | None:
         """The named track of the same camera a short, ended track overlaps in time, if any."""
@@ -131,6 +141,11 @@ class IdentityPolicy:
             del named[key]
             self._apart.pop(key, None)
 
+    def forget_camera(self, camera_id: str) -> None:
+        """Everything remembered about a camera's tracks (its frame numbers start again: a restarted worker)."""
+        for key in self._named.pop(camera_id, {}):
+            self._apart.pop(key, None)
+
     def take_renamed(self) -> dict[str, Assignment]:
         """Live tracks whose decision changed because another track proved them someone else (rule 4), by
         track key; the caller updates what it shows and records for them."""
@@ -139,35 +154,47 @@ class IdentityPolicy:
 
     # ------------------------------------------------------------------------------------ two people
     def _beside(self, ev: TrackEvidence) -> list[_Claim]:
-        """Named tracks of ``ev``'s camera seen at the same time as it, with a box apart from its."""
+        """Named tracks of ``ev``'s camera seen at the same time as it (last boxes at most ``apart_within``
+        frames apart), with a box apart from its."""
         return [
             c
             for key, c in self._named.get(ev.camera_id, {}).items()
-            if key != ev.key and _overlap(c.ev, ev) and boxes_apart(c.ev.box, ev.box)
+            if key != ev.key
+            and abs(c.ev.last_frame - ev.last_frame) <= self.apart_within
+            and boxes_apart(c.ev.box, ev.box)
         ]
 
-    @staticmethod
-    def _keeps(holder: Assignment, challenger: Assignment) -> bool:
+    def _fragment(self, ev: TrackEvidence) -> bool:
+        return ev.ended and ev.views < self.assign_after
+
+    def _keeps(self, holder: _Claim, challenger: TrackEvidence, a: Assignment) -> bool:
         """Whether the track holding a person keeps it against a concurrent track named the same."""
-        if holder.created:  # the person's templates are this track's own views
+        h = holder.a
+        if h.created or holder.ev.ended or self._fragment(challenger):
+            # its templates are its own views / its sightings are written / a fragment never evicts anyone
             return True
-        if holder.matched_by != challenger.matched_by:
-            return holder.matched_by == "face"
-        return (holder.score or 0.0) >= (challenger.score or 0.0)
+        if h.matched_by != a.matched_by:
+            return h.matched_by == "face"
+        return (h.score or 0.0) >= (a.score or 0.0)
 
     def _settle(self, ev: TrackEvidence, a: Assignment, may_create: bool) -> Assignment:
         """Rule 4 for a track just named ``a``: if a track beside it holds the same person, one of them is
-        decided again without that person."""
+        decided again without that person (the other is live and long: a renamed track is never a fragment)."""
         rival = next((c for c in self._beside(ev) if c.a.person_id == a.person_id), None)
         if rival is None:
             return a
         pid = a.person_id
-        if self._keeps(rival.a, a):
+        if self._keeps(rival, ev, a):
             logger.info(
                 "track %s is beside track %s, which is person %d (score %s): deciding again without them",
                 ev.key, rival.ev.key, pid, rival.a.score,
             )  # fmt: skip
             self._apart.setdefault(ev.key, set()).add(pid)
+            if a.template_ids:
+                logger.warning(
+                    "track %s enrolled templates %s into person %d before it proved someone else; they stay "
+                    "there (review that person)", ev.key, a.template_ids, pid,
+                )  # fmt: skip
             return self._redecide(ev, may_create)
         logger.info(
             "track %s is person %d (%s %.3f); track %s beside it was named so too (%s %s): deciding it again",
@@ -182,6 +209,8 @@ class IdentityPolicy:
             )  # fmt: skip
         rival.a = self._redecide(rival.ev, self.enroll)
         self._renamed[rival.ev.key] = rival.a
+        if rival.a.person_id is None:  # nobody now (enrolling is off): no longer a named track
+            del self._named[ev.camera_id][rival.ev.key]
         return a
 
     def _redecide(self, ev: TrackEvidence, may_create: bool) -> Assignment:
@@ -213,15 +242,20 @@ class IdentityPolicy:
         fragment = self.fragment_of(ev)
         may_create = self.enroll and fragment is None
         a = self._by_face(ev)
+        face_named = a is not None
         if a is None:
             a = self._by_body(ev, may_create)
+        if a.person_id is not None and a.person_id in self._apart.get(ev.key, ()):
+            a = self._redecide(ev, may_create)  # seen beside that person before: never them
         if a.person_id is not None:
             a = self._settle(ev, a, may_create)
         if a.person_id is None and ev.ended:
             self._apart.pop(ev.key, None)
         if a.person_id is not None:
             self._named.setdefault(ev.camera_id, {})[ev.key] = _Claim(ev, a)
-            if ev.face is not None and a.matched_by == "body":
+            if a.matched_by == "face" and self.enroll:
+                self._link_body(a, ev)  # this body appearance belongs to the person the face named
+            elif ev.face is not None and not face_named:
                 # a face nobody knows: it now belongs to this (new or known) person
                 self._add(a, ev, "face", f"camera:{ev.camera_id}")
         elif fragment is not None:
@@ -259,12 +293,13 @@ class IdentityPolicy:
         r = self._identify(ev, "face")
         if not r.known:
             return None
-        a = Assignment(r.best.person_id, "face", float(r.best.score))
-        if self.enroll:  # link this body appearance to the person the face named
-            b = self._identify(ev, "body")
-            if not (b.known and b.best.person_id == a.person_id):
-                self._add(a, ev, "body", f"camera:{ev.camera_id}")
-        return a
+        return Assignment(r.best.person_id, "face", float(r.best.score))
+
+    def _link_body(self, a: Assignment, ev: TrackEvidence) -> None:
+        """A body template for the person a face named, unless the body already names them."""
+        b = self._identify(ev, "body")
+        if not (b.known and b.best.person_id == a.person_id):
+            self._add(a, ev, "body", f"camera:{ev.camera_id}")
 
     def _by_body(self, ev: TrackEvidence, may_create: bool) -> Assignment:
         if not may_create:
@@ -287,6 +322,8 @@ class IdentityPolicy:
         claim = self._named.get(ev.camera_id, {}).get(ev.key)
         if claim is not None:
             claim.ev = ev
+            if a.score is None:  # the caller may not carry it: the claim's stands
+                a.score = claim.a.score
         if a.person_id is not None and ev.views >= 2 * self.assign_after:
             if self.reassociate and a.created:
                 self._reassociate(ev, a)

@@ -44,6 +44,7 @@ class Matcher:
         self.assigned: dict[str, Assignment] = {}  # track key -> its decision (this process's)
         self.handled = 0
         self._face_cards: set[str] = set()
+        self._newest: dict[str, int] = {}  # camera -> the latest frame its events reached
 
     def _face_card(self, model_id: str | None) -> None:
         """Workers with faces send dlib embeddings: their shipped card decides unless one is calibrated."""
@@ -52,14 +53,36 @@ class Matcher:
             card = read_card(model_id)
             if card is not None:
                 self.gallery.register_card("face", model_id, card)
+            stored = self.gallery.model_ids("face")
+            if stored and model_id not in stored:
+                logger.warning(
+                    "workers send %s face embeddings, but this gallery's face templates are %s: faces will match "
+                    "nobody enrolled before (run the workers with --face-flip %s)",
+                    model_id, ", ".join(sorted(stored)), "on" if model_id.endswith("-flip") else "off",
+                )  # fmt: skip
 
     def _known_track(self, track_key: str) -> int | None:
         """After a restart: the person an earlier event of this track was given."""
         return self.gallery.track_person(track_key)
 
+    # how far behind a camera's newest event a named track is still remembered (fragments and the two-people
+    # rule look at tracks in view together; a frame number further back means the worker restarted)
+    REMEMBER_FRAMES = 3000
+
+    def _remember(self, ev: TrackEvent) -> None:
+        newest = self._newest.get(ev.camera_id)
+        if newest is not None and ev.last_frame + self.REMEMBER_FRAMES < newest:
+            logger.info("camera %s: frame numbers start again (a restarted worker)", ev.camera_id)
+            self.policy.forget_camera(ev.camera_id)
+            newest = None
+        newest = max(newest or 0, ev.last_frame)
+        self._newest[ev.camera_id] = newest
+        self.policy.forget_before(ev.camera_id, newest - self.REMEMBER_FRAMES)
+
     def handle(self, ev: TrackEvent) -> int | None:
         key = f"{ev.camera_id}:{ev.track_id}"
         self._face_card(ev.face_model_id)
+        self._remember(ev)
         evidence = TrackEvidence(
             key=key,
             camera_id=ev.camera_id,
@@ -74,20 +97,23 @@ class Matcher:
             box=np.asarray(ev.box, dtype=np.float64) if ev.box else None,
         )
         a, score, ours = self.assigned.get(key), None, False
-        if a is None:
-            pid = self._known_track(key)
-            if (
-                pid is not None
-            ):  # decided before a restart: what it created is not known, so nothing is redone
+        if a is None or a.person_id is None:
+            # decided before a restart (and not renamed to nobody here since): what it created is not known,
+            # so nothing is redone
+            pid = self._known_track(key) if a is None else None
+            if pid is not None:
                 a = Assignment(pid, ev.modality)
             else:
                 a = self.policy.assign(evidence)
                 # a track beside this one, named the same person, proved to be someone else: its later
-                # events carry the new decision (its earlier sightings keep the old one, as stored)
-                self.assigned.update(
-                    (k, other) for k, other in self.policy.take_renamed().items() if k in self.assigned
-                )
+                # events carry the new decision (its earlier sightings keep the old one, as stored); renamed
+                # to nobody (enrolling off), its next event is decided afresh
+                for k, other in self.policy.take_renamed().items():
+                    if k in self.assigned:
+                        self.assigned[k] = other
                 if a.person_id is None:
+                    if key in self.assigned:
+                        self.assigned[key] = a
                     return None
                 score, ours = a.score, True
         else:

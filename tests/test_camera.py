@@ -449,6 +449,56 @@ def test_two_people_in_one_frame_are_two_people(tmp_path: Path, first, second, e
         assert len(g.list_persons()) == 2
 
 
+@pytest.mark.parametrize("mode", ["pipeline", "matcher"])
+def test_with_enrolling_off_a_track_proved_someone_else_is_nobody_and_nothing_fails(
+    tmp_path: Path, mode: str
+) -> None:
+    """Enrolling off: the look-alike named the red person until the red person walks in beside them is then
+    nobody (no new person may be made); its later events are decided again, not recorded for a missing
+    person, and the red person keeps their id."""
+    from tests.servers import ColourEmbedder
+
+    cfg = PipelineConfig(embed_every=1, assign_after=4, min_hits=2)
+    frames, boxes = _two_in_view(_REDDISH, _RED)
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.6}) as g:
+        red = CameraPipeline(g, ColourEmbedder(), _FixedBox(), cfg).run(
+            _Sequence("cam1", [_person(_RED)] * 12)
+        )
+        red_id = red.events[0]["global_id"]
+        if mode == "pipeline":
+            off = PipelineConfig(**{**cfg.__dict__, "enroll": False})
+            events = (
+                CameraPipeline(g, ColourEmbedder(), _Boxes(boxes), off).run(_Sequence("cam2", frames)).events
+            )
+        else:
+            events = _through_matcher(g, [("cam2", frames, _Boxes(boxes))], cfg, enroll=False)
+        assert [(e["track_id"], e["global_id"]) for e in events] == [(2, red_id)]
+        assert len(g.list_persons()) == 1
+
+
+def test_a_matcher_restart_keeps_a_renamed_tracks_new_name(tmp_path: Path) -> None:
+    """The look-alike's track is renamed while both are in view; a matcher restarted after that reads the track's
+    person from its latest sighting (the new name), not its first (the name proved wrong)."""
+    from services.matcher import Matcher
+
+    cfg = PipelineConfig(embed_every=1, assign_after=4, min_hits=2)
+    frames, boxes = _two_in_view(_REDDISH, _RED)
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.6}) as g:
+        red = _through_matcher(g, [("cam1", [_person(_RED)] * 12, _FixedBox())], cfg)[0]["global_id"]
+        events = _worker_events("cam2", frames, _Boxes(boxes), cfg)
+        first = Matcher(g, assign_after=cfg.assign_after)
+        joins = next(i for i, ev in enumerate(events) if ev.track_id == 2)  # the red person's first event
+        # the restart comes after the look-alike's next event, its first sighting under the new name
+        split = next(i for i, ev in enumerate(events) if i > joins and ev.track_id == 1) + 1
+        for ev in events[:split]:
+            first.handle(ev)
+        renamed = first.assigned["cam2:1"].person_id
+        assert renamed != red
+        later = Matcher(g, assign_after=cfg.assign_after)  # restarted: remembers nothing of the tracks
+        got = {ev.track_id: later.handle(ev) for ev in events[split:]}
+        assert got == {1: renamed, 2: red}
+
+
 def test_a_split_detection_inside_a_named_person_is_not_a_second_person(tmp_path: Path) -> None:
     """A head box inside the person's own box, tracked on its own, is a piece of the same person: both tracks
     keep the red person and nobody is decided again."""
@@ -464,21 +514,28 @@ def test_a_split_detection_inside_a_named_person_is_not_a_second_person(tmp_path
         assert [e["global_id"] for e in events] == [red, red] and len(g.list_persons()) == 1
 
 
-def _through_matcher(g: Gallery, runs: list[tuple[str, list, object]], cfg: PipelineConfig) -> list[dict]:
-    """Worker mode (events to a list, as a NATS worker would publish them) and the matcher naming them."""
-    from services.matcher import Matcher
+def _worker_events(camera: str, frames: list, detector, cfg: PipelineConfig) -> list:
+    """Worker mode: the track events a NATS worker would publish (one per ``assign_after`` views)."""
     from tests.servers import ColourEmbedder
 
     published: list = []
     worker_cfg = PipelineConfig(**{**cfg.__dict__, "segment_every": cfg.assign_after})
-    matcher = Matcher(g, enroll=True, assign_after=cfg.assign_after)
+    CameraPipeline(None, ColourEmbedder(), detector, worker_cfg, sink=published.append).run(
+        _Sequence(camera, frames)
+    )
+    return published
+
+
+def _through_matcher(
+    g: Gallery, runs: list[tuple[str, list, object]], cfg: PipelineConfig, enroll: bool = True
+) -> list[dict]:
+    """Worker mode (events to a list, as a NATS worker would publish them) and the matcher naming them."""
+    from services.matcher import Matcher
+
+    matcher = Matcher(g, enroll=enroll, assign_after=cfg.assign_after)
     out = []
     for camera, frames, detector in runs:
-        published.clear()
-        CameraPipeline(None, ColourEmbedder(), detector, worker_cfg, sink=published.append).run(
-            _Sequence(camera, frames)
-        )
-        for ev in published:
+        for ev in _worker_events(camera, frames, detector, cfg):
             pid = matcher.handle(ev)
             if ev.final and pid is not None:  # an unnamed track leaves no event, as in the pipeline
                 out.append({"camera_id": camera, "track_id": ev.track_id, "global_id": pid})

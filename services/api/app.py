@@ -143,6 +143,7 @@ async def lifespan(app: FastAPI):
             e.close()
     state.audit_writer.close()
     gallery.close()
+    gc.unfreeze()  # what was frozen may now be garbage (an app closed in a process that goes on)
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -20,6 +20,7 @@ from gallery import Gallery
 from reid.cli.common import make_parser, run, setup_logging
 from reid.embedder import RUNTIMES
 from reid.errors import ConfigError
+from reid.face import FACE_FLIP_CHOICES
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
 from services.camera.sources import parse_camera
@@ -67,7 +68,7 @@ def _parser():
     )
     p.add_argument(
         "--face-flip",
-        choices=["auto", "on", "off"],
+        choices=FACE_FLIP_CHOICES,
         default=os.environ.get("REID_FACE_FLIP", "auto"),
         help="average each face chip's embedding with its mirror's; auto: on, unless the gallery holds plain "
         "face templates only (default: REID_FACE_FLIP, else auto)",

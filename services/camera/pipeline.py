@@ -162,6 +162,8 @@ class CameraPipeline:
             if key in self._live:
                 self._take(self._live[key], other)
                 self._thumbnail(self._live[key], other)
+                if other.person_id is None:  # nobody now: it is decided again as its views arrive
+                    del self._live[key]
         self._thumbnail(track, a)
 
     def _thumbnail(self, track: Track, a: Assignment) -> None:
@@ -258,6 +260,12 @@ class CameraPipeline:
         for frame in source:
             dets = np.array(self.detector.detect(frame.image), dtype=np.float64).reshape(-1, 5)
             matched, ended = tracker.update(dets, frame.index)
+            if self.policy is not None:  # named tracks' boxes in this frame, for the two-people rule
+                for t, _ in matched:
+                    if t.global_id is not None:
+                        self.policy.moved(
+                            source.camera_id, f"{source.camera_id}:{t.id}", frame.index, t.box.copy()
+                        )
             self._embed_tracks(frame, matched, source.camera_id)
             for t in ended:
                 self._finish(t, source.camera_id, 0.0, stats)
@@ -273,6 +281,8 @@ class CameraPipeline:
                     self._tile(source.camera_id, img, tracker.tracks, stats, t0)
         for t in tracker.flush():
             self._finish(t, source.camera_id, 0.0, stats)
+        if self.policy is not None:  # every track of this run has ended: a later run starts afresh
+            self.policy.forget_camera(source.camera_id)
         stats.seconds = time.perf_counter() - t0
         if self.status is not None and img is not None:  # the last frame stays, marked stopped
             self._tile(source.camera_id, img, [], stats, t0, force=True)

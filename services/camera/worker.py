@@ -17,6 +17,7 @@ import sys
 
 from reid.cli.common import make_parser, run, setup_logging
 from reid.embedder import RUNTIMES
+from reid.face import FACE_FLIP_CHOICES
 from services.broker import STREAM, SUBJECT_PREFIX, NatsPublisher
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--face-detector", default="mtcnn", choices=["mtcnn", "hog", "cnn"])
     p.add_argument(
         "--face-flip",
-        choices=["auto", "on", "off"],
+        choices=FACE_FLIP_CHOICES,
         default=os.environ.get("REID_FACE_FLIP", "auto"),
         help="average each face chip's embedding with its mirror's (auto: on; off for a gallery of plain face "
         "templates, as the matcher's gallery holds them)",
