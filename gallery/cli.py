@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -30,8 +29,7 @@ import numpy as np
 from gallery.errors import GalleryError
 from gallery.results import PersonInfo
 from gallery.service import Gallery
-from reid.cli.common import make_parser, run, setup_logging
-from reid.face import FACE_FLIP_CHOICES
+from reid.cli.common import add_face_flip_option, make_parser, run, setup_logging
 
 
 def _embedders(args: argparse.Namespace, need: str | None) -> dict:
@@ -87,13 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p = make_parser("python -m gallery", __doc__)
     p.add_argument("--db", default="gallery.db", help="SQLite file or database URL")
     p.add_argument("--body-checkpoint", help="embedding checkpoint for body images")
-    p.add_argument(
-        "--face-flip",
-        choices=FACE_FLIP_CHOICES,
-        default=os.environ.get("REID_FACE_FLIP", "auto"),
-        help="face images: average each chip's embedding with its mirror's; auto: on, unless the gallery holds "
-        "plain face templates only (default: REID_FACE_FLIP, else auto)",
-    )
+    add_face_flip_option(p, "on, unless the gallery holds plain face templates only")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("init", help="create or migrate the database")
     e = sub.add_parser("enroll", help="add templates to a person (new unless --person)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -39,3 +40,17 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def add_face_flip_option(p: argparse.ArgumentParser, auto: str) -> None:
+    """``--face-flip auto|on|off`` (default ``REID_FACE_FLIP``, else auto): ``reid.face.face_flip``'s setting;
+    ``auto`` says what auto means for this command."""
+    from reid.face import FACE_FLIP_CHOICES
+
+    p.add_argument(
+        "--face-flip",
+        choices=FACE_FLIP_CHOICES,
+        default=os.environ.get("REID_FACE_FLIP", "auto"),
+        help=f"average each face chip's embedding with its mirror's; auto: {auto} (default: REID_FACE_FLIP, "
+        "else auto)",
+    )

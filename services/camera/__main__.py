@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 from gallery import Gallery
-from reid.cli.common import make_parser, run, setup_logging
+from reid.cli.common import add_face_flip_option, make_parser, run, setup_logging
 from reid.embedder import RUNTIMES
 from reid.errors import ConfigError
-from reid.face import FACE_FLIP_CHOICES
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
 from services.camera.sources import parse_camera
@@ -66,13 +65,7 @@ def _parser():
     p.add_argument(
         "--face-threshold", type=float, default=None, help="face match threshold (default: calibrated)"
     )
-    p.add_argument(
-        "--face-flip",
-        choices=FACE_FLIP_CHOICES,
-        default=os.environ.get("REID_FACE_FLIP", "auto"),
-        help="average each face chip's embedding with its mirror's; auto: on, unless the gallery holds plain "
-        "face templates only (default: REID_FACE_FLIP, else auto)",
-    )
+    add_face_flip_option(p, "on, unless the gallery holds plain face templates only")
     p.add_argument(
         "--no-blur", action="store_true", help="annotated video: do not blur people without consent"
     )

@@ -12,12 +12,10 @@ Examples:
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
-from reid.cli.common import make_parser, run, setup_logging
+from reid.cli.common import add_face_flip_option, make_parser, run, setup_logging
 from reid.embedder import RUNTIMES
-from reid.face import FACE_FLIP_CHOICES
 from services.broker import STREAM, SUBJECT_PREFIX, NatsPublisher
 from services.camera.detectors import DETECTORS
 from services.camera.pipeline import CameraPipeline, PipelineConfig
@@ -60,12 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segment-every", type=int, default=4, help="publish a track event every N embeddings")
     p.add_argument("--faces", action="store_true", help="also send each track's face embedding (dlib)")
     p.add_argument("--face-detector", default="mtcnn", choices=["mtcnn", "hog", "cnn"])
-    p.add_argument(
-        "--face-flip",
-        choices=FACE_FLIP_CHOICES,
-        default=os.environ.get("REID_FACE_FLIP", "auto"),
-        help="average each face chip's embedding with its mirror's (auto: on; off for a gallery of plain face "
-        "templates, as the matcher's gallery holds them)",
+    add_face_flip_option(
+        p, "on (no gallery here: off for a matcher whose gallery holds plain face templates)"
     )
     args = p.parse_args(argv)
     setup_logging()
