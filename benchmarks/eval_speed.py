@@ -105,9 +105,9 @@ def build_peer(pyx: Path, tmp: Path) -> tuple[Path | None, str]:
 def problem(args):
     """Random distances with no ties within a row: a float32 row of 15,913 uniform draws holds ~15 equal
     pairs, and where a true match ties a false one the CMC depends on how the sort orders equal keys, which
-    the protocol leaves open (torchreid's ``np.argsort`` is unstable, and NumPy's AVX-512 sort orders them
-    differently from its generic one). Each row is a random permutation of the ranks plus a jitter below half
-    a rank, exact in float32."""
+    the protocol leaves open (torchreid's ``np.argsort`` is unstable: equal keys come out in whatever order
+    NumPy's sort for this CPU gives; one query of 3,368 differed by that on an AVX-512 machine). Each row is a
+    random permutation of the ranks plus a jitter below half a rank, exact in float32."""
     rng = np.random.default_rng(0)
     ranks = rng.permuted(np.tile(np.arange(args.gallery, dtype=np.float32), (args.queries, 1)), axis=1)
     d = (ranks + 0.5 * rng.random(ranks.shape, dtype=np.float32)) / np.float32(args.gallery)
