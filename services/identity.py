@@ -10,11 +10,13 @@ decision, through the gallery's public API only:
 3. **Fragments create nobody.** A track that ended short (fewer than ``assign_after`` body views) and overlaps
    in time with a named track of the same camera is a piece of someone already in view: it may be named, never
    new.
-4. **Two people in one frame are two people.** When two tracks of the same camera overlap in time, their boxes
-   lie apart, and both are named the same person, only one of them is that person: the track that created the
-   person keeps it, else a face match beats a body match, else the higher score wins. The other is decided again
-   with that person left out (another known person, a new one, or nobody for a fragment) and never re-associated
-   with it. A track whose box overlaps the other's is a piece of the same person (a split detection), not a rival.
+4. **Two people in one frame are two people.** When two tracks of the same camera are seen at the same time
+   (latest boxes at most ``apart_within`` frames apart), their boxes lie apart, and both are named the same person,
+   only one of them is that person: the track that created the person keeps it, else one that has ended (its
+   sightings are written), else a face match beats a body match, else the higher score wins; a fragment never
+   takes it. The other is decided again with that person left out (another known person, a new one, or nobody
+   when enrolling is off or it is a fragment), and is never named again, nor re-associated, as that person. A
+   track whose box overlaps the other's is a piece of the same person (a split detection), not a rival.
 5. **At the end of a long track** (``2 x assign_after`` views): if its first decision created a person, the
    whole-track embedding is matched again and the new person merged into a known one when the decision says so
    (re-association); the whole-track body becomes another template of its person.
@@ -126,7 +128,7 @@ class IdentityPolicy:
 
     def fragment_of(self, ev: TrackEvidence) -> str | None:
         """The named track of the same camera a short, ended track overlaps in time, if any."""
-        if not ev.ended or ev.views >= self.assign_after:
+        if not self._fragment(ev):
             return None
         for key, c in self._named.get(ev.camera_id, {}).items():
             if key != ev.key and _overlap(c.ev, ev):
@@ -190,23 +192,14 @@ class IdentityPolicy:
                 ev.key, rival.ev.key, pid, rival.a.score,
             )  # fmt: skip
             self._apart.setdefault(ev.key, set()).add(pid)
-            if a.template_ids:
-                logger.warning(
-                    "track %s enrolled templates %s into person %d before it proved someone else; they stay "
-                    "there (review that person)", ev.key, a.template_ids, pid,
-                )  # fmt: skip
+            _warn_templates_left(ev.key, a, pid, rival.ev.key)
             return self._redecide(ev, may_create)
         logger.info(
             "track %s is person %d (%s %.3f); track %s beside it was named so too (%s %s): deciding it again",
             ev.key, pid, a.matched_by, a.score or 0.0, rival.ev.key, rival.a.matched_by, rival.a.score,
         )  # fmt: skip
         self._apart.setdefault(rival.ev.key, set()).add(pid)
-        if rival.a.template_ids:
-            logger.warning(
-                "track %s enrolled templates %s into person %d before track %s proved it someone else; "
-                "they stay there (review that person)",
-                rival.ev.key, rival.a.template_ids, pid, ev.key,
-            )  # fmt: skip
+        _warn_templates_left(rival.ev.key, rival.a, pid, ev.key)
         rival.a = self._redecide(rival.ev, self.enroll)
         self._renamed[rival.ev.key] = rival.a
         if rival.a.person_id is None:  # nobody now (enrolling is off): no longer a named track
@@ -363,6 +356,15 @@ class IdentityPolicy:
         )  # fmt: skip
         g.merge(other.person_id, mine)
         a.person_id, a.score, a.created = other.person_id, float(other.score), False
+
+
+def _warn_templates_left(key: str, a: Assignment, pid: int, beside: str) -> None:
+    """A track proved not to be ``pid`` (seen beside track ``beside``) may have enrolled into them already."""
+    if a.template_ids:
+        logger.warning(
+            "track %s enrolled templates %s into person %d before track %s proved it someone else; they stay "
+            "there (review that person)", key, a.template_ids, pid, beside,
+        )  # fmt: skip
 
 
 def _overlap(a: TrackEvidence, b: TrackEvidence) -> bool:
