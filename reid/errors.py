@@ -31,5 +31,9 @@ class ModelMismatchError(ReidError):
     """Embeddings of one model (or dimension) were mixed with those of another."""
 
 
+class TrainingDivergedError(ReidError):
+    """A training loss became NaN or infinite (the message names the epoch, the step and each loss term)."""
+
+
 class LossInputError(ReidError):
     """Embeddings, labels or mined indices given to a loss or miner do not fit together."""

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from reid.embedder import Embedder
-from reid.errors import ConfigError
+from reid.errors import ConfigError, TrainingDivergedError
 from training.config import load_config
 from training.engine import Trainer
 from training.optim import warmup_cosine, warmup_multistep
@@ -187,6 +187,58 @@ def test_channels_last_trains_the_same_model_and_saves_plain_weights(market: Pat
 
     state, _ = read_checkpoint(tmp_path / "True" / "run" / "final.pt")
     assert all(v.is_contiguous() for v in state.values())
+
+
+def test_bfloat16_autocast_runs_convolutions_in_bf16_and_keeps_float32_weights(
+    market: Path, tmp_path: Path
+) -> None:
+    """train.amp_dtype bfloat16 on CPU: convolutions see bf16, the loss and the weights stay float32, and one
+    epoch lands near the float32 run (same seed); float16 on CPU and unknown names are config errors."""
+    runs, seen = {}, set()
+    for dtype in ("auto", "bfloat16"):
+        # 64x32, not the tiny 32x16: oneDNN's bf16 3x3 stride-2 convolution returns NaN for a 2x1 output on
+        # this CPU (torch 2.14.1), which ResNet-18's third stage gives at 32x16; real inputs never get that small
+        cfg = tiny_cfg(tmp_path / dtype, market)
+        cfg["transforms"] = {**cfg["transforms"], "input_size": [64, 32]}
+        cfg["train"] = {**cfg["train"], "epochs": 1, "amp": True, "amp_dtype": dtype}
+        t = Trainer(cfg, device="cpu")
+        if dtype == "bfloat16":
+            conv = next(m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d))
+            conv.register_forward_hook(lambda m, i, o: seen.add(o.dtype) if m.training else None)
+        t.train()
+        runs[dtype] = t
+    assert seen == {torch.bfloat16}, "CPU autocast did not reach the convolutions"
+    assert runs["auto"].amp_dtype is None  # auto is float32 on CPU: existing CPU recipes are unchanged
+    assert all(p.dtype == torch.float32 for p in runs["bfloat16"].model.parameters())
+    assert np.isfinite(runs["bfloat16"]._last_values["loss/total"])
+    a = torch.cat([p.detach().flatten() for p in runs["auto"].model.parameters()])
+    b = torch.cat([p.detach().flatten() for p in runs["bfloat16"].model.parameters()])
+    start = torch.cat(
+        [
+            p.detach().flatten()
+            for p in Trainer(tiny_cfg(tmp_path / "s", market), device="cpu").model.parameters()
+        ]
+    )
+    # bf16 rounding moves the path a little, not somewhere else: far closer to the fp32 run than either is to
+    # the start (a wrong cast, say inputs never normalised, lands elsewhere)
+    assert (a - b).norm() < 0.5 * (a - start).norm()
+    for bad, match in (("float16", "needs a CUDA device"), ("half", "must be one of")):
+        cfg = tiny_cfg(tmp_path / bad, market)
+        cfg["train"] = {**cfg["train"], "amp_dtype": bad}
+        with pytest.raises(ConfigError, match=match):
+            Trainer(cfg, device="cpu")
+
+
+def test_a_loss_that_turns_nan_stops_training_with_the_step_and_terms(market: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path, market)
+    t = Trainer(cfg, device="cpu")
+    with torch.no_grad():
+        t.model.head.bnneck.weight.fill_(float("nan"))  # NaN reaches the ID loss's logits on the first step
+    before = [p.detach().clone() for p in t.model.backbone.parameters()]
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1 \(.*loss/cross_entropy nan"):
+        t.train()
+    # no optimiser step was taken with the NaN loss
+    assert all(torch.equal(a, b) for a, b in zip(before, t.model.backbone.parameters()))
 
 
 def test_resume_continues_exactly(market: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from reid.data import (
 )
 from reid.data.readers import read_extra_train
 from reid.embedder import Embedder
-from reid.errors import CheckpointError
+from reid.errors import CheckpointError, ConfigError, TrainingDivergedError
 from reid.losses import build_combined_loss
 from reid.models import build_model, save_checkpoint
 from reid.models.checkpoint import CheckpointMeta
@@ -58,6 +58,25 @@ class TrainStep(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor):
         return self.loss(self.model(x), y)
+
+
+AMP_DTYPES = {"auto", "float16", "bfloat16"}
+
+
+def _amp_dtype(train_cfg: Mapping, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` / ``train.amp_dtype`` on ``device``, or None for float32 steps."""
+    name = str(train_cfg.get("amp_dtype", "auto"))
+    if name not in AMP_DTYPES:
+        raise ConfigError(f"train.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {name!r}")
+    if not train_cfg.get("amp"):
+        return None
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device.type != "cuda":
+        if name == "float16":
+            raise ConfigError("train.amp_dtype float16 needs a CUDA device; on CPU use bfloat16 or auto")
+        return None
+    return torch.float16
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -156,8 +175,10 @@ class Trainer:
             if self.distributed
             else self.step_module
         )
-        self.use_amp = bool(c["train"]["amp"]) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = _amp_dtype(c["train"], self.device)
+        self.use_amp = self.amp_dtype is not None
+        # A scaler only for float16: bfloat16 has float32's exponent range, so gradients cannot underflow.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.mean = tuple(tcfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(tcfg.get("std", (0.229, 0.224, 0.225)))
 
@@ -276,8 +297,16 @@ class Trainer:
             self.scheduler.step_to(self._schedule_position(total, elapsed))
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                 loss, values = self.ddp(x, y)
+            if not torch.isfinite(loss):
+                # One NaN step poisons every weight through the optimiser; stop before it is taken
+                terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k.startswith("loss/"))
+                raise TrainingDivergedError(
+                    f"the loss is not finite at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} ({terms}); "
+                    f"{self.out / 'last.pt'} holds the last finished epoch. Lower optimizer.lr, set "
+                    "train.grad_clip, or train in float32 (train.amp_dtype auto)"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if c.get("grad_clip"):
