@@ -41,6 +41,10 @@ class TrackEvent:
     views: int = 0  # body embeddings in the mean (0: not told, by workers older than this field)
     face_embedding: str | None = None  # mean of the track's usable faces, when a face embedder ran
     face_model_id: str | None = None
+    # the camera's other live tracks when the event was made, each with its latest box and that box's frame
+    # ({"track_id", "frame", "box"}), so the matcher's two-people rule compares boxes seen at one time, not
+    # only at segment ends
+    beside: list[dict] | None = None
 
     def vector(self) -> np.ndarray:
         return np.frombuffer(base64.b64decode(self.embedding), dtype="<f4").astype(np.float32)

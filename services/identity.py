@@ -19,7 +19,8 @@ decision, through the gallery's public API only:
    track whose box overlaps the other's is a piece of the same person (a split detection), not a rival.
 5. **At the end of a long track** (``2 x assign_after`` views): if its first decision created a person, the
    whole-track embedding is matched again and the new person merged into a known one when the decision says so
-   (re-association); the whole-track body becomes another template of its person.
+   (re-association), never into a person it was seen side by side with (rule 4's evidence, kept per person);
+   the whole-track body becomes another template of its person.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class IdentityPolicy:
         self.assign_after, self.reassociate, self.track_templates = assign_after, reassociate, track_templates
         self._named: dict[str, dict[str, _Claim]] = {}  # camera -> named track key -> its claim
         self._apart: dict[str, set[int]] = {}  # track key -> persons it was seen beside, so cannot be
+        # person -> persons seen side by side with it (two named tracks of one camera in view together, boxes
+        # apart): two people, so a whole-track re-association never merges one into the other
+        self._together: dict[int, set[int]] = {}
         self._renamed: dict[str, Assignment] = {}  # decisions of live tracks changed since the last take
 
     # ------------------------------------------------------------------------------------ fragments
@@ -119,12 +123,26 @@ class IdentityPolicy:
         if claim is not None:
             ev.first_frame = min(ev.first_frame, claim.ev.first_frame)
             claim.ev = ev
+            self._note_together(claim)
 
     def moved(self, camera_id: str, key: str, frame: int, box: np.ndarray) -> None:
         """A named track's box in ``frame`` (call every frame it is matched in, so boxes compare at one time)."""
         claim = self._named.get(camera_id, {}).get(key)
         if claim is not None:
             claim.ev.last_frame, claim.ev.box = max(claim.ev.last_frame, frame), box
+            self._note_together(claim)
+
+    def together(self, person_id: int) -> set[int]:
+        """The persons seen side by side with ``person_id`` in some camera (so not the same person)."""
+        return set(self._together.get(person_id, ()))
+
+    def _note_together(self, claim: _Claim) -> None:
+        pid = claim.a.person_id
+        for other in self._beside(claim.ev):
+            q = other.a.person_id
+            if pid is not None and q is not None and q != pid:
+                self._together.setdefault(pid, set()).add(q)
+                self._together.setdefault(q, set()).add(pid)
 
     def fragment_of(self, ev: TrackEvidence) -> str | None:
         """The named track of the same camera a short, ended track overlaps in time, if any."""
@@ -202,6 +220,7 @@ class IdentityPolicy:
         _warn_templates_left(rival.ev.key, rival.a, pid, ev.key)
         rival.a = self._redecide(rival.ev, self.enroll)
         self._renamed[rival.ev.key] = rival.a
+        self._note_together(rival)
         if rival.a.person_id is None:  # nobody now (enrolling is off): no longer a named track
             del self._named[ev.camera_id][rival.ev.key]
         return a
@@ -245,7 +264,8 @@ class IdentityPolicy:
         if a.person_id is None and ev.ended:
             self._apart.pop(ev.key, None)
         if a.person_id is not None:
-            self._named.setdefault(ev.camera_id, {})[ev.key] = _Claim(ev, a)
+            claim = self._named.setdefault(ev.camera_id, {})[ev.key] = _Claim(ev, a)
+            self._note_together(claim)
             if a.matched_by == "face" and self.enroll:
                 self._link_body(a, ev)  # this body appearance belongs to the person the face named
             elif ev.face is not None and not face_named:
@@ -329,7 +349,7 @@ class IdentityPolicy:
     def _reassociate(self, ev: TrackEvidence, a: Assignment) -> None:
         """Whole-track match of a track that created its person early; merge that person into a known one."""
         g, mine = self.gallery, a.person_id
-        apart = self._apart.get(ev.key, set())
+        apart = self._apart.get(ev.key, set()) | self._together.get(mine, set())
         r = self._identify(ev, "body", k=3 + len(apart))
         others = [m for m in r.matches if m.person_id != mine and m.person_id not in apart]
         if not others:
@@ -355,6 +375,10 @@ class IdentityPolicy:
             ev.key, mine, other.person_id, other.score,
         )  # fmt: skip
         g.merge(other.person_id, mine)
+        for q in self._together.pop(mine, set()):  # whom ``mine`` was seen beside, the merged person was
+            self._together[q].discard(mine)
+            self._together[q].add(other.person_id)
+            self._together.setdefault(other.person_id, set()).add(q)
         a.person_id, a.score, a.created = other.person_id, float(other.score), False
 
 

@@ -79,10 +79,23 @@ class Matcher:
         self._newest[ev.camera_id] = newest
         self.policy.forget_before(ev.camera_id, newest - self.REMEMBER_FRAMES)
 
+    def _boxes_beside(self, ev: TrackEvent) -> None:
+        """The boxes of the camera's other tracks when the event was made (workers send them), so the two-people
+        rule compares tracks in view together even when their segments end at different frames."""
+        for b in ev.beside or ():
+            try:
+                key, frame = f"{ev.camera_id}:{int(b['track_id'])}", int(b["frame"])
+                box = np.asarray(b["box"], dtype=np.float64).reshape(4)
+            except (KeyError, TypeError, ValueError) as e:
+                logger.warning("event %s: a malformed 'beside' entry %r is ignored (%s)", ev.event_id, b, e)
+                continue
+            self.policy.moved(ev.camera_id, key, frame, box)
+
     def handle(self, ev: TrackEvent) -> int | None:
         key = f"{ev.camera_id}:{ev.track_id}"
         self._face_card(ev.face_model_id)
         self._remember(ev)
+        self._boxes_beside(ev)
         evidence = TrackEvidence(
             key=key,
             camera_id=ev.camera_id,

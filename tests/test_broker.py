@@ -66,15 +66,17 @@ def start(module: str, *args: str) -> subprocess.Popen:
     )
 
 
-def worker(video: Path, cam: str, stream: tuple[str, str]) -> subprocess.Popen:
+def worker(
+    video: Path, cam: str, stream: tuple[str, str], every: int = 2, segment_every: int = 3
+) -> subprocess.Popen:
     return start(
         "services.camera.worker",
         "--video",
         f"{video}:{cam}",
         "--every",
-        "2",
+        str(every),
         "--segment-every",
-        "3",
+        str(segment_every),
         "--body-checkpoint",
         str(BODY),
         "--stream",
@@ -84,13 +86,12 @@ def worker(video: Path, cam: str, stream: tuple[str, str]) -> subprocess.Popen:
     )
 
 
-def matcher(db: str, stream: tuple[str, str]) -> subprocess.Popen:
+def matcher(db: str, stream: tuple[str, str], threshold: str | None = "0.8") -> subprocess.Popen:
     return start(
         "services.matcher",
         "--db",
         db,
-        "--threshold",
-        "0.8",
+        *(["--threshold", threshold] if threshold else []),
         "--idle-exit",
         "4",
         "--stream",
@@ -158,6 +159,35 @@ def test_killed_worker_and_matcher_lose_and_duplicate_nothing(
     # the stream delete also proves the fixture's stream names were used
     ref_cleanup = asyncio.run(_drop(ref_stream[0]))
     assert ref_cleanup
+
+
+def test_workers_and_the_matcher_name_the_lab_videos_as_the_camera_command_does(
+    nats_up, camera_feeds_root, tmp_path, stream
+) -> None:
+    """The README's camera settings (1 frame in 3, an event every 4 views, the model card's decision) through
+    NATS: exactly 2 people, the man's id shared by both cameras. The second person in Double1 scores above the
+    one-person threshold against the man; the matcher tells them apart only because each event carries the
+    boxes of the camera's other tracks (the two-people rule), as the in-process pipeline sees every frame."""
+    lab = camera_feeds_root / "lab"
+    db = str(tmp_path / "lab.db")
+    finish(
+        worker(lab / "Single1.mp4", "cam1", stream, every=3, segment_every=4),
+        worker(lab / "Double1.mp4", "cam2", stream, every=3, segment_every=4),
+    )
+    finish(matcher(db, stream, threshold=None))
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as c:
+            persons = c.execute(text("SELECT COUNT(*) FROM persons")).scalar()
+            rows = c.execute(text("SELECT track_id, person_id FROM sightings ORDER BY id")).all()
+    finally:
+        engine.dispose()
+    latest = dict(
+        rows
+    )  # a track's latest sighting holds its final name (a renamed track's first ones do not)
+    # cam2's track 1 is the second person (left); tracks 2 and 3 are the man (track 2 a partly hidden piece)
+    assert persons == 2, latest
+    assert latest["cam1:1"] == latest["cam2:2"] == latest["cam2:3"] != latest["cam2:1"], latest
 
 
 async def _drop(name: str) -> bool:

@@ -407,11 +407,15 @@ _RED, _REDDISH = (200, 30, 30), (200, 30, 90)  # colour-histogram cosine 2/3: ea
 _LEFT, _RIGHT, _HEAD = (100, 40, 260, 460), (560, 40, 720, 460), (140, 40, 220, 160)
 
 
-def _two_in_view(first: tuple, second: tuple, second_box: tuple = _RIGHT) -> tuple[list, list]:
-    """Camera 2: ``first`` on the left from frame 0, ``second`` in ``second_box`` from frame 12, both to 40."""
+def _two_in_view(
+    first: tuple, second: tuple, second_box: tuple = _RIGHT, n: int = 40, first_until: int | None = None
+) -> tuple[list, list]:
+    """Camera 2: ``first`` on the left from frame 0 (to ``first_until``), ``second`` in ``second_box`` from
+    frame 12, to frame ``n``."""
     frames, boxes = [], []
-    for i in range(40):
-        people = [(_LEFT, first)] + ([(second_box, second)] if i >= 12 else [])
+    for i in range(n):
+        people = [(_LEFT, first)] if i < (first_until or n) else []
+        people += [(second_box, second)] if i >= 12 else []
         frames.append(_scene(people))
         boxes.append([b for b, _ in people])
     return frames, boxes
@@ -474,6 +478,58 @@ def test_with_enrolling_off_a_track_proved_someone_else_is_nobody_and_nothing_fa
             events = _through_matcher(g, [("cam2", frames, _Boxes(boxes))], cfg, enroll=False)
         assert [(e["track_id"], e["global_id"]) for e in events] == [(2, red_id)]
         assert len(g.list_persons()) == 1
+
+
+def test_the_matcher_compares_boxes_seen_together_not_only_at_segment_ends(tmp_path: Path) -> None:
+    """Events every 8 views: the look-alike's segments end at frames 8, 16, 24, 32, 40, the red person's (from
+    frame 12) at 20, 28, 36, 44, 47: never within 3 frames of each other. Each event carries the boxes of the camera's other
+    tracks in that frame, so the matcher still sees them side by side and names them two people; events
+    without those boxes (workers older than the field) leave the rule only segment ends, and it cannot apply."""
+    from services.matcher import Matcher
+
+    cfg = PipelineConfig(embed_every=1, assign_after=8, min_hits=2)
+    frames, boxes = _two_in_view(_REDDISH, _RED, n=48, first_until=41)
+    got = {}
+    for beside in (True, False):
+        with Gallery(str(tmp_path / f"{beside}.db"), thresholds={"body": 0.6}) as g:
+            red = _through_matcher(g, [("cam1", [_person(_RED)] * 12, _FixedBox())], cfg)[0]["global_id"]
+            events = _worker_events("cam2", frames, _Boxes(boxes), cfg)
+            ends = {t: [ev.last_frame for ev in events if ev.track_id == t] for t in (1, 2)}
+            assert min(abs(a - b) for a in ends[1] for b in ends[2]) > 3  # the premise
+            # both in view: each event names the other track's box
+            assert all(ev.beside for ev in events if 12 <= ev.last_frame <= 40 and not ev.final)
+            matcher = Matcher(g, assign_after=cfg.assign_after)
+            for ev in events:
+                if not beside:
+                    ev.beside = None
+                matcher.handle(ev)
+            got[beside] = {t: matcher.assigned[f"cam2:{t}"].person_id == red for t in (1, 2)}
+            persons = len(g.list_persons())
+            assert persons == (2 if beside else 1)
+    assert got[True] == {1: False, 2: True}  # the look-alike is someone else; the red person stays red
+    assert got[False] == {1: True, 2: True}  # without the boxes: one person for two
+
+
+def test_persons_seen_side_by_side_are_never_merged_by_a_re_association(tmp_path: Path) -> None:
+    """Events arrive interleaved across cameras: cam1's red track creates a person; in cam2 the look-alike, first
+    named that person, is proved someone else when the red person walks in beside them. At the end of cam1's
+    track its whole-track body matches the look-alike (0.67, above the 0.6 threshold), which would merge the
+    two; they were seen side by side, so they stay two people."""
+    from services.matcher import Matcher
+
+    cfg = PipelineConfig(embed_every=1, assign_after=4, min_hits=2)
+    frames, boxes = _two_in_view(_REDDISH, _RED)
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.6}) as g:
+        cam1 = _worker_events("cam1", [_person(_RED)] * 12, _FixedBox(), cfg)
+        cam2 = _worker_events("cam2", frames, _Boxes(boxes), cfg)
+        matcher = Matcher(g, assign_after=cfg.assign_after)
+        # cam1's track ends while cam2's tracks are still live (their own whole-track templates not yet in)
+        for ev in [*cam1[:-1], *[e for e in cam2 if not e.final], cam1[-1], *[e for e in cam2 if e.final]]:
+            matcher.handle(ev)
+        got = {k: a.person_id for k, a in matcher.assigned.items()}
+        assert got["cam1:1"] == got["cam2:2"] != got["cam2:1"]
+        assert len(g.list_persons()) == 2
+        assert matcher.policy.together(got["cam2:1"]) == {got["cam1:1"]}
 
 
 def test_a_matcher_restart_keeps_a_renamed_tracks_new_name(tmp_path: Path) -> None:

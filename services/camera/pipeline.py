@@ -178,7 +178,9 @@ class CameraPipeline:
         track.global_id, track.matched_by = a.person_id, a.matched_by
         track.created_person, track.template_ids = a.created, list(a.template_ids)
 
-    def _event(self, track: Track, camera_id: str, final: bool) -> TrackEvent:
+    def _event(self, track: Track, camera_id: str, final: bool, live: Iterable[Track] = ()) -> TrackEvent:
+        """One published segment of ``track``; ``live``: the camera's tracks, each sent with its latest box and
+        that box's frame (a track the detector missed in this frame was still beside it a frame ago)."""
         seg = track.segments
         track.segments += 1
         ev = self._evidence(track, camera_id)
@@ -198,15 +200,27 @@ class CameraPipeline:
             views=ev.views,
             face_embedding=None if ev.face is None else TrackEvent.encode_vector(ev.face),
             face_model_id=ev.face_model_id,
+            beside=[
+                {"track_id": t.id, "frame": t.last_frame, "box": [round(float(v), 1) for v in t.box]}
+                for t in live
+                if t is not track
+            ],
         )
 
-    def _finish(self, track: Track, camera_id: str, fps_hint: float, stats: CameraStats) -> None:
+    def _finish(
+        self,
+        track: Track,
+        camera_id: str,
+        fps_hint: float,
+        stats: CameraStats,
+        live: Iterable[Track] = (),
+    ) -> None:
         self._live.pop(f"{camera_id}:{track.id}", None)
         if track.hits < self.config.min_hits or not track.embeddings:
             return
         stats.tracked += 1
         if self.sink is not None:
-            event = self._event(track, camera_id, final=True)
+            event = self._event(track, camera_id, final=True, live=live)
             self.sink(event)
             stats.events.append({"event_id": event.event_id, "camera_id": camera_id, "track_id": track.id})
             stats.tracks += 1
@@ -266,9 +280,9 @@ class CameraPipeline:
                         self.policy.moved(
                             source.camera_id, f"{source.camera_id}:{t.id}", frame.index, t.box.copy()
                         )
-            self._embed_tracks(frame, matched, source.camera_id)
+            self._embed_tracks(frame, matched, source.camera_id, tracker.tracks)
             for t in ended:
-                self._finish(t, source.camera_id, 0.0, stats)
+                self._finish(t, source.camera_id, 0.0, stats, tracker.tracks)
             if ended and self.policy is not None:  # named tracks ended before every live track began
                 oldest = min((t.first_frame for t in tracker.tracks), default=frame.index + 1)
                 self.policy.forget_before(source.camera_id, oldest)
@@ -290,7 +304,9 @@ class CameraPipeline:
             writer.release()
         return stats
 
-    def _embed_tracks(self, frame: Frame, matched: Iterable[tuple[Track, int]], camera_id: str) -> None:
+    def _embed_tracks(
+        self, frame: Frame, matched: Iterable[tuple[Track, int]], camera_id: str, live: Iterable[Track] = ()
+    ) -> None:
         todo, crops = [], []
         for track, _ in matched:
             if (track.hits - 1) % self.config.embed_every:
@@ -309,7 +325,7 @@ class CameraPipeline:
             if self.sink is not None:
                 every = self.config.segment_every
                 if every and len(track.embeddings) % every == 0:
-                    self.sink(self._event(track, camera_id, final=False))
+                    self.sink(self._event(track, camera_id, False, live))
             elif track.global_id is None and len(track.embeddings) >= self.config.assign_after:
                 self._assign(track, camera_id)
             elif track.global_id is not None:
