@@ -6,7 +6,8 @@ decision, through the gallery's public API only:
 1. **Face first.** A face the gallery knows names the track; its body is linked to that person (enrolled as a
    body template unless the body already points there).
 2. **Body otherwise.** ``identify_or_enroll`` on the body (a new anonymous person when nobody is close enough
-   and enrolling is allowed, else ``identify``). A face seen on such a track joins the person it was given.
+   and enrolling is allowed, else ``identify``). A face seen on such a track joins the person it was given,
+   unless that person has face templates already (they did not accept this face: it may be someone else's).
 3. **Fragments create nobody.** A track that ended short (fewer than ``assign_after`` body views) and overlaps
    in time with a named track of the same camera is a piece of someone already in view: it may be named, never
    new.
@@ -269,8 +270,7 @@ class IdentityPolicy:
             if a.matched_by == "face" and self.enroll:
                 self._link_body(a, ev)  # this body appearance belongs to the person the face named
             elif ev.face is not None and not face_named:
-                # a face nobody knows: it now belongs to this (new or known) person
-                self._add(a, ev, "face", f"camera:{ev.camera_id}")
+                self._adopt_face(a, ev)
         elif fragment is not None:
             logger.info(
                 "track %s (%d views, frames %d-%d) is a fragment beside named track %s: no new person",
@@ -307,6 +307,23 @@ class IdentityPolicy:
         if not r.known:
             return None
         return Assignment(r.best.person_id, "face", float(r.best.score))
+
+    def _adopt_face(self, a: Assignment, ev: TrackEvidence) -> None:
+        """A face the gallery does not know joins the person the body named, unless that person has faces of
+        this model already: those did not accept this one, so it may be someone else's (and a poor view of
+        the same person would only blur their face templates)."""
+        theirs = [
+            t.id
+            for t in self.gallery.templates(a.person_id)
+            if t.modality == "face" and t.model_id == ev.face_model_id
+        ]
+        if theirs:
+            logger.info(
+                "track %s: named person %d by body, but its face does not match their face templates %s: "
+                "the face is not added to them", ev.key, a.person_id, theirs,
+            )  # fmt: skip
+            return
+        self._add(a, ev, "face", f"camera:{ev.camera_id}")
 
     def _link_body(self, a: Assignment, ev: TrackEvidence) -> None:
         """A body template for the person a face named, unless the body already names them."""

@@ -174,6 +174,12 @@ def test_faces_name_the_track_and_link_body_and_face(lfw_root: Path, tmp_path: P
         # the stranger's face now finds them, even on a different body
         s3 = pipe.run(_Frames("cam3", _person_frame(other, (20, 200, 20))))
         assert s3.events[0]["global_id"] == e2["global_id"] and s3.events[0]["matched_by"] == "face"
+        # someone else in the stranger's clothes: the body names the stranger, but this face did not match the
+        # stranger's face, so it is not added to them (their face templates stay their own)
+        third = sorted((lfw_root / "Abdullah_Gul").glob("*.jpg"))[0]
+        s4 = pipe.run(_Frames("cam4", _person_frame(third, (200, 120, 30))))
+        assert s4.events[0]["global_id"] == e2["global_id"] and s4.events[0]["matched_by"] == "body"
+        assert g.get_person(e2["global_id"]).templates[f"face/{faces.model_id}"] == 1
 
 
 def _stripes() -> np.ndarray:
