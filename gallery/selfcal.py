@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gallery.cache import IndexCache
+from gallery.cache import IndexCache, aggregate
 from gallery.decision import Decision
 from gallery.store import Key
 from reid.metrics.open_set import threshold_at_far
@@ -235,10 +235,8 @@ class SelfCalibration:
             ranked = cache.rank_persons(index, q, 3, exclude=tid)
             others = [*[score for p, score, _ in ranked if p != pid][:2], NO_COMPETITOR, NO_COMPETITOR]
             # its own person with this photo left out, aggregated as identify aggregates
-            mine = vecs[[j for j in rows[pid] if j != i]] @ q[0]
-            own.append(
-                np.nan if not len(mine) else mine.mean() if cache.aggregation == "mean" else mine.max()
-            )
+            mine = vecs[[j for j in rows[pid] if j != i]]
+            own.append(np.nan if not len(mine) else aggregate(mine, q[0], cache.how(index)))
             first.append(others[0])
             second.append(others[1])
         own, first, second = (np.asarray(x, np.float64) for x in (own, first, second))

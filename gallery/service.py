@@ -11,14 +11,14 @@ against the decision of that (modality, model_id) (``gallery.thresholds``). Per-
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gallery.cache import IndexCache
+from gallery.cache import IndexCache, aggregation_by_modality
 from gallery.decision import Decision, Verdict
 from gallery.errors import EmbeddingError, GalleryError
 from gallery.feed import ChangeFollower
@@ -53,7 +53,10 @@ class Gallery:
         url: SQLAlchemy URL or a file path for SQLite (``"gallery.db"``), or ``postgresql://...``.
         index_dir: folder for index snapshots (default: beside an SQLite file, else no snapshots).
         embedders: ``{"face": BaseEmbedder, "body": BaseEmbedder}`` used when images are given.
-        aggregation: ``"max"`` or ``"mean"`` of a person's template similarities.
+        aggregation: how a person's templates score a query: ``"centroid"`` (cosine to their normalised mean
+            template), ``"max"`` (the best template) or ``"mean"`` (the mean similarity); one name for every
+            modality or ``{modality: name}``. Default ``gallery.cache.DEFAULT_AGGREGATION``: centroid for
+            faces, max for bodies (why: beside it). One template: all three are its similarity.
         thresholds: raw-score thresholds per modality set by the operator: used when none is calibrated in the
             database for a model, before the model card's decision.
         media_dir: per-person files (cached crops), removed on erasure (default: beside an SQLite file).
@@ -71,15 +74,14 @@ class Gallery:
         index_dir: str | os.PathLike | None = None,
         embedders: dict[str, BaseEmbedder] | None = None,
         index_config: IndexConfig | None = None,
-        aggregation: str = "max",
+        aggregation: str | Mapping[str, str] | None = None,
         thresholds: dict[str, float] | None = None,
         media_dir: str | os.PathLike | None = None,
         store_id: str | None = None,
         clock=utcnow,
         self_calibration: bool = True,
     ) -> None:
-        if aggregation not in ("max", "mean"):
-            raise GalleryError(f"aggregation must be 'max' or 'mean', got {aggregation!r}")
+        aggregation = aggregation_by_modality(aggregation)  # a bad name fails before anything is opened
         self.store = GalleryStore(url, clock, store_id)
         db_file = self.store.file_path
         if index_dir is None and db_file is not None:

@@ -359,20 +359,21 @@ def test_datetimes_come_back_aware_in_utc(gallery: Gallery) -> None:
 
 
 def test_restart_uses_snapshot_and_detects_stale_or_corrupt_files(tmp_path: Path, caplog) -> None:
+    # max aggregation: a stored template asked again scores exactly 1 (the rebuilt index holds it)
     rng = np.random.default_rng(10)
     db = str(tmp_path / "g.db")
     idx = tmp_path / "idx"
-    with Gallery(db, index_dir=idx) as g:
+    with Gallery(db, index_dir=idx, aggregation="max") as g:
         pid = g.enroll(embeddings=unit(rng, 5), modality="face", model_id="m").person_id
     caplog.set_level("INFO")
-    with Gallery(db, index_dir=idx) as g:
+    with Gallery(db, index_dir=idx, aggregation="max") as g:
         assert "snapshot" in caplog.text and g.check_consistency()["face/m"] == {"database": 5, "index": 5}
         # a change the snapshot does not know: enroll with index snapshots disabled
     with Gallery(db, index_dir=None) as g2:
         extra = unit(rng, 1)
         g2.enroll(pid, embeddings=extra, modality="face", model_id="m")
     caplog.clear()
-    with Gallery(db, index_dir=idx) as g:
+    with Gallery(db, index_dir=idx, aggregation="max") as g:
         assert "stale" in caplog.text
         assert g.identify(embedding=extra[0], modality="face", model_id="m").matches[
             0
@@ -382,7 +383,7 @@ def test_restart_uses_snapshot_and_detects_stale_or_corrupt_files(tmp_path: Path
     data[len(data) // 2] ^= 0xFF
     snap.write_bytes(bytes(data))
     caplog.clear()
-    with Gallery(db, index_dir=idx) as g:
+    with Gallery(db, index_dir=idx, aggregation="max") as g:
         assert "corrupt" in caplog.text and g.check_consistency()["face/m"] == {"database": 6, "index": 6}
 
 
@@ -425,7 +426,7 @@ def test_sigkill_during_enrollment_loses_no_acknowledged_template(db_url: str, t
             break
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    with Gallery(db_url, index_dir=idx) as g:
+    with Gallery(db_url, index_dir=idx, aggregation="max") as g:  # max: each stored template found scores 1
         counts = g.check_consistency()["face/m"]
         assert counts["database"] == counts["index"] >= 40 * 4
         for i, tids in enumerate(acked):
@@ -683,6 +684,55 @@ def test_mean_aggregation(tmp_path: Path) -> None:
         # max would rank pa first (exact copy); mean of (1, -1) = 0 puts pb first
         assert res.matches[0].person_id == pb and res.matches[1].person_id == pa
         assert res.matches[1].score == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("how", ["centroid", "max", "mean"])
+def test_every_aggregation_scores_persons_as_its_definition(tmp_path: Path, how: str) -> None:
+    """Persons with 1 to 4 templates: identify's per-person scores equal a brute-force oracle written from the
+    definitions (centroid: cosine to the normalised mean template; max; mean), for every person."""
+    rng = np.random.default_rng(5)
+    with Gallery(str(tmp_path / "g.db"), aggregation=how) as g:
+        persons = {}
+        for n in (1, 2, 3, 4, 2, 1, 3):
+            t = unit(rng, n)
+            persons[g.enroll(embeddings=t, modality="face", model_id="m").person_id] = t
+        for q in unit(rng, 5):
+            res = g.identify(embedding=q, modality="face", model_id="m", k=len(persons))
+            got = {m.person_id: m.score for m in res.matches}
+            for pid, t in persons.items():
+                if how == "centroid":
+                    c = t.mean(axis=0)
+                    want = float(c @ q / np.linalg.norm(c))
+                else:
+                    want = float(getattr(t @ q, how)())
+                assert got[pid] == pytest.approx(want, abs=1e-5), (how, pid)
+            assert [m.person_id for m in res.matches] == sorted(got, key=lambda p: -got[p])
+
+
+def test_faces_aggregate_by_centroid_and_bodies_by_max_unless_told(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    a = unit(rng, 1)[0]
+    with Gallery(str(tmp_path / "g.db")) as g:
+        assert g.aggregation == {"face": "centroid", "body": "max"}
+        # an exact copy among scattered photos vs two photos either side of the query: the centroid of the
+        # second is the query itself
+        side = np.stack([near(a, rng, 0.5), near(a, rng, 0.5)])
+        side[1] = 2 * a * (side[0] @ a) - side[0]  # side[0] mirrored about a: their mean points along a
+        side /= np.linalg.norm(side, axis=1, keepdims=True)
+        pb = g.enroll(embeddings=side, modality="face", model_id="m").person_id
+        res = g.identify(embedding=a, modality="face", model_id="m")
+        assert res.matches[0].person_id == pb and res.matches[0].score == pytest.approx(1.0, abs=1e-5)
+        # the same two photos as a body: max, so the closer one decides
+        g.enroll(pb, embeddings=side, modality="body", model_id="b")
+        body = g.identify(embedding=a, modality="body", model_id="b")
+        assert body.matches[0].score == pytest.approx(float((side @ a).max()), abs=1e-5)
+    with Gallery(str(tmp_path / "m.db"), aggregation={"body": "mean"}) as g:
+        assert g.aggregation == {"face": "centroid", "body": "mean"}
+    with pytest.raises(GalleryError, match="aggregation for face must be one of centroid, max, mean"):
+        Gallery(str(tmp_path / "h.db"), aggregation="median")
+    with pytest.raises(GalleryError, match=r"unknown modality \['voice'\]"):
+        Gallery(str(tmp_path / "h.db"), aggregation={"voice": "max"})
+    assert not (tmp_path / "h.db").exists()  # refused before anything was opened
 
 
 def test_cli_end_to_end(tmp_path: Path) -> None:

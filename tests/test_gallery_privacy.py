@@ -30,6 +30,8 @@ def wait_for(cond, timeout: float = 1.0) -> float:
     return time.perf_counter() - t0
 
 
+# max aggregation throughout: these tests follow templates between processes, and a stored template asked
+# again then scores 1 whatever else its person holds
 def best(g: Gallery, v: np.ndarray) -> int | None:
     r = g.identify(embedding=v, modality="body", model_id="m", k=1, threshold=0.9)
     return r.best.person_id if r.known else None
@@ -37,8 +39,8 @@ def best(g: Gallery, v: np.ndarray) -> int | None:
 
 def test_change_feed_reaches_another_process_within_a_second(db_url: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    a = Gallery(db_url, index_dir=tmp_path / "a")
-    b = Gallery(db_url, index_dir=tmp_path / "b")
+    a = Gallery(db_url, aggregation="max", index_dir=tmp_path / "a")
+    b = Gallery(db_url, aggregation="max", index_dir=tmp_path / "b")
     b.follow(poll_interval=0.1)
     try:
         v = unit(rng, 3)
@@ -63,14 +65,16 @@ def test_change_feed_reaches_another_process_within_a_second(db_url: str, tmp_pa
 def test_a_restarted_process_catches_up_from_the_sequence(db_url: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     v = unit(rng, 20)
-    a = Gallery(db_url, index_dir=tmp_path / "a")
-    b = Gallery(db_url, index_dir=tmp_path / "b")
+    a = Gallery(db_url, aggregation="max", index_dir=tmp_path / "a")
+    b = Gallery(db_url, aggregation="max", index_dir=tmp_path / "b")
     first = a.enroll(embeddings=v[:5], modality="body", model_id="m").person_id
     b.close()  # b is down while a keeps writing
     gone = a.enroll(embeddings=v[5:10], modality="body", model_id="m").person_id
     kept = a.enroll(embeddings=v[10:20], modality="body", model_id="m").person_id
     a.delete_person(gone)
-    b = Gallery(db_url, index_dir=tmp_path / "b")  # its snapshot is stale: rebuilt, then follows
+    b = Gallery(
+        db_url, aggregation="max", index_dir=tmp_path / "b"
+    )  # its snapshot is stale: rebuilt, then follows
     try:
         assert best(b, v[12]) == kept and best(b, v[0]) == first and best(b, v[7]) is None
         # a process that missed notifications: sync() alone brings it up to date
@@ -88,7 +92,7 @@ def test_a_restarted_process_catches_up_from_the_sequence(db_url: str, tmp_path:
 
 def test_change_rows_are_written_with_every_index_change(db_url: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
-    with Gallery(db_url, index_dir=tmp_path / "a") as g:
+    with Gallery(db_url, aggregation="max", index_dir=tmp_path / "a") as g:
         p = g.enroll(embeddings=unit(rng, 2), modality="body", model_id="m").person_id
         q = g.enroll(embeddings=unit(rng, 1), modality="body", model_id="m").person_id
         g.merge(p, q)
@@ -112,8 +116,17 @@ class Clock:
 def test_retention_sweep_erases_expired_anonymous_people_everywhere(db_url: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     clock = Clock()
-    a = Gallery(db_url, index_dir=tmp_path / "a", media_dir=tmp_path / "media", clock=clock, store_id="s1")
-    b = Gallery(db_url, index_dir=tmp_path / "b", media_dir=tmp_path / "media", clock=clock)
+    a = Gallery(
+        db_url,
+        aggregation="max",
+        index_dir=tmp_path / "a",
+        media_dir=tmp_path / "media",
+        clock=clock,
+        store_id="s1",
+    )
+    b = Gallery(
+        db_url, aggregation="max", index_dir=tmp_path / "b", media_dir=tmp_path / "media", clock=clock
+    )
     try:
         v = unit(rng, 4)
         old = a.identify_or_enroll(embedding=v[0], modality="body", model_id="m", threshold=0.9).person_id
@@ -153,8 +166,8 @@ def test_retention_sweep_erases_expired_anonymous_people_everywhere(db_url: str,
 
 def test_erasure_leaves_nothing(db_url: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
-    a = Gallery(db_url, index_dir=tmp_path / "a", media_dir=tmp_path / "media")
-    b = Gallery(db_url, index_dir=tmp_path / "b", media_dir=tmp_path / "media")
+    a = Gallery(db_url, aggregation="max", index_dir=tmp_path / "a", media_dir=tmp_path / "media")
+    b = Gallery(db_url, aggregation="max", index_dir=tmp_path / "b", media_dir=tmp_path / "media")
     try:
         v = unit(rng, 3)
         pid = a.enroll(embeddings=v, modality="body", model_id="m", display_name="Ann").person_id
@@ -189,7 +202,7 @@ def test_erasure_leaves_nothing(db_url: str, tmp_path: Path) -> None:
 
 def test_subject_access_export_holds_everything(db_url: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    with Gallery(db_url, index_dir=tmp_path / "a", media_dir=tmp_path / "media") as g:
+    with Gallery(db_url, aggregation="max", index_dir=tmp_path / "a", media_dir=tmp_path / "media") as g:
         v = unit(rng, 2)
         pid = g.create_person(
             "Bea", consent={"given_by": "Bea", "at": "2026-11-24", "scope": "entry"}, purpose="staff entry"
@@ -217,7 +230,7 @@ def test_subject_access_export_holds_everything(db_url: str, tmp_path: Path) -> 
 
 
 def test_audit_log_is_append_only(db_url: str, tmp_path: Path) -> None:
-    with Gallery(db_url, index_dir=tmp_path / "a") as g:
+    with Gallery(db_url, aggregation="max", index_dir=tmp_path / "a") as g:
         log = AuditLog(g.Session)
         log.write("delete", "ok", key_id="admin", subject="person:1")
         url = g.engine.url
@@ -233,7 +246,7 @@ def test_audit_log_is_append_only(db_url: str, tmp_path: Path) -> None:
 
 
 def test_sightings_with_an_event_id_are_stored_once(db_url: str, tmp_path: Path) -> None:
-    with Gallery(db_url, index_dir=tmp_path / "a") as g:
+    with Gallery(db_url, aggregation="max", index_dir=tmp_path / "a") as g:
         pid = g.create_person("C")
         first = g.record_sighting(pid, "cam1", event_id="cam1:10:3")
         assert g.record_sighting(pid, "cam1", event_id="cam1:10:3") == first
@@ -250,7 +263,7 @@ def test_retention_policy_rejects_bad_days() -> None:
 
 def test_erased_ids_are_never_handed_out_again(db_url: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
-    g = Gallery(db_url, index_dir=tmp_path / "a")
+    g = Gallery(db_url, aggregation="max", index_dir=tmp_path / "a")
     try:
         p1, p2 = g.create_person("one"), g.create_person("two")
         r3 = g.enroll(embeddings=unit(rng, 2), modality="body", model_id="m", display_name="three")
@@ -260,7 +273,9 @@ def test_erased_ids_are_never_handed_out_again(db_url: str, tmp_path: Path) -> N
         g.delete_person(p3)  # the newest person, template and sighting: what SQLite used to hand out again
     finally:
         g.close()
-    g = Gallery(db_url, index_dir=tmp_path / "a")  # a restart: nothing is remembered in memory
+    g = Gallery(
+        db_url, aggregation="max", index_dir=tmp_path / "a"
+    )  # a restart: nothing is remembered in memory
     try:
         r4 = g.enroll(embeddings=unit(rng, 1), modality="body", model_id="m", display_name="four")
         assert r4.person_id > max(p1, p2, p3) and min(r4.template_ids) > max(r3.template_ids)
@@ -276,7 +291,7 @@ def test_erased_ids_are_never_handed_out_again(db_url: str, tmp_path: Path) -> N
 def test_review_queue_offers_once_counts_and_outlives_erasure(db_url: str, tmp_path: Path) -> None:
     from gallery.review import ReviewDecidedError, ReviewQueue, UnknownReviewError
 
-    with Gallery(db_url, index_dir=tmp_path / "i") as g:
+    with Gallery(db_url, aggregation="max", index_dir=tmp_path / "i") as g:
         a, b, c = (g.create_person(n) for n in ("a", "b", "c"))
         q = ReviewQueue(g.Session)
         nums = {"score": 0.66, "normalised": 0.66, "threshold": 0.7, "modality": "body", "model_id": "m"}

@@ -31,13 +31,20 @@ def card_threshold(rng: np.random.Generator, persons: int) -> float:
     return threshold_at_far((strangers @ gallery.T).max(axis=1), FAR)
 
 
+def centroid(album: np.ndarray) -> np.ndarray:
+    """What a person's photos score a query by (the gallery's default aggregation): their normalised mean."""
+    c = album.sum(axis=0)
+    return c / np.linalg.norm(c)
+
+
 def loo_scores(albums: list[np.ndarray]) -> np.ndarray:
-    """Every photo against every other person (its best photo): from the definition."""
+    """Every photo against every other person (the cosine to their normalised mean photo): from the
+    definition."""
     photos = np.concatenate(albums)
     owner = np.repeat(np.arange(len(albums)), [len(a) for a in albums])
     best = np.full(len(photos), -np.inf)
     for p, album in enumerate(albums):
-        s = (photos @ album.T).max(axis=1)
+        s = photos @ centroid(album)
         best = np.where(owner != p, np.maximum(best, s), best)
     return best
 
@@ -132,15 +139,15 @@ def hub_photos(rng: np.random.Generator, people: int, photos: int) -> np.ndarray
 
 def loo_choice(albums: list[np.ndarray], far: float, card_beta: float, betas, min_gain: float):
     """The rule the gallery should choose, from the definition: every photo asked with itself left out, its
-    own person's best other photo (if any) and the two best other persons; per beta the ``far`` quantile of the
+    own person's other photos (if any) and the two best other persons, each scored by its centroid; per beta the ``far`` quantile of the
     strangers' normalised scores, and the share of mated photos ranked first and above it."""
     own, first, second = [], [], []
     for p, album in enumerate(albums):
         for j in range(len(album)):
             q = album[j]
-            mine = np.delete(album, j, axis=0) @ q
-            others = sorted(((a @ q).max() for o, a in enumerate(albums) if o != p), reverse=True)
-            own.append(mine.max() if len(mine) else np.nan)
+            mine = np.delete(album, j, axis=0)
+            others = sorted((centroid(a) @ q for o, a in enumerate(albums) if o != p), reverse=True)
+            own.append(centroid(mine) @ q if len(mine) else np.nan)
             first.append(others[0])
             second.append(others[1])
     own, first, second = np.array(own), np.array(first), np.array(second)
