@@ -38,7 +38,7 @@ AGGREGATIONS = ("centroid", "max", "mean")
 # 1 % strangers: 87.3 % named against 81.6 % for the best photo). Bodies: the best template, because a person's
 # body templates may hold different clothes (camera tracks, bodies linked by a face) whose mean matches none
 # of them; cuhk03-np's validation identities favoured the centroid too (32.3 vs 29.8 % named with 3 images),
-# but each wears one outfit there, so that data cannot speak for a store's.
+# but each wears one outfit there, so that data cannot speak for a store's. benchmarks/aggregation_choice.py.
 DEFAULT_AGGREGATION = {"face": "centroid", "body": "max"}
 
 
