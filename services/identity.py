@@ -367,7 +367,8 @@ class IdentityPolicy:
         """Whole-track match of a track that created its person early; merge that person into a known one."""
         g, mine = self.gallery, a.person_id
         apart = self._apart.get(ev.key, set()) | self._together.get(mine, set())
-        r = self._identify(ev, "body", k=3 + len(apart))
+        # persons it was seen beside may fill the top; past 50 the whole track merges into nobody (the safe side)
+        r = self._identify(ev, "body", k=3 + min(len(apart), 47))
         others = [m for m in r.matches if m.person_id != mine and m.person_id not in apart]
         if not others:
             return
