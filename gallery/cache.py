@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from gallery.errors import GalleryError, IndexMismatchError
+from gallery.errors import EmbeddingError, GalleryError, IndexMismatchError
 from gallery.index import IndexConfig, VectorIndex
 from gallery.models import Change
 from gallery.store import GalleryStore, Key
+from reid.metrics.aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, aggregate
 
 logger = logging.getLogger(__name__)
 
@@ -33,44 +34,31 @@ def key_name(key: Key) -> str:
     return f"{key[0]}__{safe}__{hashlib.sha256(key[1].encode()).hexdigest()[:8]}"
 
 
-AGGREGATIONS = ("centroid", "max", "mean")
-# Faces: the centroid, chosen on validation identities (CelebA, dlib flip embeddings, 3 photos per person,
-# 1 % strangers: 87.3 % named against 81.6 % for the best photo). Bodies: the best template, because a person's
-# body templates may hold different clothes (camera tracks, bodies linked by a face) whose mean matches none
-# of them; cuhk03-np's validation identities favoured the centroid too (32.3 vs 29.8 % named with 3 images),
-# but each wears one outfit there, so that data cannot speak for a store's. benchmarks/aggregation_choice.py.
-DEFAULT_AGGREGATION = {"face": "centroid", "body": "max"}
-
-
 def aggregation_by_modality(aggregation: str | Mapping[str, str] | None) -> dict[str, str]:
-    """``aggregation`` for every modality: one name for all, a mapping over the defaults, or None (defaults)."""
+    """``aggregation`` for every modality: one name for all, a mapping over the defaults
+    (``reid.metrics.aggregation.DEFAULT_AGGREGATION``), or None (the defaults)."""
     if aggregation is None:
         return dict(DEFAULT_AGGREGATION)
     if isinstance(aggregation, str):
-        chosen = dict.fromkeys(DEFAULT_AGGREGATION, aggregation)
-    else:
-        unknown = set(aggregation) - set(DEFAULT_AGGREGATION)
-        if unknown:
-            raise GalleryError(
-                f"aggregation: unknown modality {sorted(unknown)}; known: {', '.join(DEFAULT_AGGREGATION)}"
-            )
-        chosen = {**DEFAULT_AGGREGATION, **aggregation}
+        if aggregation not in AGGREGATIONS:
+            raise GalleryError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+        return dict.fromkeys(DEFAULT_AGGREGATION, aggregation)
+    if not isinstance(aggregation, Mapping):
+        raise GalleryError(
+            f"aggregation must be a name ({', '.join(AGGREGATIONS)}) or {{modality: name}}, got {aggregation!r}"
+        )
+    unknown = set(aggregation) - set(DEFAULT_AGGREGATION)
+    if unknown:
+        raise GalleryError(
+            f"aggregation: unknown modality {sorted(unknown)}; known: {', '.join(DEFAULT_AGGREGATION)}"
+        )
+    chosen = {**DEFAULT_AGGREGATION, **aggregation}
     for modality, how in chosen.items():
         if how not in AGGREGATIONS:
             raise GalleryError(
                 f"aggregation for {modality} must be one of {', '.join(AGGREGATIONS)}, got {how!r}"
             )
     return chosen
-
-
-def aggregate(vectors: np.ndarray, q: np.ndarray, how: str) -> float:
-    """A person's score for unit query ``q`` (D,) from their templates ``vectors`` (n, D): ``centroid`` is the
-    cosine to the normalised mean template, ``max`` the best template's similarity, ``mean`` the mean one's."""
-    if how == "centroid":
-        c = vectors.sum(axis=0)
-        return float(c @ q / max(float(np.linalg.norm(c)), 1e-12))
-    sims = vectors @ q
-    return float(sims.mean() if how == "mean" else sims.max())
 
 
 class IndexCache:
@@ -349,6 +337,7 @@ class IndexCache:
                     best[pid] = (sim, tid)
             how = self.how(index)
             if how != "max":
+                by_max = dict(best)
                 counts = self.key_persons.get(key, {})
                 for pid in best:
                     if counts.get(pid, 0) < 2:
@@ -358,7 +347,13 @@ class IndexCache:
                         for t in self.templates_of.get(pid, ())
                         if self.key_of.get(t) == key and t not in index.tombstones and t != exclude
                     ]
-                    if tids:
-                        best[pid] = (aggregate(index.reconstruct(tids), q[0], how), best[pid][1])
+                    if not tids:
+                        continue
+                    try:
+                        vectors = index.reconstruct(tids)
+                    except EmbeddingError:  # swapped to ivfpq since ``how`` was read: no vectors, so max
+                        best = by_max
+                        break
+                    best[pid] = (aggregate(vectors, q[0], how), best[pid][1])
         ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
         return [(pid, float(score), tid) for pid, (score, tid) in ranked]

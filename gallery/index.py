@@ -112,7 +112,8 @@ class IndexConfig:
     ivf_nlist: int = 0  # 0: about 2 * sqrt(n)
     ivf_nprobe: int = 64
     # ivfpq (very large galleries): pq_m bytes of code + 8 bytes of id per template, no raw vectors in memory
-    # (the database keeps them); scores are approximate and mean aggregation is unavailable
+    # (the database keeps them); scores are approximate, and persons rank by their best template (centroid and
+    # mean aggregation need the vectors)
     pq_m: int = 64
     # OpenMP threads for a search of fewer than ``small_batch`` queries (0: all); see the module docstring
     search_threads: int = field(default_factory=search_threads_from_env)
@@ -328,7 +329,7 @@ class VectorIndex(BackgroundRebuilds):
     def _no_vectors(self) -> EmbeddingError:
         return EmbeddingError(
             f"index {self.modality}/{self.model_id} is ivfpq (compressed codes): vectors cannot be read back; "
-            "use max aggregation, and the database for exports"
+            "persons rank by their best template here, and exports read the database"
         )
 
     def reconstruct(self, ids) -> np.ndarray:

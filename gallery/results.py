@@ -27,7 +27,7 @@ class EnrollResult:
 class PersonMatch:
     person_id: int
     score: float
-    template_id: int  # the best-matching template
+    template_id: int  # the most similar template (score aggregates them all: gallery.cache.IndexCache.how)
     display_name: str | None = None
     external_id: str | None = None
 

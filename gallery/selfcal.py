@@ -37,9 +37,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gallery.cache import IndexCache, aggregate
+from gallery.cache import IndexCache
 from gallery.decision import Decision
 from gallery.store import Key
+from reid.metrics.aggregation import aggregate
 from reid.metrics.open_set import threshold_at_far
 from reid.metrics.open_set_decision import NO_COMPETITOR, cohort_best
 

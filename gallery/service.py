@@ -451,9 +451,10 @@ class Gallery:
         strangers. ``rule="margin"`` weighs the best score against the runner-up (second person or a cohort of
         never-enrolled people: ``cohort``, else ``cohort_fraction`` of the identities given, one image each) and
         chooses beta; ``rule="raw"`` thresholds the best score alone. The threshold is the smallest value at
-        which at most ``target_far`` of the strangers are accepted.
+        which at most ``target_far`` of the strangers are accepted. A simulated person's templates score a probe
+        as this gallery's ``aggregation`` for the modality scores its persons.
         """
         return self.decisions.calibrate(
             modality, model_id, embeddings, labels, target_far, store, rule, enroll_per_id, cohort,
-            cohort_fraction, seed,
+            cohort_fraction, seed, aggregation=self.cache.aggregation.get(modality, "max"),
         )  # fmt: skip

@@ -135,8 +135,10 @@ class Decisions:
         cohort: np.ndarray | None = None,
         cohort_fraction: float = 1 / 3,
         seed: int = 0,
+        aggregation: str = "max",
     ) -> CalibrationResult:
-        """Calibrate this model's open-set decision on labelled embeddings; see ``Gallery.calibrate_threshold``."""
+        """Calibrate this model's open-set decision on labelled embeddings; see ``Gallery.calibrate_threshold``.
+        ``aggregation``: how the gallery scores a person's templates (its ``enroll_per_id`` are scored so too)."""
         from reid.metrics.open_set_decision import calibrate_decision, calibrate_with_cohort
 
         if rule not in RULES:
@@ -148,7 +150,7 @@ class Decisions:
         try:
             if rule == "margin" and cohort is None:  # carved out of the identities given, as a model card's
                 cal, cohort = calibrate_with_cohort(
-                    vecs, labels, target_far, enroll_per_id, cohort_fraction, seed
+                    vecs, labels, target_far, enroll_per_id, cohort_fraction, seed, aggregation=aggregation
                 )
             else:
                 if cohort is not None:
@@ -156,6 +158,7 @@ class Decisions:
                 cal = calibrate_decision(
                     vecs, labels, target_far, enroll_per_id, cohort if rule == "margin" else None,
                     betas=(0.0, 0.25, 0.5, 0.75, 1.0) if rule == "margin" else (0.0,), seed=seed,
+                    aggregation=aggregation,
                 )  # fmt: skip
         except EvaluationError as e:
             raise GalleryError(str(e)) from e

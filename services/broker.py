@@ -14,7 +14,7 @@ import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -63,7 +63,10 @@ class TrackEvent:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TrackEvent:
-        return cls(**json.loads(data))
+        """An event; fields this version does not know (from newer workers) are left out, not fatal."""
+        raw = json.loads(data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 async def ensure_stream(

@@ -129,8 +129,9 @@ class IdentityPolicy:
     def moved(self, camera_id: str, key: str, frame: int, box: np.ndarray) -> None:
         """A named track's box in ``frame`` (call every frame it is matched in, so boxes compare at one time)."""
         claim = self._named.get(camera_id, {}).get(key)
-        if claim is not None:
-            claim.ev.last_frame, claim.ev.box = max(claim.ev.last_frame, frame), box
+        # an older box (from a redelivered event) says nothing about where the track stands now
+        if claim is not None and frame >= claim.ev.last_frame:
+            claim.ev.last_frame, claim.ev.box = frame, box
             self._note_together(claim)
 
     def together(self, person_id: int) -> set[int]:
@@ -231,7 +232,7 @@ class IdentityPolicy:
         else a new one (``may_create``), else nobody."""
         held = {c.a.person_id for c in self._beside(ev)}
         excluded = self._apart.get(ev.key, set()) | held
-        r = self._identify(ev, "body", k=len(excluded) + 3)
+        r = self._identify(ev, "body", k=3 + min(len(excluded), 47))  # as _reassociate: at most 50
         others = [m for m in r.matches if m.person_id not in excluded]
         v = None
         if others:
@@ -269,7 +270,7 @@ class IdentityPolicy:
             self._note_together(claim)
             if a.matched_by == "face" and self.enroll:
                 self._link_body(a, ev)  # this body appearance belongs to the person the face named
-            elif ev.face is not None and not face_named:
+            elif ev.face is not None and not face_named and self.enroll:
                 self._adopt_face(a, ev)
         elif fragment is not None:
             logger.info(

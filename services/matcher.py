@@ -82,6 +82,9 @@ class Matcher:
     def _boxes_beside(self, ev: TrackEvent) -> None:
         """The boxes of the camera's other tracks when the event was made (workers send them), so the two-people
         rule compares tracks in view together even when their segments end at different frames."""
+        if ev.beside is not None and not isinstance(ev.beside, list):
+            logger.warning("event %s: 'beside' is not a list (%r); ignored", ev.event_id, ev.beside)
+            return
         for b in ev.beside or ():
             try:
                 key, frame = f"{ev.camera_id}:{int(b['track_id'])}", int(b["frame"])

@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -188,6 +189,19 @@ def test_workers_and_the_matcher_name_the_lab_videos_as_the_camera_command_does(
     # cam2's track 1 is the second person (left); tracks 2 and 3 are the man (track 2 a partly hidden piece)
     assert persons == 2, latest
     assert latest["cam1:1"] == latest["cam2:2"] == latest["cam2:3"] != latest["cam2:1"], latest
+
+
+def test_an_event_with_fields_this_version_does_not_know_still_reads() -> None:
+    """Workers may be upgraded before the matcher: unknown fields are left out, the event is handled."""
+    import json
+
+    from services.broker import TrackEvent
+
+    ev = TrackEvent(
+        "c:1:0", "c", 1, 0, 0, 8, 8, [0, 0, 1, 1], "body", "m", TrackEvent.encode_vector(np.ones(4))
+    )
+    raw = {**json.loads(ev.to_bytes()), "from_the_future": [1, 2]}
+    assert TrackEvent.from_bytes(json.dumps(raw).encode()) == ev
 
 
 async def _drop(name: str) -> bool:

@@ -538,6 +538,28 @@ def test_persons_seen_side_by_side_are_never_merged_by_a_re_association(tmp_path
         assert matcher.policy.together(got["cam2:1"]) == {got["cam1:1"]}
 
 
+def test_an_older_box_arriving_late_does_not_move_a_track(tmp_path: Path) -> None:
+    """A redelivered event can bring a track's box from an earlier frame after a newer one: it is ignored, so
+    two tracks standing on one spot now are not paired as two people by where one of them stood before."""
+    from services.identity import IdentityPolicy, TrackEvidence
+
+    rng = np.random.default_rng(4)
+    a, b = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 16)).astype(np.float32))
+    here = np.array([400.0, 0, 500, 300])
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.9}) as g:
+        policy = IdentityPolicy(g)
+
+        def ev(key, body):
+            return TrackEvidence(key, "cam", body, "m", 8, 0, 200, box=here.copy())
+
+        pa, pb = policy.assign(ev("cam:1", a)).person_id, policy.assign(ev("cam:2", b)).person_id
+        assert pa != pb and policy.together(pa) == set()  # one spot: a split, not two people
+        policy.moved("cam", "cam:2", 100, np.array([0.0, 0, 100, 300]))  # where track 2 stood at frame 100
+        assert policy.together(pa) == set()
+        policy.moved("cam", "cam:2", 201, np.array([0.0, 0, 100, 300]))  # a newer box, apart: two people
+        assert policy.together(pa) == {pb}
+
+
 def test_a_matcher_restart_keeps_a_renamed_tracks_new_name(tmp_path: Path) -> None:
     """The look-alike's track is renamed while both are in view; a matcher restarted after that reads the track's
     person from its latest sighting (the new name), not its first (the name proved wrong)."""

@@ -728,11 +728,34 @@ def test_faces_aggregate_by_centroid_and_bodies_by_max_unless_told(tmp_path: Pat
         assert body.matches[0].score == pytest.approx(float((side @ a).max()), abs=1e-5)
     with Gallery(str(tmp_path / "m.db"), aggregation={"body": "mean"}) as g:
         assert g.aggregation == {"face": "centroid", "body": "mean"}
-    with pytest.raises(GalleryError, match="aggregation for face must be one of centroid, max, mean"):
+    with pytest.raises(GalleryError, match="aggregation must be one of centroid, max, mean, got 'median'"):
         Gallery(str(tmp_path / "h.db"), aggregation="median")
+    with pytest.raises(GalleryError, match="aggregation for body must be one of"):
+        Gallery(str(tmp_path / "h.db"), aggregation={"body": "median"})
+    with pytest.raises(
+        GalleryError, match=r"must be a name \(centroid, max, mean\) or \{modality: name\}, got 3"
+    ):
+        Gallery(str(tmp_path / "h.db"), aggregation=3)
     with pytest.raises(GalleryError, match=r"unknown modality \['voice'\]"):
         Gallery(str(tmp_path / "h.db"), aggregation={"voice": "max"})
     assert not (tmp_path / "h.db").exists()  # refused before anything was opened
+
+
+def test_calibrating_several_photos_per_person_scores_them_as_the_gallery_does(tmp_path: Path) -> None:
+    """calibrate_threshold with 3 photos per identity: the simulated persons are scored by the gallery's
+    aggregation for the modality (centroid for faces), so the stored threshold is the one identify meets."""
+    from reid.metrics.open_set_decision import calibrate_with_cohort
+
+    rng = np.random.default_rng(21)
+    who = unit(rng, 60)
+    photos = who[:, None, :] + 0.35 * rng.normal(size=(60, 6, 32)).astype(np.float32)
+    emb = (photos / np.linalg.norm(photos, axis=2, keepdims=True)).reshape(-1, 32)
+    labels = np.repeat(np.arange(60), 6)
+    with Gallery(str(tmp_path / "g.db")) as g:
+        got = g.calibrate_threshold("face", "m", emb, labels, target_far=0.05, enroll_per_id=3, store=False)
+    for how, same in (("centroid", True), ("max", False)):
+        cal, _ = calibrate_with_cohort(emb, labels, 0.05, 3, aggregation=how)
+        assert (got.threshold == pytest.approx(cal.threshold)) is same, how
 
 
 def test_cli_end_to_end(tmp_path: Path) -> None:

@@ -488,3 +488,33 @@ def test_thresholds_by_gallery_size_hold_the_false_accept_rate_of_random_galleri
     assert table[60] == pytest.approx(_solve([sims], 0.05, 60, "empirical"))
     assert table[1] == table[5] == table[20] == table[60]  # below the validation size: floored at its value
     assert table[60] < table[500] < table[5000] < 1.0  # past it: rising with the gallery
+
+
+@pytest.mark.parametrize("how", ["centroid", "max", "mean"])
+def test_person_scores_equal_the_per_person_aggregation_and_its_definition(how: str) -> None:
+    from reid.metrics.aggregation import aggregate, person_scores
+
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(9, 8))
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    owner = np.array([0, 0, 1, 2, 2, 2, 3, 1, 0])
+    q = rng.normal(size=(5, 8))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    got = person_scores(q, t, owner, how)
+    for i in range(len(q)):
+        for j in range(4):
+            mine = t[owner == j]
+            c = mine.mean(axis=0)
+            want = {
+                "centroid": c @ q[i] / np.linalg.norm(c),
+                "max": (mine @ q[i]).max(),
+                "mean": (mine @ q[i]).mean(),
+            }
+            assert got[i, j] == pytest.approx(want[how]) == aggregate(mine, q[i], how)
+
+
+def test_an_unknown_aggregation_is_refused_by_name() -> None:
+    from reid.metrics.aggregation import aggregate
+
+    with pytest.raises(EvaluationError, match="aggregation must be one of centroid, max, mean, got 'median'"):
+        aggregate(np.ones((1, 2)), np.ones(2), "median")

@@ -299,13 +299,14 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                 loss, values = self.ddp(x, y)
-            if not torch.isfinite(loss):
-                # One NaN step poisons every weight through the optimiser; stop before it is taken
+            if self._diverged(loss):
+                # one NaN step poisons every weight through the optimiser; stop before it is taken (a float16
+                # grad scaler skips such steps itself and lowers its scale, so it is left to do that)
                 terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k.startswith("loss/"))
                 raise TrainingDivergedError(
-                    f"the loss is not finite at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} ({terms}); "
-                    f"{self.out / 'last.pt'} holds the last finished epoch. Lower optimizer.lr, set "
-                    "train.grad_clip, or train in float32 (train.amp_dtype auto)"
+                    f"the loss is not finite at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} ({terms}) "
+                    f"on some rank; {self.out / 'last.pt'} (if written) holds the last saved state. Lower "
+                    "optimizer.lr, set train.grad_clip, or train in float32 (train.amp_dtype auto)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -324,6 +325,16 @@ class Trainer:
                 writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.global_step)
             self._last_values = values
         bar.close()
+
+    def _diverged(self, loss: torch.Tensor) -> bool:
+        """A non-finite loss on any rank (all ranks stop together: one stopping alone would leave the others
+        waiting in the gradient all-reduce); never under a float16 grad scaler, which skips the step."""
+        if self.scaler.is_enabled():
+            return False
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bool(bad.item())
 
     def _writer(self):
         if not self.is_main:

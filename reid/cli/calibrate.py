@@ -26,6 +26,7 @@ from reid.cli.common import make_parser, run, setup_logging
 from reid.data import holdout_identities, read_identity_folders
 from reid.data.readers import read_extra_train, read_market_folder
 from reid.errors import ConfigError, DatasetError
+from reid.metrics.aggregation import AGGREGATIONS, DEFAULT_AGGREGATION
 from reid.metrics.open_set_decision import calibrate_with_cohort
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--enroll-per-id", type=int, default=1)
     p.add_argument("--cohort-fraction", type=float, default=1 / 3)
     p.add_argument("--flip", action="store_true", help="flip-averaged embeddings (a different model_id)")
+    p.add_argument(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        help="how --enroll-per-id templates score a probe (default: the gallery's for the modality: "
+        + ", ".join(f"{m} {a}" for m, a in DEFAULT_AGGREGATION.items())
+        + ")",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", help="dlib only: .npz of embeddings in --data's order (plain / flip)")
     p.add_argument("--write", action="store_true", help="store the decision with the model")
@@ -101,12 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             emb = DlibFaceEmbedder(on_no_face="center", flip=args.flip).embed(paths)
         model_id = "dlib-resnet-v1-128" + ("-flip" if args.flip else "")
     labels = np.asarray(labels)
+    modality = embedder.meta.modality if args.checkpoint else "face"
+    aggregation = args.aggregation or DEFAULT_AGGREGATION.get(modality, "max")
     cal, cohort = calibrate_with_cohort(
-        emb, labels, args.far, args.enroll_per_id, args.cohort_fraction, args.seed
+        emb, labels, args.far, args.enroll_per_id, args.cohort_fraction, args.seed, aggregation=aggregation
     )
     print(f"model {model_id}: {len(np.unique(labels))} identities, {len(labels)} images ({data})")
     print(f"cohort {len(cohort)} identities; calibrated on {cal.n_identities} "
-          f"({cal.n_mated} mated probes, {cal.n_strangers} stranger probes, {args.enroll_per_id} enrolled each)")  # fmt: skip
+          f"({cal.n_mated} mated probes, {cal.n_strangers} stranger probes, {args.enroll_per_id} enrolled each, "
+          f"{aggregation} of a person's templates)")  # fmt: skip
     print(f"{'beta':>6} {'DIR at FAR ' + format(args.far, 'g'):>16}")
     for beta, d in cal.by_beta.items():
         print(f"{beta:6.2f} {d:16.2%}{'  <- chosen' if beta == cal.beta else ''}")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from reid.metrics.aggregation import person_scores
 from reid.metrics.open_set import threshold_at_far
 from reid.metrics.rank import EvaluationError
 
@@ -91,8 +92,9 @@ class DecisionCalibration:
         return d
 
 
-def _fold_scores(emb, labels, enrolled_ids, stranger_ids, enroll_per_id, cohort, betas):
-    """Mated and stranger probes of one simulated gallery: (raw parts per beta) for every probe."""
+def _fold_scores(emb, labels, enrolled_ids, stranger_ids, enroll_per_id, cohort, betas, aggregation="max"):
+    """Mated and stranger probes of one simulated gallery: (raw parts per beta) for every probe; a person's
+    templates score a probe by ``aggregation`` (``reid.metrics.aggregation``), as the gallery will."""
     templates, owners, mated_q, mated_y, strangers = [], [], [], [], []
     for pid in enrolled_ids:
         ix = np.flatnonzero(labels == pid)
@@ -107,10 +109,7 @@ def _fold_scores(emb, labels, enrolled_ids, stranger_ids, enroll_per_id, cohort,
     persons, inv = np.unique(owners, return_inverse=True)
     probes = np.concatenate(mated_q + strangers)
     n_mated = sum(len(m) for m in mated_q)
-    sim_t = emb[probes] @ emb[t].T
-    sim = np.full((len(probes), len(persons)), -np.inf)
-    for j in range(len(persons)):  # max over each person's templates
-        sim[:, j] = sim_t[:, inv == j].max(axis=1)
+    sim = person_scores(emb[probes], emb[t], inv, aggregation)
     cb = cohort_best(emb[probes], cohort)
     out = {}
     for beta in betas:
@@ -278,10 +277,12 @@ def calibrate_decision(
     cohort: np.ndarray | None = None,
     betas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
     seed: int = 0,
+    aggregation: str = "max",
 ) -> DecisionCalibration:
     """Choose ``beta`` (the one naming most mated probes at ``target_far``) and the threshold, on validation
     identities that never appear in ``cohort``. Identities with fewer than ``enroll_per_id + 1`` images only
-    ever play strangers."""
+    ever play strangers. ``aggregation``: how a person's ``enroll_per_id`` templates score a probe (the one the
+    gallery that uses this decision ranks by; any is the same with one template)."""
     emb = np.asarray(embeddings, dtype=np.float32)
     labels = np.asarray(labels)
     if emb.ndim != 2 or len(emb) != len(labels):
@@ -303,7 +304,7 @@ def calibrate_decision(
         if not enrolled:
             continue
         fold, stranger_sims, stranger_cb = _fold_scores(
-            emb, labels, enrolled, strangers, enroll_per_id, cohort, betas
+            emb, labels, enrolled, strangers, enroll_per_id, cohort, betas, aggregation
         )
         for beta, parts in fold.items():
             for acc, part in zip(pooled[beta], parts):
@@ -368,10 +369,12 @@ def calibrate_with_cohort(
     cohort_fraction: float = 1 / 3,
     seed: int = 0,
     betas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    aggregation: str = "max",
 ) -> tuple[DecisionCalibration, np.ndarray]:
     """How a model card is made (``reid-calibrate``): ``split_cohort`` carves the cohort out of the validation
     identities, the others calibrate. Returns the calibration and the cohort it was made with."""
     labels = np.asarray(labels)
     cohort, keep = split_cohort(embeddings, labels, cohort_fraction, seed)
     emb = np.asarray(embeddings)[keep]
-    return calibrate_decision(emb, labels[keep], target_far, enroll_per_id, cohort, betas, seed), cohort
+    cal = calibrate_decision(emb, labels[keep], target_far, enroll_per_id, cohort, betas, seed, aggregation)
+    return cal, cohort

@@ -65,7 +65,8 @@ class MatchOut(FromResult):
     person_id: int
     score: float
     template_id: int = Field(
-        description="the person's best-matching template (its crop: /persons/{id}/templates/{tid}/image)"
+        description="the person's most similar template (its crop: /persons/{id}/templates/{tid}/image); "
+        "the score aggregates all their templates of this model"
     )
     display_name: str | None
     external_id: str | None
@@ -88,7 +89,11 @@ class Evidence(BaseModel):
     """What the known / unknown answer was decided on."""
 
     decision: DecisionOut | None = None
-    score: float | None = Field(None, description="the best person's raw cosine similarity")
+    score: float | None = Field(
+        None,
+        description="the best person's similarity before normalisation: the cosine to their normalised mean "
+        "template for faces, to their best template for bodies (the gallery's aggregation)",
+    )
     runner_up: float | None = Field(None, description="the best competitor: second person, or the cohort")
     normalised_score: float | None = Field(None, description="the value compared with the threshold")
 

@@ -180,7 +180,7 @@ class CameraPipeline:
 
     def _event(self, track: Track, camera_id: str, final: bool, live: Iterable[Track] = ()) -> TrackEvent:
         """One published segment of ``track``; ``live``: the camera's tracks, each sent with its latest box and
-        that box's frame (a track the detector missed in this frame was still beside it a frame ago)."""
+        that box's frame (a track the detector missed lately keeps its last box, up to the tracker's max age)."""
         seg = track.segments
         track.segments += 1
         ev = self._evidence(track, camera_id)
@@ -281,8 +281,8 @@ class CameraPipeline:
                             source.camera_id, f"{source.camera_id}:{t.id}", frame.index, t.box.copy()
                         )
             self._embed_tracks(frame, matched, source.camera_id, tracker.tracks)
-            for t in ended:
-                self._finish(t, source.camera_id, 0.0, stats, tracker.tracks)
+            for t in ended:  # tracks ending together were beside each other too
+                self._finish(t, source.camera_id, 0.0, stats, [*tracker.tracks, *ended])
             if ended and self.policy is not None:  # named tracks ended before every live track began
                 oldest = min((t.first_frame for t in tracker.tracks), default=frame.index + 1)
                 self.policy.forget_before(source.camera_id, oldest)
@@ -293,8 +293,9 @@ class CameraPipeline:
                     writer = self._draw(writer, annotate, img)
                 if self.status is not None:
                     self._tile(source.camera_id, img, tracker.tracks, stats, t0)
-        for t in tracker.flush():
-            self._finish(t, source.camera_id, 0.0, stats)
+        rest = tracker.flush()
+        for t in rest:
+            self._finish(t, source.camera_id, 0.0, stats, rest)
         if self.policy is not None:  # every track of this run has ended: a later run starts afresh
             self.policy.forget_camera(source.camera_id)
         stats.seconds = time.perf_counter() - t0
