@@ -137,17 +137,24 @@ def hub_photos(rng: np.random.Generator, people: int, photos: int) -> np.ndarray
     return unit(who + 0.8 * rng.normal(size=(people, photos, D)) / D**0.5 + lean * shared)
 
 
-def loo_choice(albums: list[np.ndarray], far: float, card_beta: float, betas, min_gain: float):
+def loo_choice(
+    albums: list[np.ndarray], far: float, card_beta: float, betas, min_gain: float, how: str = "centroid"
+):
     """The rule the gallery should choose, from the definition: every photo asked with itself left out, its
-    own person's other photos (if any) and the two best other persons, each scored by its centroid; per beta the ``far`` quantile of the
-    strangers' normalised scores, and the share of mated photos ranked first and above it."""
+    own person's other photos (if any) and the two best other persons, each scored by ``how`` (the cosine to
+    their normalised mean photo, or their best photo); per beta the ``far`` quantile of the strangers'
+    normalised scores, and the share of mated photos ranked first and above it."""
+
+    def score(album: np.ndarray, q: np.ndarray) -> float:
+        return float(centroid(album) @ q if how == "centroid" else (album @ q).max())
+
     own, first, second = [], [], []
     for p, album in enumerate(albums):
         for j in range(len(album)):
             q = album[j]
             mine = np.delete(album, j, axis=0)
-            others = sorted((centroid(a) @ q for o, a in enumerate(albums) if o != p), reverse=True)
-            own.append(centroid(mine) @ q if len(mine) else np.nan)
+            others = sorted((score(a, q) for o, a in enumerate(albums) if o != p), reverse=True)
+            own.append(score(mine, q) if len(mine) else np.nan)
             first.append(others[0])
             second.append(others[1])
     own, first, second = np.array(own), np.array(first), np.array(second)
@@ -162,9 +169,9 @@ def loo_choice(albums: list[np.ndarray], far: float, card_beta: float, betas, mi
     return best, thresholds[best], named
 
 
-@pytest.mark.parametrize("photos", [1, 3])
+@pytest.mark.parametrize("photos, how", [(1, "centroid"), (3, "centroid"), (3, "max")])
 def test_a_gallery_with_mated_photos_chooses_the_margin_weight_its_own_people_need(
-    tmp_path: Path, photos: int
+    tmp_path: Path, photos: int, how: str
 ) -> None:
     """The card says raw (beta 0), chosen on photos that all lean alike. In a store whose photos lean by
     different amounts, the enrolled photos themselves (each asked with itself left out) show that a margin
@@ -181,7 +188,7 @@ def test_a_gallery_with_mated_photos_chooses_the_margin_weight_its_own_people_ne
     card = {"rule": "raw", "threshold": 0.5, "target_far": FAR}
     outcome = {}
     for choose in (False, True):
-        with Gallery(f"sqlite:///{tmp_path}/g{choose}.db", index_dir=None) as g:
+        with Gallery(f"sqlite:///{tmp_path}/g{choose}.db", index_dir=None, aggregation={"face": how}) as g:
             if not choose:  # the card's rule, its threshold re-read: what choosing is measured against
                 g.selfcal.min_mated = 10**9
             g.register_card("face", "m", card)
@@ -196,7 +203,7 @@ def test_a_gallery_with_mated_photos_chooses_the_margin_weight_its_own_people_ne
     if photos == 1:
         assert (r.rule, r.mated, r.named) == ("raw", 0, {}) and named == outcome[False][1]
         return
-    beta, threshold, by_beta = loo_choice(albums, FAR, 0.0, BETAS, 0.01)
+    beta, threshold, by_beta = loo_choice(albums, FAR, 0.0, BETAS, 0.01, how)
     assert (r.rule, r.beta, r.mated) == ("margin", beta, len(queries) * photos) and beta > 0
     assert r.threshold == pytest.approx(threshold, abs=1e-6)
     assert r.named == pytest.approx(by_beta, abs=1e-9)
