@@ -126,6 +126,12 @@ def main() -> None:
                         (f"card: {cal.rule}" + (" by size" if cal.by_size else ""), cal.beta, thr, None)
                     )
                     raw, _ = calibrate_with_cohort(val[0], val[1], far, betas=(0.0,))
+                    if cal.rule != "raw":  # the raw rule's size table, read here, beside the card's margin
+                        g.set_threshold("body", e.model_id, raw.threshold, rule="raw", by_size=raw.by_size)
+                        at = g.decision_for("body", e.model_id).threshold_at(len(templates))
+                        rows.append(("raw by size", 0.0, at, at))
+                        g.set_threshold("body", e.model_id, cal.threshold, rule=cal.rule, beta=cal.beta,
+                                        cohort=cohort, by_size=cal.by_size)  # fmt: skip  # the card decides again
                     rows.append((f"raw at val. size {raw.gallery_size}", 0.0, raw.threshold, raw.threshold))
                 t = threshold_at_far(raw_strangers, far)
                 rows.append(("raw (test strangers)", 0.0, t, t))

@@ -9,6 +9,7 @@ model_id is unchanged) or, for dlib, in ``reid/face/cards/``.
 
 Examples:
   reid-calibrate --checkpoint runs/cpu_val_mobilenetv2/best.pt --write
+  reid-calibrate --checkpoint runs/cpu_val256_mobilenetv2/best.pt --rule raw --write
   reid-calibrate --checkpoint model.pt --data ../my-store-crops --far 0.001
   reid-calibrate --face dlib --data ../shared/data/celeba-faces --write
   reid-calibrate --face dlib --data ../shared/data/celeba-faces --enroll-per-id 3
@@ -56,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--face", choices=["dlib"], help="dlib's face model (its card goes to reid/face/cards)")
     p.add_argument("--data", help="identity folders (root/<person>/<image>) never trained on")
     p.add_argument("--far", type=float, default=0.01, help="target false-accept rate of strangers")
+    p.add_argument(
+        "--rule",
+        choices=["auto", "raw"],
+        default="auto",
+        help="auto: the beta (margin weight) naming the most validation probes, 0 included; raw: the best score "
+        "alone (its size table extrapolates from small validation galleries more safely than a margin's)",
+    )
     p.add_argument("--enroll-per-id", type=int, default=1)
     p.add_argument("--cohort-fraction", type=float, default=1 / 3)
     p.add_argument("--flip", action="store_true", help="flip-averaged embeddings (a different model_id)")
@@ -111,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.asarray(labels)
     modality = embedder.meta.modality if args.checkpoint else "face"
     aggregation = args.aggregation or DEFAULT_AGGREGATION.get(modality, "max")
+    betas = (0.0,) if args.rule == "raw" else (0.0, 0.25, 0.5, 0.75, 1.0)
     cal, cohort = calibrate_with_cohort(
-        emb, labels, args.far, args.enroll_per_id, args.cohort_fraction, args.seed, aggregation=aggregation
+        emb, labels, args.far, args.enroll_per_id, args.cohort_fraction, args.seed, betas, aggregation
     )
     print(f"model {model_id}: {len(np.unique(labels))} identities, {len(labels)} images ({data})")
     print(f"cohort {len(cohort)} identities; calibrated on {cal.n_identities} "
