@@ -42,12 +42,11 @@ from gallery.decision import Decision
 from gallery.store import Key
 from reid.metrics.aggregation import aggregate
 from reid.metrics.open_set import threshold_at_far
-from reid.metrics.open_set_decision import NO_COMPETITOR, cohort_best
+from reid.metrics.open_set_decision import BETAS, NO_COMPETITOR, cohort_best
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "model card, re-read on this gallery's persons (leave one out)"
-BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # margin weights a gallery with mated photos chooses between (0: raw)
 TAIL_FROM = 0.1  # below this target rate, a gallery too small for the empirical quantile extrapolates a tail
 
 

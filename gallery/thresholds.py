@@ -139,7 +139,7 @@ class Decisions:
     ) -> CalibrationResult:
         """Calibrate this model's open-set decision on labelled embeddings; see ``Gallery.calibrate_threshold``.
         ``aggregation``: how the gallery scores a person's templates (its ``enroll_per_id`` are scored so too)."""
-        from reid.metrics.open_set_decision import calibrate_decision, calibrate_with_cohort
+        from reid.metrics.open_set_decision import BETAS, calibrate_decision, calibrate_with_cohort
 
         if rule not in RULES:
             raise GalleryError(f"calibrate: rule must be one of {RULES}, got {rule!r}")
@@ -157,7 +157,7 @@ class Decisions:
                     cohort = check_vectors(cohort, vecs.shape[1], "calibrate cohort")
                 cal = calibrate_decision(
                     vecs, labels, target_far, enroll_per_id, cohort if rule == "margin" else None,
-                    betas=(0.0, 0.25, 0.5, 0.75, 1.0) if rule == "margin" else (0.0,), seed=seed,
+                    betas=BETAS if rule == "margin" else (0.0,), seed=seed,
                     aggregation=aggregation,
                 )  # fmt: skip
         except EvaluationError as e:

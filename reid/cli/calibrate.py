@@ -28,7 +28,7 @@ from reid.data import holdout_identities, read_identity_folders
 from reid.data.readers import read_extra_train, read_market_folder
 from reid.errors import ConfigError, DatasetError
 from reid.metrics.aggregation import AGGREGATIONS, DEFAULT_AGGREGATION
-from reid.metrics.open_set_decision import calibrate_with_cohort
+from reid.metrics.open_set_decision import BETAS, calibrate_with_cohort
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.asarray(labels)
     modality = embedder.meta.modality if args.checkpoint else "face"
     aggregation = args.aggregation or DEFAULT_AGGREGATION.get(modality, "max")
-    betas = (0.0,) if args.rule == "raw" else (0.0, 0.25, 0.5, 0.75, 1.0)
+    betas = (0.0,) if args.rule == "raw" else BETAS
     cal, cohort = calibrate_with_cohort(
         emb, labels, args.far, args.enroll_per_id, args.cohort_fraction, args.seed, betas, aggregation
     )

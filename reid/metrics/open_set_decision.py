@@ -92,6 +92,10 @@ class DecisionCalibration:
         return d
 
 
+# the margin weights a calibration chooses between (``best - beta x runner-up``; 0: the raw best score)
+BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def _fold_scores(emb, labels, enrolled_ids, stranger_ids, enroll_per_id, cohort, betas, aggregation="max"):
     """Mated and stranger probes of one simulated gallery: (raw parts per beta) for every probe; a person's
     templates score a probe by ``aggregation`` (``reid.metrics.aggregation``), as the gallery will."""
@@ -275,7 +279,7 @@ def calibrate_decision(
     target_far: float = 1e-2,
     enroll_per_id: int = 1,
     cohort: np.ndarray | None = None,
-    betas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    betas: tuple[float, ...] = BETAS,
     seed: int = 0,
     aggregation: str = "max",
 ) -> DecisionCalibration:
@@ -368,7 +372,7 @@ def calibrate_with_cohort(
     enroll_per_id: int = 1,
     cohort_fraction: float = 1 / 3,
     seed: int = 0,
-    betas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    betas: tuple[float, ...] = BETAS,
     aggregation: str = "max",
 ) -> tuple[DecisionCalibration, np.ndarray]:
     """How a model card is made (``reid-calibrate``): ``split_cohort`` carves the cohort out of the validation
