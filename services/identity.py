@@ -140,9 +140,11 @@ class IdentityPolicy:
 
     def _note_together(self, claim: _Claim) -> None:
         pid = claim.a.person_id
+        if pid is None:
+            return
         for other in self._beside(claim.ev):
             q = other.a.person_id
-            if pid is not None and q is not None and q != pid:
+            if q is not None and q != pid:
                 self._together.setdefault(pid, set()).add(q)
                 self._together.setdefault(q, set()).add(pid)
 
@@ -232,7 +234,7 @@ class IdentityPolicy:
         else a new one (``may_create``), else nobody."""
         held = {c.a.person_id for c in self._beside(ev)}
         excluded = self._apart.get(ev.key, set()) | held
-        r = self._identify(ev, "body", k=3 + min(len(excluded), 47))  # as _reassociate: at most 50
+        r = self._identify(ev, "body", k=_k_beyond(excluded))
         others = [m for m in r.matches if m.person_id not in excluded]
         v = None
         if others:
@@ -368,8 +370,7 @@ class IdentityPolicy:
         """Whole-track match of a track that created its person early; merge that person into a known one."""
         g, mine = self.gallery, a.person_id
         apart = self._apart.get(ev.key, set()) | self._together.get(mine, set())
-        # persons it was seen beside may fill the top; past 50 the whole track merges into nobody (the safe side)
-        r = self._identify(ev, "body", k=3 + min(len(apart), 47))
+        r = self._identify(ev, "body", k=_k_beyond(apart))
         others = [m for m in r.matches if m.person_id != mine and m.person_id not in apart]
         if not others:
             return
@@ -399,6 +400,12 @@ class IdentityPolicy:
             self._together[q].add(other.person_id)
             self._together.setdefault(other.person_id, set()).add(q)
         a.person_id, a.score, a.created = other.person_id, float(other.score), False
+
+
+def _k_beyond(excluded: set[int]) -> int:
+    """Persons to ask for when ``excluded`` may fill the top: 3 beyond them, at most 50 in all (past that the
+    track is decided among fewer candidates: at worst nobody, the safe side)."""
+    return 3 + min(len(excluded), 47)
 
 
 def _warn_templates_left(key: str, a: Assignment, pid: int, beside: str) -> None:

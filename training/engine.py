@@ -175,8 +175,7 @@ class Trainer:
             if self.distributed
             else self.step_module
         )
-        self.amp_dtype = _amp_dtype(c["train"], self.device)
-        self.use_amp = self.amp_dtype is not None
+        self.amp_dtype = _amp_dtype(c["train"], self.device)  # None: float32 steps
         # A scaler only for float16: bfloat16 has float32's exponent range, so gradients cannot underflow.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.mean = tuple(tcfg.get("mean", (0.485, 0.456, 0.406)))
@@ -297,7 +296,7 @@ class Trainer:
             self.scheduler.step_to(self._schedule_position(total, elapsed))
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 loss, values = self.ddp(x, y)
             if self._diverged(loss):
                 # one NaN step poisons every weight through the optimiser; stop before it is taken (a float16
