@@ -21,9 +21,10 @@ through a real ``Gallery`` (SQLite + FAISS) and its decision path. Decisions com
 - ``--folds``: the issue's "threshold calibrated on other identities", LFW-style: LFW's people (known and
   strangers) are split in two halves by a seeded shuffle of their names; the card's procedure
   (``calibrate_with_cohort``, rule and beta included, simulating ``n`` photos per person scored by the
-  gallery's face aggregation) runs on one half's photos, and the other half alone is enrolled and asked; then the halves swap, and the two results are pooled. No identity that is asked or
-  enrolled chose anything, as in LFW's own 10-fold protocol, but the calibration data are LFW photos (the same
-  domain), unlike the shipped card's CelebA; the gap between the two rows is the cost of the domain shift.
+  gallery's face aggregation) runs on one half's photos, and the other half alone is enrolled and asked; then
+  the halves swap, and the two results are pooled. No identity that is asked or enrolled chose anything, as
+  in LFW's own 10-fold protocol, but the calibration data are LFW photos (the same domain), unlike the shipped
+  card's CelebA; the gap between the two rows is the cost of the domain shift.
 LFW only reports; nothing shipped is chosen on it.
 
 Embeddings are cached (``benchmarks/lfw_verification.py``'s cache for LFW; the same format for CelebA).
@@ -155,9 +156,8 @@ def main() -> None:
             for far in args.far:
                 rows = [own[far]] if far in own else []
                 card, cohort = cards[far]
-                if (
-                    far in own
-                ):  # the rule the gallery chose, its threshold set on the LFW strangers themselves
+                # the rule the gallery chose, its threshold set on the LFW strangers themselves
+                if far in own:
                     beta = own[far][1]
                     rule = "margin" if beta else "raw"
                     g.set_threshold("face", model_id, 0.0, rule=rule, beta=beta, cohort=cohort)

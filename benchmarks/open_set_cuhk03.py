@@ -130,8 +130,9 @@ def main() -> None:
                         g.set_threshold("body", e.model_id, raw.threshold, rule="raw", by_size=raw.by_size)
                         at = g.decision_for("body", e.model_id).threshold_at(len(templates))
                         rows.append(("raw by size", 0.0, at, at))
+                        # the card decides again
                         g.set_threshold("body", e.model_id, cal.threshold, rule=cal.rule, beta=cal.beta,
-                                        cohort=cohort, by_size=cal.by_size)  # fmt: skip  # the card decides again
+                                        cohort=cohort, by_size=cal.by_size)  # fmt: skip
                     rows.append((f"raw at val. size {raw.gallery_size}", 0.0, raw.threshold, raw.threshold))
                 t = threshold_at_far(raw_strangers, far)
                 rows.append(("raw (test strangers)", 0.0, t, t))

@@ -290,9 +290,10 @@ def face_flip(setting: str, stored_model_ids: Collection[str] = ()) -> bool:
     """Whether to average each face chip's descriptor with its mirror's (``model_id`` ends in ``-flip``).
 
     ``"on"`` / ``"off"`` decide. ``"auto"`` (the default of the API, the camera commands and ``python -m
-    gallery``; ``DlibFaceEmbedder`` itself and ``reid-calibrate`` stay plain unless asked) is on: on LFW, with the threshold set on
-    the strangers themselves, flip names 61.4 % of known people with one photo against 56.7 % (issue 12), for
-    about 1.5x the network's time. Except for a gallery that already holds plain face templates and no flip
+    gallery``; ``DlibFaceEmbedder`` itself and ``reid-calibrate`` stay plain unless asked) is on: on CelebA's
+    validation identities at 1 % strangers, flip names 67.8 % of known people with one photo against 64.3 %
+    plain, and 87.3 % against 86.3 % with three (``benchmarks/aggregation_choice.py --faces``), for about
+    1.5x the network's time. Except for a gallery that already holds plain face templates and no flip
     ones (``stored_model_ids``): switching would leave them unmatched, so it stays plain (with a warning)."""
     if setting not in FACE_FLIP_CHOICES:
         raise ConfigError(f"face flip must be one of {FACE_FLIP_CHOICES}, got {setting!r}")
