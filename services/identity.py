@@ -188,6 +188,12 @@ class IdentityPolicy:
             and boxes_apart(c.ev.box, ev.box)
         ]
 
+    def _seen_beside(self, ev: TrackEvidence, candidate) -> bool:
+        """Whether ``candidate`` (a match) is a person this track stands beside or was seen beside: two people,
+        so not a pair to offer an operator for merging."""
+        beside = self._apart.get(ev.key, set()) | {c.a.person_id for c in self._beside(ev)}
+        return candidate is not None and candidate.person_id in beside
+
     def _fragment(self, ev: TrackEvidence) -> bool:
         return ev.ended and ev.views < self.assign_after
 
@@ -344,7 +350,11 @@ class IdentityPolicy:
         a = Assignment(r.person_id, "body", r.score, created=r.created)
         if r.enroll is not None:
             a.template_ids += r.enroll.template_ids
-        if r.created and near_miss(r.identify, self.review_band):
+        if (
+            r.created
+            and near_miss(r.identify, self.review_band)
+            and not self._seen_beside(ev, r.identify.best)
+        ):
             offer_review(
                 self.review, r.person_id, r.identify, "body", ev.body_model_id, f"camera:{ev.camera_id}"
             )

@@ -560,6 +560,40 @@ def test_an_older_box_arriving_late_does_not_move_a_track(tmp_path: Path) -> Non
         assert policy.together(pa) == {pb}
 
 
+@pytest.mark.parametrize("beside", [True, False])
+def test_a_near_miss_standing_beside_its_candidate_is_not_offered_for_review(
+    tmp_path: Path, beside: bool
+) -> None:
+    """A new track scores just under the threshold against a known person (a near miss, which the review queue
+    would offer an operator to merge): when that person's track stands beside it in the same frame, they are two
+    people and no pair is offered; seen at another moment, the pair is offered."""
+    from gallery.review import ReviewQueue
+    from services.identity import IdentityPolicy, TrackEvidence
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=16).astype(np.float32)
+    a /= np.linalg.norm(a)
+    other = rng.normal(size=16).astype(np.float32)
+    other -= (other @ a) * a
+    b = 0.88 * a + np.sqrt(1 - 0.88**2) * other / np.linalg.norm(
+        other
+    )  # cosine 0.88 to a: under 0.9, in band
+    with Gallery(str(tmp_path / "g.db"), thresholds={"body": 0.9}) as g:
+        policy = IdentityPolicy(g, review_band=0.05)
+        left, right = np.array([0.0, 0, 100, 300]), np.array([400.0, 0, 500, 300])
+        pa = policy.assign(TrackEvidence("cam:1", "cam", a, "m", 8, 0, 100, box=left)).person_id
+        frame = 101 if beside else 300
+        pb = policy.assign(
+            TrackEvidence("cam:2", "cam", b.astype(np.float32), "m", 8, frame, frame, box=right)
+        )
+        assert pb.created and pb.person_id != pa
+        pairs = ReviewQueue(g.Session).list()
+        if beside:
+            assert pairs == [] and policy.together(pa) == {pb.person_id}
+        else:
+            assert [(p.person_id, p.candidate_id) for p in pairs] == [(pb.person_id, pa)]
+
+
 def test_a_matcher_restart_keeps_a_renamed_tracks_new_name(tmp_path: Path) -> None:
     """The look-alike's track is renamed while both are in view; a matcher restarted after that reads the track's
     person from its latest sighting (the new name), not its first (the name proved wrong)."""
