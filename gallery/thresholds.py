@@ -166,7 +166,7 @@ class Decisions:
         result = CalibrationResult(
             modality, model_id, cal.threshold, target_far, cal.measured_far, cal.measured_dir,
             cal.n_mated, cal.n_strangers, rule, cal.beta if rule == "margin" else None, cal.measured_dir,
-            0 if rule == "raw" or cohort is None else len(cohort), cal.by_size,
+            0 if rule == "raw" or cohort is None else len(cohort), cal.by_size, cal.size_check,
         )  # fmt: skip
         if store:
             self.set_threshold(

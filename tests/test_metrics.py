@@ -518,3 +518,33 @@ def test_an_unknown_aggregation_is_refused_by_name() -> None:
 
     with pytest.raises(EvaluationError, match="aggregation must be one of centroid, max, mean, got 'median'"):
         aggregate(np.ones((1, 2)), np.ones(2), "median")
+
+
+def test_the_size_table_past_the_validation_galleries_is_corrected_by_its_own_check() -> None:
+    """``sized_table`` against brute force: stranger probes with heavy-tailed scores (Student-t, where the per-probe
+    normal model underestimates the best of many) against 400 persons, of which validation sees 30. The rate each
+    table really accepts in galleries of 100 and 400 of those persons is counted directly (each probe's best
+    over them): on average over seeds the plain table overshoots the target and the corrected one does not;
+    the measured part of the table never moves."""
+    from reid.metrics.open_set_decision import size_check, sized_table, thresholds_by_gallery_size
+
+    plain_far, fixed_far = [], []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        hub = rng.uniform(0, 0.3, size=(600, 1))
+        sims = np.tanh(0.2 + hub + 0.08 * rng.standard_t(3, size=(600, 400)))
+        val = sims[:, :30]
+        plain = thresholds_by_gallery_size([val], 0.01, sizes=(10, 30, 100, 400))
+        table, check = sized_table([val], [None], 0.0, 0.01, sizes=(10, 30, 100, 400))
+        assert table[10] == plain[10] and table[30] == plain[30]  # measured, not extrapolated: kept
+        # the check is what it says: the table built on random halves, read at all 30 persons
+        again = size_check([val], [None], 0.0, 0.01, seed=0, table_far=check["solved_for"])
+        assert check["accepted_mean"] == again["accepted_mean"]
+        assert check["uncorrected_mean"] > 0.01  # heavy tails: the plain model overshoots its own check
+        assert check["solved_for"] < 0.01 and check["accepted_mean"] <= 0.01 + 1e-9
+        for n in (100, 400):
+            plain_far.append((sims[:, :n].max(axis=1) >= plain[n]).mean())
+            fixed_far.append((sims[:, :n].max(axis=1) >= table[n]).mean())
+            assert table[n] >= plain[n]  # solved for a lower rate: stricter
+    assert np.mean(plain_far) > 0.015  # the failure the correction is for, as the brute force counts it
+    assert np.mean(fixed_far) <= 0.01  # corrected: the promise holds on average over the seeds

@@ -132,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{beta:6.2f} {d:16.2%}{'  <- chosen' if beta == cal.beta else ''}")
     print(f"threshold {cal.threshold:.4f} on best - {cal.beta:g} x runner-up; strangers accepted "
           f"{cal.measured_far:.2%}, mated named {cal.measured_dir:.2%} (rank-1 {cal.rank1:.2%})")  # fmt: skip
+    if cal.by_size and cal.size_check:
+        c = cal.size_check
+        print(f"size check (validation only): the size table built on {c['fitted_persons']} of each validation "
+              f"gallery's persons and read at all {c['read_persons']} accepted {c['uncorrected_mean']:.2%} "
+              f"(sd {c['uncorrected_sd']:.2%}) of their strangers for a {args.far:g} target; solved past "
+              f"{c['read_persons']} persons for {c['solved_for']:.3g}, it accepts {c['accepted_mean']:.2%} "
+              f"(sd {c['accepted_sd']:.2%}, worst {c['accepted_max']:.2%} of {c['splits']} halves); a store's "
+              f"gallery lies further out, so this is a floor on the uncertainty")  # fmt: skip
     card = {**cal.as_dict(), "data": data, "cohort": cohort, "seed": args.seed}
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in card.items() if k != "cohort"}, indent=1))

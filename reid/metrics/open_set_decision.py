@@ -84,6 +84,8 @@ class DecisionCalibration:
     # the threshold for each gallery size (persons), from the same validation strangers (both rules)
     by_size: dict[int, float] = field(default_factory=dict)
     gallery_size: int = 0  # persons enrolled in each simulated gallery (what ``threshold`` is for)
+    # how far past the validation galleries' size the ``by_size`` table can be trusted (``size_check``)
+    size_check: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -273,6 +275,95 @@ def margin_thresholds_by_gallery_size(
     return out
 
 
+def _table_at(
+    sims, cbs, beta: float, target_far: float, sizes: tuple[int, ...], seed: int
+) -> dict[int, float]:
+    """The rule's size table from these stranger scores, as ``calibrate_decision`` builds it."""
+    if beta == 0.0:
+        return thresholds_by_gallery_size(sims, target_far, sizes)
+    values = np.concatenate([open_set_scores(x, beta, cb).normalised for x, cb in zip(sims, cbs)])
+    anchor = threshold_at_far(values, target_far)
+    return margin_thresholds_by_gallery_size(sims, cbs, beta, target_far, anchor, sizes, seed=seed)
+
+
+def size_check(
+    stranger_sims: list[np.ndarray],
+    cohort_bests: list[np.ndarray | None],
+    beta: float,
+    target_far: float,
+    splits: int = 20,
+    seed: int = 0,
+    table_far: float | None = None,
+) -> dict[str, float]:
+    """The size table checked where it can be, on validation data alone: built from a random half of each
+    simulated gallery's persons (their strangers' scores against those persons only) and read at the whole
+    gallery, the share of the same strangers it accepts there (exactly: each probe's best over every person).
+    Past the validation galleries the table extrapolates further than this, so the spread over ``splits``
+    halves is a floor on how uncertain its promise is at a store's size. ``table_far``: the rate the table past
+    the validation size is solved for (default ``target_far``; ``sized_table`` lowers it)."""
+    rng = np.random.default_rng(seed)
+    full = [x.shape[1] for x in stranger_sims]
+    got = []
+    for _ in range(splits):
+        halves = [x[:, rng.choice(x.shape[1], x.shape[1] // 2, replace=False)] for x in stranger_sims]
+        table = _table_at(halves, cohort_bests, beta, table_far or target_far, tuple(sorted(set(full))), seed)
+        accepted = [
+            open_set_scores(x, beta, cb).normalised >= table[x.shape[1]]
+            for x, cb in zip(stranger_sims, cohort_bests)
+        ]
+        got.append(float(np.concatenate(accepted).mean()))
+    return {
+        "fitted_persons": min(full) // 2,
+        "read_persons": min(full),
+        "accepted_mean": float(np.mean(got)),
+        "accepted_sd": float(np.std(got)),
+        "accepted_max": float(np.max(got)),
+        "splits": splits,
+    }
+
+
+def sized_table(
+    stranger_sims: list[np.ndarray],
+    cohort_bests: list[np.ndarray | None],
+    beta: float,
+    target_far: float,
+    sizes: tuple[int, ...] = GALLERY_SIZES,
+    seed: int = 0,
+) -> tuple[dict[int, float], dict[str, float]]:
+    """The rule's size table with its extrapolation corrected on validation data, and the check that set it.
+
+    Up to the validation galleries' size ``M`` the table is measured. Past it, its model is checked the only way
+    validation allows (``size_check``: built on half of each gallery's persons, read at all of them); when that
+    check accepts more strangers than the target, the part past ``M`` is solved for a lower rate, the highest
+    whose check lands on the target (found by bisection in log rate, down to a 50th of it). The correction is
+    measured over a doubling of the gallery; a store's gallery is further out, so it is a floor."""
+    m = min(x.shape[1] for x in stranger_sims)
+    table = _table_at(stranger_sims, cohort_bests, beta, target_far, sizes, seed)
+    if m < 4:  # no half worth building on
+        return table, {}
+    plain = size_check(stranger_sims, cohort_bests, beta, target_far, seed=seed)
+    solved = target_far
+    if plain["accepted_mean"] > target_far:
+        lo, hi = np.log(target_far / 50), np.log(target_far)  # hi: the check overshoots; lo: taken not to
+        for _ in range(10):
+            mid = (lo + hi) / 2
+            got = size_check(stranger_sims, cohort_bests, beta, target_far, seed=seed, table_far=np.exp(mid))
+            lo, hi = (lo, mid) if got["accepted_mean"] > target_far else (mid, hi)
+        solved = float(np.exp(lo))
+        past = _table_at(stranger_sims, cohort_bests, beta, solved, sizes, seed)
+        table = {n: (table[n] if n <= m else past[n]) for n in sizes}
+    after = size_check(stranger_sims, cohort_bests, beta, target_far, seed=seed, table_far=solved)
+    return table, {
+        **{k: after[k] for k in ("fitted_persons", "read_persons", "splits")},
+        "accepted_mean": after["accepted_mean"],
+        "accepted_sd": after["accepted_sd"],
+        "accepted_max": after["accepted_max"],
+        "uncorrected_mean": plain["accepted_mean"],
+        "uncorrected_sd": plain["accepted_sd"],
+        "solved_for": solved,
+    }
+
+
 def calibrate_decision(
     embeddings: np.ndarray,
     labels,
@@ -336,14 +427,10 @@ def calibrate_decision(
                 stranger,
             )
     beta, dir_, thr, far, rank1, mated, stranger = best
-    by_size = (
-        thresholds_by_gallery_size(per_person, target_far)
-        if beta == 0.0
-        else margin_thresholds_by_gallery_size(per_person, per_cohort, beta, target_far, thr, seed=seed)
-    )
+    by_size, checked = sized_table(per_person, per_cohort, beta, target_far, seed=seed)
     return DecisionCalibration(
         "raw" if beta == 0.0 else "margin", beta, float(thr), target_far, far, dir_, rank1, len(mated), len(stranger),
-        len(ids), enroll_per_id, by_beta, by_size, round(float(np.mean([m.shape[1] for m in per_person]))),
+        len(ids), enroll_per_id, by_beta, by_size, round(float(np.mean([m.shape[1] for m in per_person]))), checked,
     )  # fmt: skip
 
 
