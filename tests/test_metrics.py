@@ -524,9 +524,10 @@ def test_the_size_table_past_the_validation_galleries_is_corrected_by_its_own_ch
     """``sized_table`` against brute force: stranger probes with heavy-tailed scores (Student-t, where the per-probe
     normal model underestimates the best of many) against 400 persons, of which validation sees 30. The rate each
     table really accepts in galleries of 100 and 400 of those persons is counted directly (each probe's best
-    over them): on average over seeds the plain table overshoots the target and the corrected one does not;
-    the measured part of the table never moves."""
-    from reid.metrics.open_set_decision import size_check, sized_table, thresholds_by_gallery_size
+    over them): on average over seeds the plain table overshoots the target and the corrected one does not.
+    The gallery reads the measured threshold at the validation size itself, not a blend with the part past it."""
+    from gallery.decision import Decision, size_table
+    from reid.metrics.open_set_decision import GALLERY_SIZES, sized_table, thresholds_by_gallery_size
 
     plain_far, fixed_far = [], []
     for seed in range(6):
@@ -535,16 +536,41 @@ def test_the_size_table_past_the_validation_galleries_is_corrected_by_its_own_ch
         sims = np.tanh(0.2 + hub + 0.08 * rng.standard_t(3, size=(600, 400)))
         val = sims[:, :30]
         plain = thresholds_by_gallery_size([val], 0.01, sizes=(10, 30, 100, 400))
-        table, check = sized_table([val], [None], 0.0, 0.01, sizes=(10, 30, 100, 400))
-        assert table[10] == plain[10] and table[30] == plain[30]  # measured, not extrapolated: kept
-        # the check is what it says: the table built on random halves, read at all 30 persons
-        again = size_check([val], [None], 0.0, 0.01, seed=0, table_far=check["solved_for"])
-        assert check["accepted_mean"] == again["accepted_mean"]
-        assert check["uncorrected_mean"] > 0.01  # heavy tails: the plain model overshoots its own check
-        assert check["solved_for"] < 0.01 and check["accepted_mean"] <= 0.01 + 1e-9
+        table, check = sized_table([val], [None], 0.0, 0.01, sizes=(10, 100, 400))
+        assert check["check_mean"] > 0.01 and check["solved_for"] < 0.01  # the model overshot its own check
+        assert check["fitted_mean"] < check["check_mean"]
         for n in (100, 400):
             plain_far.append((sims[:, :n].max(axis=1) >= plain[n]).mean())
             fixed_far.append((sims[:, :n].max(axis=1) >= table[n]).mean())
-            assert table[n] >= plain[n]  # solved for a lower rate: stricter
+        if seed == 0:
+            d = Decision(
+                table[30], by_size=size_table(sized_table([val], [None], 0.0, 0.01, GALLERY_SIZES)[0])
+            )
+            assert d.threshold_at(30) == pytest.approx(plain[30]) and d.threshold_at(20) == pytest.approx(
+                plain[30]
+            )
+            assert d.threshold_at(31) > plain[30]  # past it, solved for the lower rate
     assert np.mean(plain_far) > 0.015  # the failure the correction is for, as the brute force counts it
     assert np.mean(fixed_far) <= 0.01  # corrected: the promise holds on average over the seeds
+
+
+def test_a_correction_that_cannot_help_is_not_made() -> None:
+    """Halves of fewer than ``MIN_FITTED`` persons are not checked; and where so few strangers were seen that a
+    lower rate only lowers the threshold (below one stranger the empirical quantile stops at the highest score
+    while the model's rise goes on), the uncorrected table stays."""
+    from reid.metrics.open_set_decision import sized_table, thresholds_by_gallery_size
+
+    rng = np.random.default_rng(2)
+    small = np.tanh(0.3 + 0.1 * rng.standard_t(3, size=(200, 12)))
+    table, check = sized_table([small], [None], 0.0, 0.01, sizes=(12, 100))
+    assert check == {} and table == thresholds_by_gallery_size([small], 0.01, sizes=(12, 100))
+    overshot = 0
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        # 40 strangers: one of them is 2.5 %, so a rate under the 1 % target cannot be resolved
+        few = np.tanh(0.3 + rng.uniform(0, 0.3, size=(40, 1)) + 0.1 * rng.standard_t(3, size=(40, 20)))
+        table, check = sized_table([few], [None], 0.0, 0.01, sizes=(20, 100))
+        assert check["fitted_persons"] == 10 and check["solved_for"] == 0.01
+        assert table == thresholds_by_gallery_size([few], 0.01, sizes=(20, 100))
+        overshot += check["check_mean"] > 0.01
+    assert overshot >= 3  # the check did overshoot: it is the correction that was refused

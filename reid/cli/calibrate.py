@@ -135,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     if cal.by_size and cal.size_check:
         c = cal.size_check
         print(f"size check (validation only): the size table built on {c['fitted_persons']} of each validation "
-              f"gallery's persons and read at all {c['read_persons']} accepted {c['uncorrected_mean']:.2%} "
-              f"(sd {c['uncorrected_sd']:.2%}) of their strangers for a {args.far:g} target; solved past "
-              f"{c['read_persons']} persons for {c['solved_for']:.3g}, it accepts {c['accepted_mean']:.2%} "
-              f"(sd {c['accepted_sd']:.2%}, worst {c['accepted_max']:.2%} of {c['splits']} halves); a store's "
-              f"gallery lies further out, so this is a floor on the uncertainty")  # fmt: skip
+              f"gallery's persons and read at all {c['read_persons']} accepts {c['check_mean']:.2%} of their "
+              f"strangers (sd {c['check_sd']:.2%}, worst {c['check_max']:.2%} over {c['splits']} halves) for a "
+              f"{args.far:g} target")  # fmt: skip
+        if c["solved_for"] < args.far:
+            print(f"so past {c['read_persons']} persons the table is solved for {c['solved_for']:.3g}, where the "
+                  f"same check gives {c['fitted_mean']:.2%} (fitted on those strangers: on target by "
+                  f"construction); a store's gallery lies further out, so this is a floor on the uncertainty")  # fmt: skip
     card = {**cal.as_dict(), "data": data, "cohort": cohort, "seed": args.seed}
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in card.items() if k != "cohort"}, indent=1))

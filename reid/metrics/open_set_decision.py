@@ -306,7 +306,8 @@ def size_check(
     got = []
     for _ in range(splits):
         halves = [x[:, rng.choice(x.shape[1], x.shape[1] // 2, replace=False)] for x in stranger_sims]
-        table = _table_at(halves, cohort_bests, beta, table_far or target_far, tuple(sorted(set(full))), seed)
+        rate = target_far if table_far is None else table_far
+        table = _table_at(halves, cohort_bests, beta, rate, tuple(sorted(set(full))), seed)
         accepted = [
             open_set_scores(x, beta, cb).normalised >= table[x.shape[1]]
             for x, cb in zip(stranger_sims, cohort_bests)
@@ -322,6 +323,9 @@ def size_check(
     }
 
 
+MIN_FITTED = 8  # persons half a validation gallery must hold for the size check to say anything
+
+
 def sized_table(
     stranger_sims: list[np.ndarray],
     cohort_bests: list[np.ndarray | None],
@@ -332,36 +336,55 @@ def sized_table(
 ) -> tuple[dict[int, float], dict[str, float]]:
     """The rule's size table with its extrapolation corrected on validation data, and the check that set it.
 
-    Up to the validation galleries' size ``M`` the table is measured. Past it, its model is checked the only way
-    validation allows (``size_check``: built on half of each gallery's persons, read at all of them); when that
-    check accepts more strangers than the target, the part past ``M`` is solved for a lower rate, the highest
-    whose check lands on the target (found by bisection in log rate, down to a 50th of it). The correction is
-    measured over a doubling of the gallery; a store's gallery is further out, so it is a floor."""
+    Up to the validation galleries' size ``M`` the table is measured (``M`` is one of its sizes, so reading it
+    between two tabulated sizes never mixes in the extrapolated part below ``M``). Past ``M``, its model is
+    checked the only way validation allows (``size_check``: built on half of each gallery's persons, read at all
+    of them). When that check accepts more strangers than the target, the part past ``M`` is solved for a lower
+    rate: the highest whose check lands on the target, by bisection in log rate, down to a 50th of the target or
+    one validation stranger, whichever is higher. The result at that rate is fitted on the same strangers, so it
+    is on target by construction; it is kept only if it accepts fewer than the uncorrected check did. The check
+    spans one doubling of the gallery and a store's gallery lies further out, so the correction is a floor."""
     m = min(x.shape[1] for x in stranger_sims)
+    sizes = tuple(sorted(set(sizes) | {m}))
     table = _table_at(stranger_sims, cohort_bests, beta, target_far, sizes, seed)
-    if m < 4:  # no half worth building on
+    if m // 2 < MIN_FITTED:  # halves too small to check anything: the table as modelled
         return table, {}
     plain = size_check(stranger_sims, cohort_bests, beta, target_far, seed=seed)
-    solved = target_far
-    if plain["accepted_mean"] > target_far:
-        lo, hi = np.log(target_far / 50), np.log(target_far)  # hi: the check overshoots; lo: taken not to
+    record = {
+        **{k: plain[k] for k in ("fitted_persons", "read_persons", "splits")},
+        "check_mean": plain["accepted_mean"],
+        "check_sd": plain["accepted_sd"],
+        "check_max": plain["accepted_max"],
+        "solved_for": target_far,
+        "fitted_mean": plain["accepted_mean"],
+    }
+    if plain["accepted_mean"] <= target_far:
+        return table, record
+
+    def check(rate: float) -> float:
+        return size_check(stranger_sims, cohort_bests, beta, target_far, seed=seed, table_far=rate)[
+            "accepted_mean"
+        ]
+
+    floor = max(target_far / 50, 1 / sum(len(x) for x in stranger_sims))
+    if floor >= target_far:  # one validation stranger is already more than the target: nothing to resolve
+        return table, record
+    rate, got = floor, check(floor)
+    if got <= target_far:  # invariant: check(exp(lo)) <= target < check(exp(hi))
+        lo, hi = np.log(floor), np.log(target_far)
         for _ in range(10):
             mid = (lo + hi) / 2
-            got = size_check(stranger_sims, cohort_bests, beta, target_far, seed=seed, table_far=np.exp(mid))
-            lo, hi = (lo, mid) if got["accepted_mean"] > target_far else (mid, hi)
-        solved = float(np.exp(lo))
-        past = _table_at(stranger_sims, cohort_bests, beta, solved, sizes, seed)
-        table = {n: (table[n] if n <= m else past[n]) for n in sizes}
-    after = size_check(stranger_sims, cohort_bests, beta, target_far, seed=seed, table_far=solved)
-    return table, {
-        **{k: after[k] for k in ("fitted_persons", "read_persons", "splits")},
-        "accepted_mean": after["accepted_mean"],
-        "accepted_sd": after["accepted_sd"],
-        "accepted_max": after["accepted_max"],
-        "uncorrected_mean": plain["accepted_mean"],
-        "uncorrected_sd": plain["accepted_sd"],
-        "solved_for": solved,
-    }
+            at = check(float(np.exp(mid)))
+            if at > target_far:
+                hi = mid
+            else:
+                lo, got = mid, at
+        rate = float(np.exp(lo))
+    if got >= plain["accepted_mean"]:  # lowering the rate did not help (too few strangers to resolve it)
+        return table, record
+    past = _table_at(stranger_sims, cohort_bests, beta, rate, sizes, seed)
+    record.update(solved_for=rate, fitted_mean=got)
+    return {n: (table[n] if n <= m else past[n]) for n in sizes}, record
 
 
 def calibrate_decision(
