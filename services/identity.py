@@ -188,11 +188,14 @@ class IdentityPolicy:
             and boxes_apart(c.ev.box, ev.box)
         ]
 
+    def _not_them(self, ev: TrackEvidence) -> set[int]:
+        """Persons this track cannot be: those it was seen beside, and those of the named tracks beside it now."""
+        return self._apart.get(ev.key, set()) | {c.a.person_id for c in self._beside(ev)}
+
     def _seen_beside(self, ev: TrackEvidence, candidate) -> bool:
-        """Whether ``candidate`` (a match) is a person this track stands beside or was seen beside: two people,
-        so not a pair to offer an operator for merging."""
-        beside = self._apart.get(ev.key, set()) | {c.a.person_id for c in self._beside(ev)}
-        return candidate is not None and candidate.person_id in beside
+        """Whether ``candidate`` (a match) is a person this track cannot be: two people, so not a pair to offer an
+        operator for merging."""
+        return candidate is not None and candidate.person_id in self._not_them(ev)
 
     def _fragment(self, ev: TrackEvidence) -> bool:
         return ev.ended and ev.views < self.assign_after
@@ -238,8 +241,7 @@ class IdentityPolicy:
     def _redecide(self, ev: TrackEvidence, may_create: bool) -> Assignment:
         """The body decision without the persons this track was seen beside: the best other known person,
         else a new one (``may_create``), else nobody."""
-        held = {c.a.person_id for c in self._beside(ev)}
-        excluded = self._apart.get(ev.key, set()) | held
+        excluded = self._not_them(ev)
         r = self._identify(ev, "body", k=_k_beyond(excluded))
         others = [m for m in r.matches if m.person_id not in excluded]
         v = None

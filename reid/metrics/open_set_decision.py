@@ -303,11 +303,11 @@ def size_check(
     the validation size is solved for (default ``target_far``; ``sized_table`` lowers it)."""
     rng = np.random.default_rng(seed)
     full = [x.shape[1] for x in stranger_sims]
+    sizes, rate = tuple(sorted(set(full))), target_far if table_far is None else table_far
     got = []
     for _ in range(splits):
         halves = [x[:, rng.choice(x.shape[1], x.shape[1] // 2, replace=False)] for x in stranger_sims]
-        rate = target_far if table_far is None else table_far
-        table = _table_at(halves, cohort_bests, beta, rate, tuple(sorted(set(full))), seed)
+        table = _table_at(halves, cohort_bests, beta, rate, sizes, seed)
         accepted = [
             open_set_scores(x, beta, cb).normalised >= table[x.shape[1]]
             for x, cb in zip(stranger_sims, cohort_bests)
