@@ -353,29 +353,31 @@ def test_market_sized_problem_runs() -> None:
     assert 0 < res.mAP < 0.05
 
 
-def _slow_decision(emb, labels, far, enroll, cohort, beta, seed):
-    """calibrate_decision's simulation written straight from its definition, one probe at a time."""
-    ids = np.unique(labels)
-    ids = ids[np.random.default_rng(seed).permutation(len(ids))]
-    halves = (list(ids[: len(ids) // 2]), list(ids[len(ids) // 2 :]))
+def _slow_decision(emb, labels, far, enroll, cohort, beta):
+    """calibrate_decision's simulation written straight from its definition, one probe at a time: every
+    identity with more than ``enroll`` images enrolled, their other images mated probes against everyone, every
+    identity's images strangers against everyone but their own person."""
+    ids = [p for p in np.unique(labels) if (labels == p).sum() > enroll]
+    templates = {p: [i for i in range(len(labels)) if labels[i] == p][:enroll] for p in ids}
+    probes = [(i, True) for p in ids for i in np.flatnonzero(labels == p)[enroll:]]
+    probes += [(i, False) for i in range(len(labels))]
     mated, correct, strangers = [], [], []
-    for enrolled, others in (halves, halves[::-1]):
-        enrolled = [p for p in enrolled if (labels == p).sum() > enroll]
-        templates = {p: [i for i in range(len(labels)) if labels[i] == p][:enroll] for p in enrolled}
-        probes = [(i, True) for p in enrolled for i in np.flatnonzero(labels == p)[enroll:]]
-        probes += [(i, False) for p in others for i in np.flatnonzero(labels == p)]
-        for i, is_mated in probes:
-            person = {p: max(float(emb[i] @ emb[t]) for t in ts) for p, ts in templates.items()}
-            order = sorted(person, key=lambda p: -person[p])
-            runner = person[order[1]] if len(order) > 1 else -1.0
-            if cohort is not None:
-                runner = max(runner, max(float(emb[i] @ c) for c in cohort))
-            value = person[order[0]] - beta * runner
-            if is_mated:
-                mated.append(value)
-                correct.append(order[0] == labels[i])
-            else:
-                strangers.append(value)
+    for i, is_mated in probes:
+        person = {
+            p: max(float(emb[i] @ emb[t]) for t in ts)
+            for p, ts in templates.items()
+            if is_mated or p != labels[i]
+        }
+        order = sorted(person, key=lambda p: -person[p])
+        runner = person[order[1]] if len(order) > 1 else -1.0
+        if cohort is not None:
+            runner = max(runner, max(float(emb[i] @ c) for c in cohort))
+        value = person[order[0]] - beta * runner
+        if is_mated:
+            mated.append(value)
+            correct.append(order[0] == labels[i])
+        else:
+            strangers.append(value)
     s = sorted(strangers, reverse=True)
     allowed = int(np.floor(far * len(s) + 1e-9))
     thr = np.nextafter(s[allowed], np.inf)
@@ -388,21 +390,24 @@ def test_calibrate_decision_against_slow_reference(enroll: int) -> None:
 
     rng = np.random.default_rng(11)
     centers = rng.normal(size=(40, 16))
-    labels = np.repeat(np.arange(40), 5)
-    emb = centers[labels] + 0.9 * rng.normal(size=(200, 16))
+    labels = np.repeat(np.arange(40), np.tile([2, 3, 5, 6], 10))  # with 2 enrolled, a quarter never are
+    emb = centers[labels] + 0.9 * rng.normal(size=(len(labels), 16))
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float64)
     cohort, keep = split_cohort(emb, labels, 0.25, seed=3)
     assert len(cohort) == 10 and len(np.unique(labels[keep])) == 30
     e, y = emb[keep], labels[keep]
     cal = calibrate_decision(e, y, 0.05, enroll, cohort, betas=(0.0, 0.5, 1.0), seed=4)
     for beta in (0.0, 0.5, 1.0):
-        thr, dir_, far = _slow_decision(e, y, 0.05, enroll, cohort, beta, seed=4)
+        thr, dir_, far = _slow_decision(e, y, 0.05, enroll, cohort, beta)
         assert cal.by_beta[beta] == pytest.approx(dir_, abs=1e-9)
         if beta == cal.beta:
             assert cal.threshold == pytest.approx(thr, abs=1e-6)  # float32 products in calibrate_decision
             assert cal.measured_far == pytest.approx(far) and far <= 0.05
     assert cal.by_beta[cal.beta] == max(cal.by_beta.values())
-    assert cal.n_identities == 30 and cal.n_strangers == 150
+    enrolled = sum((y == p).sum() > enroll for p in np.unique(y))
+    assert cal.n_identities == 30 and cal.n_strangers == len(y)  # every image asks once as a stranger
+    assert cal.gallery_size == enrolled - 1  # a stranger saw everyone enrolled but itself
+    assert cal.n_mated == sum(max((y == p).sum() - enroll, 0) for p in np.unique(y))
 
 
 def test_margin_names_more_known_people_than_the_raw_score_when_queries_differ_in_scale() -> None:

@@ -44,7 +44,9 @@ def validation_records(config: dict) -> tuple[list[str], list[int]]:
     root = Path(d["root"])
     train = read_market_folder(root / "bounding_box_train", "train")
     extra = [r for folder in d.get("extra_train") or [] for r in read_extra_train(folder)]
-    _, val = holdout_identities(train, d["val_identities"], int(d.get("val_seed", 0)))
+    _, val = holdout_identities(
+        train, d["val_identities"], int(d.get("val_seed", 0)), extends=d.get("val_extends") or 0
+    )
     held = {r.pid for r in val.query + val.gallery}
     recs = [r for r in train + extra if r.pid in held]
     return [r.path for r in recs], [r.pid for r in recs]
@@ -124,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         emb, labels, args.far, args.enroll_per_id, args.cohort_fraction, args.seed, betas, aggregation
     )
     print(f"model {model_id}: {len(np.unique(labels))} identities, {len(labels)} images ({data})")
-    print(f"cohort {len(cohort)} identities; calibrated on {cal.n_identities} "
-          f"({cal.n_mated} mated probes, {cal.n_strangers} stranger probes, {args.enroll_per_id} enrolled each, "
-          f"{aggregation} of a person's templates)")  # fmt: skip
+    chose = len(np.unique(labels)) - len(cohort)
+    print(f"cohort {len(cohort)} identities; the other {chose} chose beta")
     print(f"{'beta':>6} {'DIR at FAR ' + format(args.far, 'g'):>16}")
     for beta, d in cal.by_beta.items():
         print(f"{beta:6.2f} {d:16.2%}{'  <- chosen' if beta == cal.beta else ''}")
+    print(f"{'raw rule (no cohort): threshold measured on all ' if cal.rule == 'raw' else 'calibrated on '}"
+          f"{cal.n_identities} identities ({cal.n_mated} mated probes, {cal.n_strangers} stranger probes, each "
+          f"against the {cal.gallery_size} others enrolled; {args.enroll_per_id} enrolled each, {aggregation} of "
+          f"a person's templates)")  # fmt: skip
     print(f"threshold {cal.threshold:.4f} on best - {cal.beta:g} x runner-up; strangers accepted "
           f"{cal.measured_far:.2%}, mated named {cal.measured_dir:.2%} (rank-1 {cal.rank1:.2%})")  # fmt: skip
     if cal.by_size and cal.size_check:

@@ -12,9 +12,11 @@ score; ``beta = 1`` is the margin over the runner-up. The cohort keeps the rule 
 person, and ties the stranger's competitor pool to the model rather than to how many people are enrolled.
 
 ``calibrate_decision`` sets ``beta`` and the threshold on labelled validation identities, simulating the
-gallery as it will be used: one template set per enrolled identity (its first ``enroll_per_id`` images), its
-other images as mated probes, and disjoint identities as strangers probing against everyone enrolled. Roles
-are swapped between two halves (2-fold) so every identity is once enrolled and once a stranger.
+gallery as it will be used: every identity enrolled with one template set (its first ``enroll_per_id``
+images), its other images asked as mated probes against everyone, and every identity's images asked as a
+stranger against the rest (leave one identity out). So the strangers' best scores are measured, not modelled,
+up to a gallery of all the validation identities but one; past that the size table extrapolates. (Until
+2026-11-30 the identities were split in two halves that swapped roles, which measured galleries half as big.)
 """
 
 from __future__ import annotations
@@ -98,31 +100,51 @@ class DecisionCalibration:
 BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _fold_scores(emb, labels, enrolled_ids, stranger_ids, enroll_per_id, cohort, betas, aggregation="max"):
-    """Mated and stranger probes of one simulated gallery: (raw parts per beta) for every probe; a person's
-    templates score a probe by ``aggregation`` (``reid.metrics.aggregation``), as the gallery will."""
-    templates, owners, mated_q, mated_y, strangers = [], [], [], [], []
-    for pid in enrolled_ids:
+def _gallery_scores(emb, labels, ids, enroll_per_id, cohort, betas, aggregation="max"):
+    """One simulated gallery holding every identity with more than ``enroll_per_id`` images (its first
+    ``enroll_per_id`` as templates, scored by ``aggregation`` as the gallery will): their other images ask as
+    mated probes against everyone; every identity's images ask as strangers against the rest (the gallery with
+    their own person left out). Returns the probes' (mated, correct, stranger) values per beta, the strangers'
+    scores against the persons they saw (a list of strangers x persons arrays) and their cohort best."""
+    counts = {pid: int((labels == pid).sum()) for pid in ids}
+    enrolled = np.array(sorted(p for p in ids if counts[p] > enroll_per_id))
+    if len(enrolled) < 2:
+        raise EvaluationError(
+            f"calibrate: {len(enrolled)} identities have more than {enroll_per_id} images to enroll and probe; "
+            "needs at least 2"
+        )
+    templates, owners, mated_q, mated_y = [], [], [], []
+    for j, pid in enumerate(enrolled):
         ix = np.flatnonzero(labels == pid)
         templates.append(ix[:enroll_per_id])
-        owners += [pid] * min(enroll_per_id, len(ix))
+        owners += [j] * enroll_per_id
         mated_q.append(ix[enroll_per_id:])
-        mated_y += [pid] * max(len(ix) - enroll_per_id, 0)
-    for pid in stranger_ids:
-        strangers.append(np.flatnonzero(labels == pid))
-    t = np.concatenate(templates)
-    owners = np.asarray(owners)
-    persons, inv = np.unique(owners, return_inverse=True)
-    probes = np.concatenate(mated_q + strangers)
-    n_mated = sum(len(m) for m in mated_q)
-    sim = person_scores(emb[probes], emb[t], inv, aggregation)
-    cb = cohort_best(emb[probes], cohort)
+        mated_y += [j] * (len(ix) - enroll_per_id)
+    t, owners = np.concatenate(templates), np.asarray(owners)
+    mated = np.concatenate(mated_q)
+    sim_m = person_scores(emb[mated], emb[t], owners, aggregation)
+    cb_m = cohort_best(emb[mated], cohort)
+    # strangers: an enrolled identity's images against the others (its own column dropped, M = N - 1 persons);
+    # an identity never enrolled (too few images) against all N
+    sims, cbs = [], []
+    is_enrolled = np.isin(labels, enrolled)
+    if is_enrolled.any():
+        ix = np.flatnonzero(is_enrolled)
+        full = person_scores(emb[ix], emb[t], owners, aggregation)
+        keep = np.ones(full.shape, bool)
+        keep[np.arange(len(ix)), np.searchsorted(enrolled, labels[ix])] = False
+        sims.append(full[keep].reshape(len(ix), len(enrolled) - 1))
+        cbs.append(cohort_best(emb[ix], cohort))
+    if not is_enrolled.all():
+        ix = np.flatnonzero(~is_enrolled)
+        sims.append(person_scores(emb[ix], emb[t], owners, aggregation))
+        cbs.append(cohort_best(emb[ix], cohort))
     out = {}
     for beta in betas:
-        s = open_set_scores(sim, beta, cb)
-        correct = persons[s.best[:n_mated]] == np.asarray(mated_y)
-        out[beta] = (s.normalised[:n_mated], correct, s.normalised[n_mated:])
-    return out, sim[n_mated:], (None if cb is None else cb[n_mated:])
+        m = open_set_scores(sim_m, beta, cb_m)
+        stranger = np.concatenate([open_set_scores(x, beta, cb).normalised for x, cb in zip(sims, cbs)])
+        out[beta] = (m.normalised, m.best == np.asarray(mated_y), stranger)
+    return out, sims, cbs
 
 
 # gallery sizes (persons) at which a raw-score decision's threshold is tabulated; identify interpolates in log N
@@ -410,32 +432,12 @@ def calibrate_decision(
     ids = np.unique(labels)
     if len(ids) < 4:
         raise EvaluationError(f"calibrate: needs at least 4 identities, got {len(ids)}")
-    rng = np.random.default_rng(seed)
-    ids = ids[rng.permutation(len(ids))]
-    halves = (ids[: len(ids) // 2], ids[len(ids) // 2 :])
-    counts = {pid: int((labels == pid).sum()) for pid in ids}
-    pooled: dict[float, list] = {b: [[], [], []] for b in betas}
-    per_person: list[np.ndarray] = []  # strangers x enrolled persons, per fold
-    per_cohort: list[np.ndarray | None] = []  # strangers' best cohort score, per fold
-    for enrolled, strangers in (halves, halves[::-1]):
-        enrolled = [p for p in enrolled if counts[p] > enroll_per_id]
-        if not enrolled:
-            continue
-        fold, stranger_sims, stranger_cb = _fold_scores(
-            emb, labels, enrolled, strangers, enroll_per_id, cohort, betas, aggregation
-        )
-        for beta, parts in fold.items():
-            for acc, part in zip(pooled[beta], parts):
-                acc.append(part)
-        per_person.append(stranger_sims)
-        per_cohort.append(stranger_cb)
-    if not pooled[betas[0]][0]:
-        raise EvaluationError(
-            f"calibrate: no identity has more than {enroll_per_id} images to enroll and probe"
-        )
+    fold, stranger_sims, stranger_cb = _gallery_scores(
+        emb, labels, ids, enroll_per_id, cohort, betas, aggregation
+    )
     by_beta, best = {}, None
     for beta in betas:
-        mated, correct, stranger = (np.concatenate(p) for p in pooled[beta])
+        mated, correct, stranger = fold[beta]
         thr = threshold_at_far(stranger, target_far)
         dir_ = float((correct & (mated >= thr)).mean())
         by_beta[float(beta)] = dir_
@@ -450,10 +452,10 @@ def calibrate_decision(
                 stranger,
             )
     beta, dir_, thr, far, rank1, mated, stranger = best
-    by_size, checked = sized_table(per_person, per_cohort, beta, target_far, seed=seed)
+    by_size, checked = sized_table(stranger_sims, stranger_cb, beta, target_far, seed=seed)
     return DecisionCalibration(
         "raw" if beta == 0.0 else "margin", beta, float(thr), target_far, far, dir_, rank1, len(mated), len(stranger),
-        len(ids), enroll_per_id, by_beta, by_size, round(float(np.mean([m.shape[1] for m in per_person]))), checked,
+        len(ids), enroll_per_id, by_beta, by_size, min(x.shape[1] for x in stranger_sims), checked,
     )  # fmt: skip
 
 
@@ -486,9 +488,18 @@ def calibrate_with_cohort(
     aggregation: str = "max",
 ) -> tuple[DecisionCalibration, np.ndarray]:
     """How a model card is made (``reid-calibrate``): ``split_cohort`` carves the cohort out of the validation
-    identities, the others calibrate. Returns the calibration and the cohort it was made with."""
+    identities, the others choose beta. When beta 0 (the raw score, which has no use for a cohort) names the
+    most, its threshold and size table are measured again on every identity, cohort included: more strangers
+    and a bigger simulated gallery, so less of the table is extrapolated; ``by_beta`` stays what chose the
+    rule. Returns the calibration and the cohort it was made with."""
     labels = np.asarray(labels)
     cohort, keep = split_cohort(embeddings, labels, cohort_fraction, seed)
     emb = np.asarray(embeddings)[keep]
     cal = calibrate_decision(emb, labels[keep], target_far, enroll_per_id, cohort, betas, seed, aggregation)
+    if cal.beta == 0.0:
+        raw = calibrate_decision(
+            embeddings, labels, target_far, enroll_per_id, None, (0.0,), seed, aggregation
+        )
+        raw.by_beta = cal.by_beta
+        cal = raw
     return cal, cohort
