@@ -245,8 +245,8 @@ def test_calibration_stores_the_decision_and_identify_shows_its_evidence(gallery
     # the table and its own check, reported (float32 vectors here, so equal to about 1e-6)
     assert res.by_size == pytest.approx(ref.by_size, abs=1e-5)
     assert res.size_check == pytest.approx(ref.size_check, abs=1e-5)
-    # 45 identities after the cohort: galleries of 22 and 23 persons; the check builds on 11, reads at 22
-    assert res.size_check["read_persons"] == 22 and res.size_check["fitted_persons"] == 11
+    # 45 identities after the cohort, each asked against the other 44; the check builds on 22, reads at 44
+    assert res.size_check["read_persons"] == 44 and res.size_check["fitted_persons"] == 22
     d = gallery.decision_for("face", "m")
     assert (d.rule, d.source, d.beta, len(d.cohort)) == ("margin", "calibrated", ref.beta, 15)
     assert np.allclose(d.cohort, cohort)

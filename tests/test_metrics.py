@@ -555,6 +555,12 @@ def test_the_size_table_past_the_validation_galleries_is_corrected_by_its_own_ch
                 plain[30]
             )
             assert d.threshold_at(31) > plain[30]  # past it, solved for the lower rate
+            # ... growing in over the doubling the check measured: no jump at 31, whole from 60 on
+            near, _ = sized_table([val], [None], 0.0, 0.01, sizes=(31, 60, 120))
+            far_plain = thresholds_by_gallery_size([val], 0.01, sizes=(31, 60, 120))
+            assert 0 < near[31] - far_plain[31] < 0.2 * (near[60] - far_plain[60])
+            solved = thresholds_by_gallery_size([val], check["solved_for"], sizes=(30, 60, 120))
+            assert near[120] == pytest.approx(solved[120])
     assert np.mean(plain_far) > 0.015  # the failure the correction is for, as the brute force counts it
     assert np.mean(fixed_far) <= 0.01  # corrected: the promise holds on average over the seeds
 

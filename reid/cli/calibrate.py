@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             data = (
                 f"{d['val_identities']} validation identities held out of {d['root']} "
                 f"(+ {', '.join(d.get('extra_train') or []) or 'no extra views'}), val_seed {d.get('val_seed', 0)}"
+                + (f", extending the {d['val_extends']} held out before" if d.get("val_extends") else "")
             )
         emb = embedder.embed(paths, progress="embedding validation identities")
         model_id = embedder.model_id
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         emb, labels, args.far, args.enroll_per_id, args.cohort_fraction, args.seed, betas, aggregation
     )
     print(f"model {model_id}: {len(np.unique(labels))} identities, {len(labels)} images ({data})")
-    chose = len(np.unique(labels)) - len(cohort)
-    print(f"cohort {len(cohort)} identities; the other {chose} chose beta")
+    if len(betas) > 1:
+        print(f"cohort {len(cohort)} identities; the other {len(np.unique(labels)) - len(cohort)} chose beta")
     print(f"{'beta':>6} {'DIR at FAR ' + format(args.far, 'g'):>16}")
     for beta, d in cal.by_beta.items():
         print(f"{beta:6.2f} {d:16.2%}{'  <- chosen' if beta == cal.beta else ''}")
@@ -144,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
               f"strangers (sd {c['check_sd']:.2%}, worst {c['check_max']:.2%} over {c['splits']} halves) for a "
               f"{args.far:g} target")  # fmt: skip
         if c["solved_for"] < args.far:
-            print(f"so past {c['read_persons']} persons the table is solved for {c['solved_for']:.3g}, where the "
-                  f"same check gives {c['fitted_mean']:.2%} (fitted on those strangers: on target by "
-                  f"construction); a store's gallery lies further out, so this is a floor on the uncertainty")  # fmt: skip
+            m = c["read_persons"]
+            print(f"so past {m} persons the table is solved for {c['solved_for']:.3g} (grown in from {m} to "
+                  f"{2 * m} persons, whole from there), where the same check gives {c['fitted_mean']:.2%} (fitted "
+                  f"on those strangers: on target by construction); a store's gallery may lie further out, so "
+                  f"this is a floor on the uncertainty")  # fmt: skip
     card = {**cal.as_dict(), "data": data, "cohort": cohort, "seed": args.seed}
     if args.json:
         Path(args.json).write_text(json.dumps({k: v for k, v in card.items() if k != "cohort"}, indent=1))

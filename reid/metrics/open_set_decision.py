@@ -12,9 +12,9 @@ score; ``beta = 1`` is the margin over the runner-up. The cohort keeps the rule 
 person, and ties the stranger's competitor pool to the model rather than to how many people are enrolled.
 
 ``calibrate_decision`` sets ``beta`` and the threshold on labelled validation identities, simulating the
-gallery as it will be used: every identity enrolled with one template set (its first ``enroll_per_id``
-images), its other images asked as mated probes against everyone, and every identity's images asked as a
-stranger against the rest (leave one identity out). So the strangers' best scores are measured, not modelled,
+gallery as it will be used: every identity with more than ``enroll_per_id`` images enrolled with one template
+set (its first ``enroll_per_id``), its other images asked as mated probes against everyone, and every
+identity's images asked as a stranger against the rest (leave one identity out). So the strangers' best scores are measured, not modelled,
 up to a gallery of all the validation identities but one; past that the size table extrapolates. (Until
 2026-11-30 the identities were split in two halves that swapped roles, which measured galleries half as big.)
 """
@@ -85,7 +85,7 @@ class DecisionCalibration:
     by_beta: dict[float, float] = field(default_factory=dict)  # DIR at the target FAR for every beta tried
     # the threshold for each gallery size (persons), from the same validation strangers (both rules)
     by_size: dict[int, float] = field(default_factory=dict)
-    gallery_size: int = 0  # persons enrolled in each simulated gallery (what ``threshold`` is for)
+    gallery_size: int = 0  # persons a validation stranger was asked against (what ``threshold`` is for)
     # how far past the validation galleries' size the ``by_size`` table can be trusted (``size_check``)
     size_check: dict[str, float] = field(default_factory=dict)
 
@@ -365,7 +365,8 @@ def sized_table(
     rate: the highest whose check lands on the target, by bisection in log rate, down to a 50th of the target or
     one validation stranger, whichever is higher. The result at that rate is fitted on the same strangers, so it
     is on target by construction; it is kept only if it accepts fewer than the uncorrected check did. The check
-    spans one doubling of the gallery and a store's gallery lies further out, so the correction is a floor."""
+    spans one doubling of the gallery, so the correction grows in from ``M`` (none) to ``2 M`` (whole, in log
+    size); a store's gallery may lie further out, so the correction is a floor."""
     m = min(x.shape[1] for x in stranger_sims)
     sizes = tuple(sorted(set(sizes) | {m}))
     table = _table_at(stranger_sims, cohort_bests, beta, target_far, sizes, seed)
@@ -406,7 +407,10 @@ def sized_table(
         return table, record
     past = _table_at(stranger_sims, cohort_bests, beta, rate, sizes, seed)
     record.update(solved_for=rate, fitted_mean=got)
-    return {n: (table[n] if n <= m else past[n]) for n in sizes}, record
+    # the correction grows in over the doubling past M that the check measured (fitted at M/2, read at M), so
+    # the table does not jump at M + 1, where nothing is extrapolated yet; from 2M on it is whole
+    ramp = {n: min(1.0, float(np.log2(n / m))) for n in sizes if n > m}
+    return {n: (table[n] if n <= m else table[n] + ramp[n] * (past[n] - table[n])) for n in sizes}, record
 
 
 def calibrate_decision(
@@ -494,12 +498,14 @@ def calibrate_with_cohort(
     rule. Returns the calibration and the cohort it was made with."""
     labels = np.asarray(labels)
     cohort, keep = split_cohort(embeddings, labels, cohort_fraction, seed)
-    emb = np.asarray(embeddings)[keep]
-    cal = calibrate_decision(emb, labels[keep], target_far, enroll_per_id, cohort, betas, seed, aggregation)
-    if cal.beta == 0.0:
-        raw = calibrate_decision(
-            embeddings, labels, target_far, enroll_per_id, None, (0.0,), seed, aggregation
+    if tuple(betas) != (0.0,):
+        emb = np.asarray(embeddings)[keep]
+        cal = calibrate_decision(
+            emb, labels[keep], target_far, enroll_per_id, cohort, betas, seed, aggregation
         )
-        raw.by_beta = cal.by_beta
-        cal = raw
-    return cal, cohort
+        if cal.beta != 0.0:
+            return cal, cohort
+    raw = calibrate_decision(embeddings, labels, target_far, enroll_per_id, None, (0.0,), seed, aggregation)
+    if tuple(betas) != (0.0,):
+        raw.by_beta = cal.by_beta  # what chose the rule (beside a cohort), not re-measured
+    return raw, cohort
