@@ -180,14 +180,14 @@ def identity_means(vectors: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, n
     return means / counts[:, None], uniq, counts
 
 
-def held_out_identities(pids_train: np.ndarray, n: int, seed: int) -> set[int]:
+def held_out_identities(pids_train: np.ndarray, n: int, seed: int, extends: int = 0) -> set[int]:
     """The identities the shipped body model's trainer held out of training (``data.val_identities`` and
     ``data.val_seed`` of ``configs/reid/cpu_val_mobilenetv2.yaml``): the same ``holdout_identities`` call on the
     labeled training crops (only their identities matter for the choice)."""
     from reid.data.holdout import holdout_identities
     from reid.data.records import ImageRecord
 
-    _, val = holdout_identities([ImageRecord("", int(p), 0) for p in pids_train], n, seed)
+    _, val = holdout_identities([ImageRecord("", int(p), 0) for p in pids_train], n, seed, extends=extends)
     return {r.pid for r in val.query + val.gallery}
 
 
@@ -322,6 +322,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--val-identities", type=int, default=50, help="held out when the shipped model was trained"
     )
     p.add_argument("--val-seed", type=int, default=0)
+    p.add_argument("--val-extends", type=int, default=0, help="data.val_extends of the model's config")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "body" / "mobilenetv2_cuhk03.pt")
     p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     real = real_embeddings(args.data, args.checkpoint, args.cache, args.runtime)
     split, pids = real["split"], real["pids"]
-    held = held_out_identities(pids[split == 0], args.val_identities, args.val_seed)
+    held = held_out_identities(pids[split == 0], args.val_identities, args.val_seed, args.val_extends)
     sets = {
         "train": split <= 1,
         "val": (split <= 1) & np.isin(pids, sorted(held)),

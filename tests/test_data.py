@@ -306,3 +306,24 @@ def test_holdout_identities_carves_validation_out_of_train_and_extra_views() -> 
         holdout_identities(train, 1)
     with pytest.raises(DatasetError, match="leaves no training identity"):
         holdout_identities(train, 20)
+
+
+def test_holdout_identities_can_extend_an_earlier_split() -> None:
+    """``extends``: a model holding out more identities still leaves out every one an earlier model held out,
+    so the two compare on identities neither trained on; any seed, and a fraction too."""
+    from reid.data import ImageRecord, holdout_identities
+
+    train = [ImageRecord(f"t/{p}_{c}.jpg", p, c) for p in range(300) for c in (0, 1)]
+    afresh = 0
+    for seed in range(10):
+        small = {r.pid for r in holdout_identities(train, 20, seed=seed)[1].query}
+        kept, big = holdout_identities(train, 100, seed=seed, extends=20)
+        held = {r.pid for r in big.query}
+        assert len(held) == 100 and small < held and not held & {r.pid for r in kept}
+        afresh += not small <= {r.pid for r in holdout_identities(train, 100, seed=seed)[1].query}
+    assert afresh >= 3  # without it, 100 are drawn afresh (Python's sampler changes method with the count)
+    assert {r.pid for r in holdout_identities(train, 0.1, seed=0)[1].query} < {
+        r.pid for r in holdout_identities(train, 0.3, seed=0, extends=0.1)[1].query
+    }
+    with pytest.raises(DatasetError, match="val_extends"):
+        holdout_identities(train, 20, extends=20)

@@ -137,7 +137,9 @@ def _export_int8(args, out: Path) -> Path:
     d = config.get("data") or {}
     data = (
         f"{d.get('val_identities')} identities held out of {args.data_root or d.get('root')} "
-        f"(val_seed {d.get('val_seed', 0)}); calibrated on {len(calibration)} training-identity images"
+        f"(val_seed {d.get('val_seed', 0)}"
+        + (f", val_extends {d['val_extends']}" if d.get("val_extends") else "")
+        + f"); calibrated on {len(calibration)} training-identity images"
     )
     exclude = tuple(e for e in args.int8_exclude.split(",") if e)
     path, model_id, card = export_int8(

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
         # picked on them, never on the test split. 0 = no validation (best.pt then follows the test split).
         "val_identities": 0,
         "val_seed": 0,
+        # hold out first exactly what val_identities=<this> would (same seed), then more: an earlier model's
+        # validation identities stay untrained, so the two compare on them
+        "val_extends": 0,
         "p": 16,
         "k": 4,
         "workers": 2,

@@ -132,7 +132,11 @@ class Trainer:
         self.val_set: ReidDataset | None = None
         if d["val_identities"]:
             train_records, self.val_set = holdout_identities(
-                self.dataset.train, d["val_identities"], int(d["val_seed"]), extra_train=extra
+                self.dataset.train,
+                d["val_identities"],
+                int(d["val_seed"]),
+                extra_train=extra,
+                extends=d.get("val_extends") or 0,
             )
             logger.info(
                 "validation: %d identities held out of training (%d query / %d gallery images); "

@@ -353,7 +353,13 @@ def held_out_split(config: dict, data_root: str | Path | None = None):
         p = Path(folder)
         extra += read_extra_train(p if p.exists() else root.parent / p.name)
     train = read_market_folder(root / "bounding_box_train", "train")
-    kept, val = holdout_identities(train, d["val_identities"], int(d.get("val_seed", 0)), extra_train=extra)
+    kept, val = holdout_identities(
+        train,
+        d["val_identities"],
+        int(d.get("val_seed", 0)),
+        extra_train=extra,
+        extends=d.get("val_extends") or 0,
+    )
     held = {r.pid for r in val.query}
     return kept, val.query, val.gallery, [r for r in train + extra if r.pid in held]
 

@@ -31,6 +31,7 @@ def holdout_identities(
     seed: int = 0,
     extra_train: Sequence[ImageRecord] = (),
     name: str = "val",
+    extends: float = 0,
 ) -> tuple[list[ImageRecord], ReidDataset]:
     """Split training records into (train, validation) by identity, deterministically under ``seed``.
 
@@ -40,6 +41,11 @@ def holdout_identities(
     held-out identity one query per camera, every other image in the gallery. Without camera ids, one query per
     identity, and the query is given camera 0 and the gallery camera 1 so that evaluation removes only the query
     image itself (which is not in the gallery), never a true match.
+
+    ``extends`` (a count or fraction, below ``identities``): first hold out exactly the identities that
+    ``identities=extends`` would hold out under this seed, then the rest from the others. So a model that holds
+    out more identities can still be compared with an earlier one on the identities neither trained on (that
+    earlier split's own query/gallery: ``python -m training evaluate`` with its config).
     """
     by_pid: dict[int, list[ImageRecord]] = defaultdict(list)
     for r in train:
@@ -47,7 +53,19 @@ def holdout_identities(
     eligible = sorted(p for p, rs in by_pid.items() if len(rs) >= 2)
     n = _n_held(len(eligible), identities)
     rng = random.Random(seed)
-    held = set(rng.sample(eligible, n))
+    if extends:
+        try:
+            first = _n_held(len(eligible), extends)
+        except DatasetError as e:
+            raise DatasetError(f"val_extends={extends}: {e}") from e
+        if first >= n:
+            raise DatasetError(
+                f"val_extends={extends} must hold out fewer identities than val_identities={identities}"
+            )
+        held = set(rng.sample(eligible, first))
+        held |= set(rng.sample([p for p in eligible if p not in held], n - first))
+    else:
+        held = set(rng.sample(eligible, n))
     query: list[ImageRecord] = []
     gallery: list[ImageRecord] = []
     for pid in sorted(held):
