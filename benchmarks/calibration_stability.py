@@ -40,16 +40,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 
 
 def halves_threshold(emb: np.ndarray, labels: np.ndarray, far: float, seed: int) -> tuple[float, int]:
-    """The raw threshold of the two-halves simulation (one template each), and the persons each stranger saw."""
+    """The raw threshold of the two-halves simulation (one template each), and the fewest persons a stranger saw."""
     ids = np.unique(labels)
     ids = ids[np.random.default_rng(seed).permutation(len(ids))]
     halves = (ids[: len(ids) // 2], ids[len(ids) // 2 :])
-    best = []
+    best, persons = [], len(labels)
     for enrolled, strangers in (halves, halves[::-1]):
         enrolled = [p for p in enrolled if (labels == p).sum() > 1]
+        persons = min(persons, len(enrolled))
         t = np.array([np.flatnonzero(labels == p)[0] for p in enrolled])
         best.append((emb[np.isin(labels, strangers)] @ emb[t].T).max(axis=1))
-    return threshold_at_far(np.concatenate(best), far), min(len(h) for h in halves)
+    return threshold_at_far(np.concatenate(best), far), persons
 
 
 def pairs_at(emb: np.ndarray, labels: np.ndarray, threshold: float) -> Counter:
