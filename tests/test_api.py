@@ -301,7 +301,11 @@ def test_out_of_the_box_body_identify_or_enroll_uses_the_shipped_models_card(
     assert body.runtime == runtime and body.model_id == body.meta.model_id
     # a new gallery's faces are flip-averaged (reid.face.face_flip), and their card is the flip one
     face = app.state.svc.embedders["face"]
-    assert face.model_id == "dlib-resnet-v1-128-flip" and face.decision["beta"] == 0.75
+    from reid.decision_card import read_card
+
+    card = read_card("dlib-resnet-v1-128-flip")
+    assert face.model_id == "dlib-resnet-v1-128-flip" and card["rule"] == "margin"
+    assert face.decision["beta"] == card["beta"] and face.decision["threshold"] == card["threshold"]
     assert app.state.svc.gallery.decision_for("face", face.model_id).source == "model card"
     assert isinstance(body, BatchingEmbedder) == (runtime == "onnx")
     test = sorted((cuhk03_root / "bounding_box_test").iterdir())
