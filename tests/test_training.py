@@ -288,7 +288,9 @@ def test_every_config_loads_and_builds(path: Path, market: Path, tmp_path: Path)
         ],
     )
     if cfg["data"]["val_identities"]:  # the tiny data set holds 6 training identities, and no extra views
-        cfg["data"].update(val_identities=2, extra_train=[])
+        cfg["data"].update(val_identities=3 if cfg["data"]["val_extends"] else 2, extra_train=[])
+        if cfg["data"]["val_extends"]:
+            cfg["data"]["val_extends"] = 2
     trainer = Trainer(cfg, device="cpu")
     assert trainer.model.arch == cfg["model"]["name"] and len(trainer.loss.terms) == len(cfg["losses"])
 
