@@ -7,7 +7,7 @@ model (``models/body/mobilenetv2_cuhk03.pt`` on ONNX Runtime, 256-d; cached unde
 repository), and a generative model is fitted to them: identity centres from a Gaussian mixture in the PCA
 subspace of the means of the 427 *training* identities (``--centres``; labeled boxes and detector boxes), with
 as many components as it takes for sampled identities to lie as close to their nearest other identity as real
-ones do; several photos per person from the within-identity residual covariance of the 50 identities the
+ones do; several photos per person from the within-identity residual covariance of the 100 identities the
 shipped model held out of its training (``--spread``; unseen by the model, like the people a store enrolls:
 photos of a trained identity sit closer together, and would flatter an approximate index). The table's
 header prints real against synthetic: cosine of two photos of one person, of two persons, and of an identity
@@ -182,7 +182,7 @@ def identity_means(vectors: np.ndarray, pids: np.ndarray) -> tuple[np.ndarray, n
 
 def held_out_identities(pids_train: np.ndarray, n: int, seed: int, extends: int = 0) -> set[int]:
     """The identities the shipped body model's trainer held out of training (``data.val_identities`` and
-    ``data.val_seed`` of ``configs/reid/cpu_val_mobilenetv2.yaml``): the same ``holdout_identities`` call on the
+    ``data.val_seed``, ``data.val_extends`` of ``configs/reid/cpu_val100_256aug_mobilenetv2.yaml``): the same ``holdout_identities`` call on the
     labeled training crops (only their identities matter for the choice)."""
     from reid.data.holdout import holdout_identities
     from reid.data.records import ImageRecord
@@ -319,10 +319,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "tighter), the training identities, the test split's, or all",
     )
     p.add_argument(
-        "--val-identities", type=int, default=50, help="held out when the shipped model was trained"
+        "--val-identities", type=int, default=100, help="held out when the shipped model was trained"
     )
     p.add_argument("--val-seed", type=int, default=0)
-    p.add_argument("--val-extends", type=int, default=0, help="data.val_extends of the model's config")
+    p.add_argument("--val-extends", type=int, default=50, help="data.val_extends of the model's config")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "body" / "mobilenetv2_cuhk03.pt")
     p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx")

@@ -389,11 +389,9 @@ def test_camera_command_on_the_lab_videos_needs_no_threshold_and_keeps_the_man_o
 
 
 def test_the_second_person_in_double1_gets_an_id_of_their_own(lab_events) -> None:
-    """The shipped body model scores the second person 0.67 against the man (the card's threshold for a
-    one-person gallery is 0.736; it was 0.589 before the card was measured leaving one identity out), and the
-    man 0.77 against himself in the other camera; whether or not the second person's track is first named as
-    him, once the man walks in beside them (same frames, boxes apart) and scores higher, the second person is
-    decided apart from him: a new id."""
+    """The second person looks like the man to the shipped body model (in one room under one light); whether or
+    not their track is first named as him, once the man walks in beside them (same frames, boxes apart) and
+    scores higher, the second person is decided apart from him: a new id."""
     man = lab_events["cam1"][0]["global_id"]
     left = [e for e in lab_events["cam2"] if e["box"][0] <= 400]
     assert left and all(e["global_id"] != man for e in left)

@@ -50,7 +50,7 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
-# What the INT8 options were chosen on: the shipped body model (MobileNetV2, 192x96), quantised with calibration
+# What the INT8 options were chosen on: the body model shipped then (MobileNetV2, 192x96), quantised with calibration
 # images of its 377 training identities and compared on the 50 identities its trainer held out (validation);
 # the cuhk03-np test split only reports (benchmarks/int8_speed.py prints both, and models/body/README.md
 # the table of what was tried).

@@ -8,7 +8,7 @@ target false-accept rate. ``--write`` stores the decision in the checkpoint (``e
 model_id is unchanged) or, for dlib, in ``reid/face/cards/``.
 
 Examples:
-  reid-calibrate --checkpoint runs/cpu_val_mobilenetv2/best.pt --write
+  reid-calibrate --checkpoint runs/cpu_val100_256aug_mobilenetv2/best.pt --write
   reid-calibrate --checkpoint runs/cpu_val256_mobilenetv2/best.pt --rule raw --write
   reid-calibrate --checkpoint model.pt --data ../my-store-crops --far 0.001
   reid-calibrate --face dlib --data ../shared/data/celeba-faces --write
