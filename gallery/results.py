@@ -112,5 +112,5 @@ class CalibrationResult:
     measured_dir: float | None = None  # mated probes named right and accepted (the simulated gallery)
     cohort_size: int = 0
     by_size: dict[int, float] = field(default_factory=dict)  # threshold by gallery size (persons)
-    # the size table checked on these identities (built on half of each simulated gallery, read at all of it)
+    # the size table checked on these identities (built on half of the simulated gallery, read at all of it)
     size_check: dict[str, float] = field(default_factory=dict)

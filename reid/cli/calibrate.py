@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{cal.measured_far:.2%}, mated named {cal.measured_dir:.2%} (rank-1 {cal.rank1:.2%})")  # fmt: skip
     if cal.by_size and cal.size_check:
         c = cal.size_check
-        print(f"size check (validation only): the size table built on {c['fitted_persons']} of each validation "
+        print(f"size check (validation only): the size table built on {c['fitted_persons']} of the validation "
               f"gallery's persons and read at all {c['read_persons']} accepts {c['check_mean']:.2%} of their "
               f"strangers (sd {c['check_sd']:.2%}, worst {c['check_max']:.2%} over {c['splits']} halves) for a "
               f"{args.far:g} target")  # fmt: skip

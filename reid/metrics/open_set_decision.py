@@ -14,9 +14,10 @@ person, and ties the stranger's competitor pool to the model rather than to how 
 ``calibrate_decision`` sets ``beta`` and the threshold on labelled validation identities, simulating the
 gallery as it will be used: every identity with more than ``enroll_per_id`` images enrolled with one template
 set (its first ``enroll_per_id``), its other images asked as mated probes against everyone, and every
-identity's images asked as a stranger against the rest (leave one identity out). So the strangers' best scores are measured, not modelled,
-up to a gallery of all the validation identities but one; past that the size table extrapolates. (Until
-2026-11-30 the identities were split in two halves that swapped roles, which measured galleries half as big.)
+identity's images asked as a stranger against the rest (leave one identity out). So the strangers' best scores
+are measured, not modelled, up to a gallery of all the validation identities but one; past that the size table
+extrapolates. (Until 2026-11-30 the identities were split in two halves that swapped roles: that measured
+galleries half as big, and which half an identity fell in moved the threshold.)
 """
 
 from __future__ import annotations
