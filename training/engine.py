@@ -31,7 +31,7 @@ from reid.data import (
     ReidDataset,
     build_dataset,
     build_transforms,
-    holdout_identities,
+    holdout_from_config,
 )
 from reid.data.readers import read_extra_train
 from reid.embedder import Embedder
@@ -131,13 +131,7 @@ class Trainer:
         train_records = self.dataset.train + extra
         self.val_set: ReidDataset | None = None
         if d["val_identities"]:
-            train_records, self.val_set = holdout_identities(
-                self.dataset.train,
-                d["val_identities"],
-                int(d["val_seed"]),
-                extra_train=extra,
-                extends=d.get("val_extends") or 0,
-            )
+            train_records, self.val_set = holdout_from_config(self.dataset.train, d, extra)
             logger.info(
                 "validation: %d identities held out of training (%d query / %d gallery images); "
                 "best.pt is chosen on them, the test split only reports",

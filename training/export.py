@@ -341,7 +341,7 @@ def held_out_split(config: dict, data_root: str | Path | None = None):
     config's ``data.root`` (relative roots are relative to where training ran); ``extra_train`` folders are
     looked for beside it when they are not where the config says.
     """
-    from reid.data import holdout_identities
+    from reid.data import holdout_from_config
     from reid.data.readers import read_extra_train, read_market_folder
 
     d = config.get("data") or {}
@@ -353,13 +353,7 @@ def held_out_split(config: dict, data_root: str | Path | None = None):
         p = Path(folder)
         extra += read_extra_train(p if p.exists() else root.parent / p.name)
     train = read_market_folder(root / "bounding_box_train", "train")
-    kept, val = holdout_identities(
-        train,
-        d["val_identities"],
-        int(d.get("val_seed", 0)),
-        extra_train=extra,
-        extends=d.get("val_extends") or 0,
-    )
+    kept, val = holdout_from_config(train, d, extra)
     held = {r.pid for r in val.query}
     return kept, val.query, val.gallery, [r for r in train + extra if r.pid in held]
 

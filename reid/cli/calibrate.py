@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from reid.cli.common import make_parser, run, setup_logging
-from reid.data import holdout_identities, read_identity_folders
+from reid.data import holdout_from_config, read_identity_folders
 from reid.data.readers import read_extra_train, read_market_folder
 from reid.errors import ConfigError, DatasetError
 from reid.metrics.aggregation import AGGREGATIONS, DEFAULT_AGGREGATION
@@ -44,9 +44,7 @@ def validation_records(config: dict) -> tuple[list[str], list[int]]:
     root = Path(d["root"])
     train = read_market_folder(root / "bounding_box_train", "train")
     extra = [r for folder in d.get("extra_train") or [] for r in read_extra_train(folder)]
-    _, val = holdout_identities(
-        train, d["val_identities"], int(d.get("val_seed", 0)), extends=d.get("val_extends") or 0
-    )
+    _, val = holdout_from_config(train, d)
     held = {r.pid for r in val.query + val.gallery}
     recs = [r for r in train + extra if r.pid in held]
     return [r.path for r in recs], [r.pid for r in recs]

@@ -1,7 +1,7 @@
 """Datasets: readers that return (path, pid, camid) records, a P x K sampler, transforms, a torch Dataset."""
 
 from reid.data.dataset import ImageDataset, verify_images
-from reid.data.holdout import holdout_identities
+from reid.data.holdout import holdout_from_config, holdout_identities
 from reid.data.lfw import FacePair, LFWPairs, read_lfw
 from reid.data.readers import (
     DATASETS,
@@ -30,6 +30,7 @@ __all__ = [
     "ReidDataset",
     "build_dataset",
     "build_transforms",
+    "holdout_from_config",
     "holdout_identities",
     "parse_market_name",
     "read_cuhk03_np",

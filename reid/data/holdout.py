@@ -88,3 +88,18 @@ def holdout_identities(
     kept = [r for r in train if r.pid not in held]
     kept += [r for r in extra_train if r.pid not in held]
     return kept, ReidDataset(name, [], query, gallery)
+
+
+def holdout_from_config(
+    train: Sequence[ImageRecord], data: dict, extra_train: Sequence[ImageRecord] = ()
+) -> tuple[list[ImageRecord], ReidDataset]:
+    """``holdout_identities`` as a training config's ``data`` section asks (``val_identities``, ``val_seed``,
+    ``val_extends``): the one reading of those keys, shared by the trainer, the exporter and ``reid-calibrate``,
+    so the identities they hold out are the same."""
+    return holdout_identities(
+        train,
+        data["val_identities"],
+        int(data.get("val_seed") or 0),
+        extra_train=extra_train,
+        extends=data.get("val_extends") or 0,
+    )
