@@ -423,11 +423,13 @@ def calibrate_decision(
     betas: tuple[float, ...] = BETAS,
     seed: int = 0,
     aggregation: str = "max",
+    size_table: bool = True,
 ) -> DecisionCalibration:
     """Choose ``beta`` (the one naming most mated probes at ``target_far``) and the threshold, on validation
     identities that never appear in ``cohort``. Identities with fewer than ``enroll_per_id + 1`` images only
     ever play strangers. ``aggregation``: how a person's ``enroll_per_id`` templates score a probe (the one the
-    gallery that uses this decision ranks by; any is the same with one template)."""
+    gallery that uses this decision ranks by; any is the same with one template). ``size_table=False`` leaves
+    ``by_size`` and ``size_check`` empty (the table's check is the costly part; choosing beta needs neither)."""
     emb = np.asarray(embeddings, dtype=np.float32)
     labels = np.asarray(labels)
     if emb.ndim != 2 or len(emb) != len(labels):
@@ -457,7 +459,9 @@ def calibrate_decision(
                 stranger,
             )
     beta, dir_, thr, far, rank1, mated, stranger = best
-    by_size, checked = sized_table(stranger_sims, stranger_cb, beta, target_far, seed=seed)
+    by_size, checked = (
+        sized_table(stranger_sims, stranger_cb, beta, target_far, seed=seed) if size_table else ({}, {})
+    )
     return DecisionCalibration(
         "raw" if beta == 0.0 else "margin", beta, float(thr), target_far, far, dir_, rank1, len(mated), len(stranger),
         len(ids), enroll_per_id, by_beta, by_size, min(x.shape[1] for x in stranger_sims), checked,
@@ -499,14 +503,19 @@ def calibrate_with_cohort(
     rule. Returns the calibration and the cohort it was made with."""
     labels = np.asarray(labels)
     cohort, keep = split_cohort(embeddings, labels, cohort_fraction, seed)
-    if tuple(betas) != (0.0,):
-        emb = np.asarray(embeddings)[keep]
+    beta, by_beta = 0.0, None
+    if tuple(betas) != (
+        0.0,
+    ):  # choose beta beside the cohort; the size table is made once, for the rule chosen
+        emb, y = np.asarray(embeddings)[keep], labels[keep]
+        chose = calibrate_decision(emb, y, target_far, enroll_per_id, cohort, betas, seed, aggregation, False)
+        beta, by_beta = chose.beta, chose.by_beta
+    if beta != 0.0:
+        cal = calibrate_decision(emb, y, target_far, enroll_per_id, cohort, (beta,), seed, aggregation)
+    else:
         cal = calibrate_decision(
-            emb, labels[keep], target_far, enroll_per_id, cohort, betas, seed, aggregation
+            embeddings, labels, target_far, enroll_per_id, None, (0.0,), seed, aggregation
         )
-        if cal.beta != 0.0:
-            return cal, cohort
-    raw = calibrate_decision(embeddings, labels, target_far, enroll_per_id, None, (0.0,), seed, aggregation)
-    if tuple(betas) != (0.0,):
-        raw.by_beta = cal.by_beta  # what chose the rule (beside a cohort), not re-measured
-    return raw, cohort
+    if by_beta is not None:
+        cal.by_beta = by_beta  # what chose the rule (beside a cohort), not re-measured
+    return cal, cohort
