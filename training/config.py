@@ -85,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
         # depthwise and 1x1 convolutions prefer it; benchmarks/train_step_speed.py).
         "channels_last": True,
         "freeze_backbone_epochs": 0,
+        # Start from a whole model exported by this trainer (fast-reid's MODEL.WEIGHTS): every backbone and head
+        # tensor is loaded; the classifier, part of the loss, starts afresh. Refused if that model trained on any
+        # identity this run validates on.
+        "init_weights": None,
         "log_every": 20,
         "checkpoint_every": 1,
     },

@@ -38,7 +38,7 @@ from reid.embedder import Embedder
 from reid.errors import CheckpointError, ConfigError, TrainingDivergedError
 from reid.losses import build_combined_loss
 from reid.models import build_model, save_checkpoint
-from reid.models.checkpoint import CheckpointMeta
+from reid.models.checkpoint import CheckpointMeta, read_checkpoint
 from reid.utils.io import atomic_torch_save
 from training.config import dump_config
 from training.evaluators import build_evaluator
@@ -87,6 +87,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _same_path(a: str | None, b: str) -> bool:
+    return a is not None and Path(a).resolve() == Path(b).resolve()
 
 
 class Trainer:
@@ -157,6 +161,8 @@ class Trainer:
         )
         self.batch_size = int(d["p"]) * int(d["k"])
         self.model = build_model(**c["model"])
+        if c["train"].get("init_weights"):
+            self._init_weights(str(c["train"]["init_weights"]))
         self.memory_format = (
             torch.channels_last if c["train"].get("channels_last") else torch.contiguous_format
         )
@@ -178,6 +184,45 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.mean = tuple(tcfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(tcfg.get("std", (0.229, 0.224, 0.225)))
+
+    def _init_weights(self, path: str) -> None:
+        """Load a whole exported model (``train.init_weights``), refusing one that trained on an identity this
+        run validates on: a continued model would otherwise be chosen on identities it has seen."""
+        state, meta = read_checkpoint(path)
+        where = f"train.init_weights {path}"
+        if meta.arch != self.cfg["model"]["name"]:
+            raise ConfigError(
+                f"{where} is a {meta.arch!r} model; this config builds {self.cfg['model']['name']!r}"
+            )
+        try:
+            self.model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ConfigError(f"{where} does not fit this config's model section: {e}") from e
+        if self.val_set is not None:
+            own = self.cfg["data"]
+            theirs = (meta.extra.get("config") or {}).get("data") or {}
+            same_data = theirs.get("dataset") == own["dataset"] and _same_path(
+                theirs.get("root"), own["root"]
+            )
+            if not same_data:
+                raise ConfigError(
+                    f"{where} was not trained by this trainer on {own['dataset']} at {own['root']}, so whether it "
+                    "saw this run's validation identities cannot be checked"
+                )
+            ours = {r.pid for r in self.val_set.query}
+            held = (
+                {r.pid for r in holdout_from_config(self.dataset.train, theirs)[1].query}
+                if theirs.get("val_identities")
+                else set()
+            )
+            seen = sorted(ours - held)
+            if seen:
+                raise ConfigError(
+                    f"{where} trained on {len(seen)} of this run's {len(ours)} validation identities "
+                    f"(e.g. {seen[:5]}); hold out the same identities it held out (data.val_identities, "
+                    "data.val_seed, data.val_extends)"
+                )
+        logger.info("model initialised from %s (%s)", path, meta.model_id)
 
     def _loader(self) -> DataLoader:
         workers = int(self.cfg["data"]["workers"])
