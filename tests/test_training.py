@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from reid.embedder import Embedder
-from reid.errors import ConfigError, TrainingDivergedError
+from reid.errors import CheckpointError, ConfigError, TrainingDivergedError
+from reid.models.checkpoint import read_checkpoint
 from training.config import load_config
 from training.engine import Trainer
 from training.optim import warmup_cosine, warmup_multistep
@@ -190,7 +191,7 @@ def test_channels_last_trains_the_same_model_and_saves_plain_weights(market: Pat
 
 
 def test_bfloat16_autocast_runs_convolutions_in_bf16_and_keeps_float32_weights(
-    market: Path, tmp_path: Path
+    market: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """train.amp_dtype bfloat16 on CPU: convolutions see bf16, the loss and the weights stay float32, and one
     epoch lands near the float32 run (same seed); float16 on CPU and unknown names are config errors."""
@@ -208,6 +209,9 @@ def test_bfloat16_autocast_runs_convolutions_in_bf16_and_keeps_float32_weights(
         t.train()
         runs[dtype] = t
     assert seen == {torch.bfloat16}, "CPU autocast did not reach the convolutions"
+    # emulated bfloat16 is several times slower than float32: the run says so where the CPU lacks it
+    warned = "has no native bfloat16" in caplog.text
+    assert warned == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert runs["auto"].amp_dtype is None  # auto is float32 on CPU: existing CPU recipes are unchanged
     assert all(p.dtype == torch.float32 for p in runs["bfloat16"].model.parameters())
     assert np.isfinite(runs["bfloat16"]._last_values["loss/total"])
@@ -227,6 +231,43 @@ def test_bfloat16_autocast_runs_convolutions_in_bf16_and_keeps_float32_weights(
         cfg["train"] = {**cfg["train"], "amp_dtype": bad}
         with pytest.raises(ConfigError, match=match):
             Trainer(cfg, device="cpu")
+
+
+def test_init_weights_loads_the_whole_model_and_refuses_one_that_saw_validation_identities(
+    market: Path, tmp_path: Path
+) -> None:
+    """train.init_weights: every model tensor of an exported model is loaded (the classifier, in the loss, is
+    not); a model that trained on any identity the new run validates on, or of another architecture, is refused."""
+
+    def cfg_for(name: str, val: int, extends: int = 0, init: Path | None = None) -> dict:
+        cfg = tiny_cfg(tmp_path / name, market)
+        cfg["data"] = {**cfg["data"], "val_identities": val, "val_extends": extends, "extra_train": []}
+        cfg["train"] = {**cfg["train"], "epochs": 1, "init_weights": str(init) if init else None}
+        return cfg
+
+    Trainer(cfg_for("held2", 2), device="cpu").train()
+    parent = tmp_path / "held2" / "run" / "final.pt"
+    state, _ = read_checkpoint(parent)
+    child = Trainer(cfg_for("child", 2, init=parent), device="cpu")  # the same held-out identities
+    loaded = child.model.state_dict()
+    assert set(loaded) == set(state)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    fresh = Trainer(cfg_for("fresh", 2), device="cpu").model.state_dict()
+    assert not torch.equal(fresh["head.projection.weight"], state["head.projection.weight"])
+    # extending the parent's split adds an identity the parent trained on
+    with pytest.raises(ConfigError, match=r"trained on 1 of this run's 3 validation identities"):
+        Trainer(cfg_for("extended", 3, extends=2, init=parent), device="cpu")
+
+    # a model whose config held nothing out trained on every identity (exported untrained: only its config counts)
+    Trainer(cfg_for("all", 0), device="cpu").export(tmp_path / "all.pt")
+    with pytest.raises(ConfigError, match=r"trained on 2 of this run's 2 validation identities"):
+        Trainer(cfg_for("leak", 2, init=tmp_path / "all.pt"), device="cpu")
+    other = cfg_for("arch", 2, init=parent)
+    other["model"] = {**other["model"], "name": "mobilenetv2"}
+    with pytest.raises(ConfigError, match=r"is a 'resnet18' model; this config builds 'mobilenetv2'"):
+        Trainer(other, device="cpu")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Trainer(cfg_for("missing", 2, init=tmp_path / "nope.pt"), device="cpu")
 
 
 def test_a_loss_that_turns_nan_stops_training_with_the_step_and_terms(market: Path, tmp_path: Path) -> None:
