@@ -159,6 +159,7 @@ def quantize_onnx_int8(
     per_channel: bool = True,
     quant_format: str = "qdq",
     symmetric_activations: bool = False,
+    reduce_range: bool = True,
     op_types: Sequence[str] = INT8_OP_TYPES,
     exclude: Sequence[str] = DEFAULT_INT8_EXCLUDE,
 ) -> Path:
@@ -180,6 +181,10 @@ def quantize_onnx_int8(
       bottleneck between them carries the largest quantisation error), and they are a small part of the work.
     - ``quant_format="qdq"`` (QuantizeLinear/DequantizeLinear pairs, fused by ONNX Runtime) or ``"qoperator"``
       (QLinearConv etc. in the file); ``symmetric_activations`` (int8, zero point 0) lost accuracy here.
+    - ``reduce_range`` (7-bit weights): on x86 CPUs without VNNI (AVX2 or AVX-512 alone) ONNX Runtime's u8 x s8
+      kernel (VPMADDUBSW) saturates its 16-bit pair sums, and the model runs wherever it is copied. Measured on
+      the shipped body model on an AVX2 EPYC (64 calibration images, 20 validation identities): cosine to fp32
+      0.953 mean / 0.655 worst with 8-bit weights, 0.983 / 0.906 with 7-bit; mAP 83.7 % and 83.4 % (fp32 84.6 %).
 
     ``dynamic``: per-tensor INT8 weights, activations quantised at run time (ConvInteger); kept for comparison,
     it loses nearly everything on this conv net.
@@ -226,6 +231,7 @@ def quantize_onnx_int8(
             op_types_to_quantize=list(op_types),
             nodes_to_exclude=excluded,
             calibrate_method=methods[calibrate],
+            reduce_range=bool(reduce_range),
             extra_options={"ActivationSymmetric": bool(symmetric_activations)},
             calibration_cache_path=str(cache),
         )
@@ -244,6 +250,7 @@ def quantize_onnx_int8(
         per_channel=bool(per_channel),
         quant_format=quant_format,
         symmetric_activations=bool(symmetric_activations),
+        reduce_range=bool(reduce_range),
         op_types=list(op_types),
         exclude=list(exclude),
         float_nodes=excluded,
