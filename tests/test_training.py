@@ -270,6 +270,25 @@ def test_init_weights_loads_the_whole_model_and_refuses_one_that_saw_validation_
         Trainer(cfg_for("missing", 2, init=tmp_path / "nope.pt"), device="cpu")
 
 
+def test_evaluate_command_prints_metrics_and_writes_nothing_beside_the_checkpoint(
+    market: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from training.cli import main
+    from training.config import dump_config
+
+    cfg = tiny_cfg(tmp_path, market)
+    cfg["train"] = {**cfg["train"], "epochs": 1}
+    Trainer(cfg, device="cpu").train()
+    shipped = tmp_path / "models"
+    shipped.mkdir()
+    (tmp_path / "run" / "final.pt").rename(shipped / "model.pt")
+    config = dump_config(cfg, tmp_path / "config.yaml")
+    main(["evaluate", "--config", str(config), "--checkpoint", str(shipped / "model.pt")])
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0 < metrics["mAP"] <= 1 and 0 <= metrics["rank1"] <= 1
+    assert [p.name for p in shipped.iterdir()] == ["model.pt"]
+
+
 def test_a_loss_that_turns_nan_stops_training_with_the_step_and_terms(market: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(tmp_path, market)
     t = Trainer(cfg, device="cpu")

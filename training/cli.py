@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from reid.cli.common import make_parser, run, setup_logging
@@ -84,11 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         from training.engine import Trainer
 
         cfg = load_config(args.config, args.overrides)
-        cfg["output_dir"] = str(Path(args.checkpoint).parent)
-        trainer = Trainer(cfg, device="cpu")
         model, _ = load_checkpoint(args.checkpoint)
-        trainer.model.load_state_dict(model.state_dict())
-        print(json.dumps(trainer.evaluate(), indent=2))
+        # The trainer writes its config into output_dir; evaluating must leave the checkpoint's folder as it was
+        # (it may be models/body/ in the repo), and a model to start from is not needed to evaluate another.
+        cfg["train"] = {**cfg["train"], "init_weights": None}
+        with tempfile.TemporaryDirectory() as out:
+            cfg["output_dir"] = out
+            trainer = Trainer(cfg, device="cpu")
+            trainer.model.load_state_dict(model.state_dict())
+            print(json.dumps(trainer.evaluate(), indent=2))
     elif args.cmd == "export":
         from training.export import export_onnx, export_torchscript
 
