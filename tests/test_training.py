@@ -252,6 +252,9 @@ def test_init_weights_loads_the_whole_model_and_refuses_one_that_saw_validation_
     loaded = child.model.state_dict()
     assert set(loaded) == set(state)
     assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert child.init_model_id == read_checkpoint(parent)[1].model_id
+    child.export(tmp_path / "child.pt")  # the exported model names the one it started from
+    assert read_checkpoint(tmp_path / "child.pt")[1].extra["init_weights_model_id"] == child.init_model_id
     fresh = Trainer(cfg_for("fresh", 2), device="cpu").model.state_dict()
     assert not torch.equal(fresh["head.projection.weight"], state["head.projection.weight"])
     # extending the parent's split adds an identity the parent trained on
@@ -268,6 +271,14 @@ def test_init_weights_loads_the_whole_model_and_refuses_one_that_saw_validation_
         Trainer(other, device="cpu")
     with pytest.raises(CheckpointError, match="does not exist"):
         Trainer(cfg_for("missing", 2, init=tmp_path / "nope.pt"), device="cpu")
+    other_data = cfg_for("kwargs", 2, init=parent)
+    other_data["data"] = {**other_data["data"], "root": str(make_market(tmp_path / "elsewhere"))}
+    with pytest.raises(ConfigError, match="cannot be checked"):
+        Trainer(other_data, device="cpu")
+    # --resume restores its own weights: the model to start from is not read (here it does not exist)
+    gone = cfg_for("held2", 2, init=tmp_path / "nope.pt")
+    resumed = Trainer(gone, resume=tmp_path / "held2" / "run" / "last.pt", device="cpu")
+    assert resumed.init_model_id is None and resumed.epoch == 1
 
 
 def test_evaluate_command_prints_metrics_and_writes_nothing_beside_the_checkpoint(

@@ -73,7 +73,7 @@ def _amp_dtype(train_cfg: Mapping, device: torch.device) -> torch.dtype | None:
     if name == "bfloat16":
         if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             # Without AVX-512 BF16 / AMX oneDNN emulates bfloat16: measured 42 s a MobileNetV2 256x128 step on
-            # an AVX2 EPYC against about 8 s in float32. The run still does what was asked, but says so.
+            # an AVX2 EPYC against about 3 s in float32. The run still does what was asked, but says so.
             logger.warning(
                 "train.amp_dtype bfloat16: this CPU (%s) has no native bfloat16, so every step is emulated "
                 "and several times slower than float32; pass train.amp_dtype=auto for float32 steps",
@@ -120,6 +120,9 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(self.cfg, self.out / "config.yaml")
+        # --resume restores the weights itself: the model to start from is then neither read nor needed
+        self._resuming = bool(resume)
+        self.init_model_id: str | None = None
         self._build()
         self.epoch = 0
         self.step_in_epoch = 0
@@ -169,7 +172,7 @@ class Trainer:
         )
         self.batch_size = int(d["p"]) * int(d["k"])
         self.model = build_model(**c["model"])
-        if c["train"].get("init_weights"):
+        if c["train"].get("init_weights") and not self._resuming:
             self._init_weights(str(c["train"]["init_weights"]))
         self.memory_format = (
             torch.channels_last if c["train"].get("channels_last") else torch.contiguous_format
@@ -209,8 +212,11 @@ class Trainer:
         if self.val_set is not None:
             own = self.cfg["data"]
             theirs = (meta.extra.get("config") or {}).get("data") or {}
-            same_data = theirs.get("dataset") == own["dataset"] and _same_path(
-                theirs.get("root"), own["root"]
+            # kwargs too: an identity-folder reader numbers persons after its filters (min_images, ...)
+            same_data = (
+                theirs.get("dataset") == own["dataset"]
+                and _same_path(theirs.get("root"), own["root"])
+                and (theirs.get("kwargs") or {}) == (own.get("kwargs") or {})
             )
             if not same_data:
                 raise ConfigError(
@@ -230,6 +236,7 @@ class Trainer:
                     f"(e.g. {seen[:5]}); hold out the same identities it held out (data.val_identities, "
                     "data.val_seed, data.val_extends)"
                 )
+        self.init_model_id = meta.model_id
         logger.info("model initialised from %s (%s)", path, meta.model_id)
 
     def _loader(self) -> DataLoader:
@@ -479,7 +486,12 @@ class Trainer:
             mean=self.mean,
             std=self.std,
             modality=self.cfg["modality"],
-            extra={"config": self.cfg, "epoch": self.epoch, **(extra or {})},
+            extra={
+                "config": self.cfg,
+                "epoch": self.epoch,
+                **({"init_weights_model_id": self.init_model_id} if self.init_model_id else {}),
+                **(extra or {}),
+            },
         )
 
     def save_state(self, path: Path) -> None:
