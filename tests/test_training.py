@@ -247,12 +247,12 @@ def test_init_weights_loads_the_whole_model_and_refuses_one_that_saw_validation_
 
     Trainer(cfg_for("held2", 2), device="cpu").train()
     parent = tmp_path / "held2" / "run" / "final.pt"
-    state, _ = read_checkpoint(parent)
+    state, parent_meta = read_checkpoint(parent)
     child = Trainer(cfg_for("child", 2, init=parent), device="cpu")  # the same held-out identities
     loaded = child.model.state_dict()
     assert set(loaded) == set(state)
     assert all(torch.equal(loaded[k], state[k]) for k in state)
-    assert child.init_model_id == read_checkpoint(parent)[1].model_id
+    assert child.init_model_id == parent_meta.model_id
     child.export(tmp_path / "child.pt")  # the exported model names the one it started from
     assert read_checkpoint(tmp_path / "child.pt")[1].extra["init_weights_model_id"] == child.init_model_id
     fresh = Trainer(cfg_for("fresh", 2), device="cpu").model.state_dict()
@@ -362,10 +362,9 @@ def test_every_config_loads_and_builds(path: Path, market: Path, tmp_path: Path)
         cfg["data"].update(val_identities=3 if cfg["data"]["val_extends"] else 2, extra_train=[])
         if cfg["data"]["val_extends"]:
             cfg["data"]["val_extends"] = 2
+    # a model to start from is a repo file of this config's architecture; the tiny data cannot host it
     init = cfg["train"]["init_weights"]
-    if (
-        init
-    ):  # a model to start from is a repo file of this config's architecture; the tiny data cannot host it
+    if init:
         _, meta = read_checkpoint(REPO / init)
         assert meta.arch == cfg["model"]["name"]
         assert meta.extra["config"]["data"]["root"] == load_config(path)["data"]["root"]

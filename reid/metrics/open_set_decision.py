@@ -504,9 +504,8 @@ def calibrate_with_cohort(
     labels = np.asarray(labels)
     cohort, keep = split_cohort(embeddings, labels, cohort_fraction, seed)
     beta, by_beta = 0.0, None
-    if tuple(betas) != (
-        0.0,
-    ):  # choose beta beside the cohort; the size table is made once, for the rule chosen
+    # choose beta beside the cohort; the size table is made once, for the rule chosen
+    if tuple(betas) != (0.0,):
         emb, y = np.asarray(embeddings)[keep], labels[keep]
         chose = calibrate_decision(emb, y, target_far, enroll_per_id, cohort, betas, seed, aggregation, False)
         beta, by_beta = chose.beta, chose.by_beta
