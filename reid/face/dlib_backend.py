@@ -286,99 +286,63 @@ FACE_FLIP_CHOICES = ("auto", "on", "off")
 PLAIN_FACE_MODEL = "dlib-resnet-v1-128"
 
 
-def face_flip(setting: str, stored_model_ids: Collection[str] = ()) -> bool:
+def face_flip(
+    setting: str, stored_model_ids: Collection[str] = (), plain_model_id: str = PLAIN_FACE_MODEL
+) -> bool:
     """Whether to average each face chip's descriptor with its mirror's (``model_id`` ends in ``-flip``).
 
     ``"on"`` / ``"off"`` decide. ``"auto"`` (the default of the API, the camera commands and ``python -m
     gallery``; ``DlibFaceEmbedder`` itself and ``reid-calibrate`` stay plain unless asked) is on: on CelebA's
     validation identities at 1 % strangers, flip names 67.8 % of known people with one photo against 64.3 %
     plain, and 87.3 % against 86.3 % with three (``benchmarks/aggregation_choice.py --faces``), for about
-    1.5x the network's time. Except for a gallery that already holds plain face templates and no flip
-    ones (``stored_model_ids``): switching would leave them unmatched, so it stays plain (with a warning)."""
+    1.5x the network's time. Except for a gallery that already holds plain face templates of the model
+    (``plain_model_id``) and no flip ones (``stored_model_ids``): switching would leave them unmatched, so it
+    stays plain (with a warning)."""
     if setting not in FACE_FLIP_CHOICES:
         raise ConfigError(f"face flip must be one of {FACE_FLIP_CHOICES}, got {setting!r}")
     if setting != "auto":
         return setting == "on"
     ids = set(stored_model_ids)
-    if PLAIN_FACE_MODEL in ids and f"{PLAIN_FACE_MODEL}-flip" not in ids:
+    if plain_model_id in ids and f"{plain_model_id}-flip" not in ids:
         logger.warning(
             "this gallery's face templates are plain %s embeddings: faces stay plain (flip averaging names "
             "more people, but needs the templates re-enrolled; set face flip 'on' to switch)",
-            PLAIN_FACE_MODEL,
+            plain_model_id,
         )
         return False
     return True
 
 
-@FACE_EMBEDDERS.register("dlib")
-class DlibFaceEmbedder(BaseEmbedder):
-    """dlib's 128-d face embedder behind our detection and alignment.
+class FaceEmbedderBase(BaseEmbedder):
+    """Detect, align and embed faces, over ``workers`` threads: what every face model here shares.
 
-    ``embed(images)``: for each photo, the largest face is detected, aligned and embedded. ``on_no_face``:
-    ``"error"`` raises :class:`FaceNotFoundError` naming the image; ``"center"`` treats the image as a centred
-    face crop (for pre-cropped inputs such as LFW's), locating landmarks inside the central box.
-    ``flip`` averages the descriptors of the chip and its mirror; ``jitter`` is dlib's ``num_jitters`` (random
-    crops made by dlib: values above 1 need ``runtime="dlib"``).
-
-    ``runtime``: ``"onnx"`` (default) runs dlib's network on ONNX Runtime with ``threads`` intra-op threads
-    (default 1: parallelism comes from ``workers`` and from concurrent callers, which beat intra-op threads on a
-    batch of one chip); it is compared with dlib's own network on a fixed chip when built, and dlib's network
-    is used instead (with a warning) if they differ. ``"dlib"`` runs dlib's network (one call at a time).
-    The embeddings are the same either way, so is ``model_id``. ``workers``: threads over which ``embed``
-    spreads the photos of one call (default ``min(2, cores)``; 1: the calling thread only).
+    A subclass sets ``modality``, ``dim``, ``model_id``, ``decision`` and ``chip_size``, and defines
+    ``align_chip(image, face)`` (the aligned uint8 RGB chip its network wants) and ``_descriptors(chips)`` (raw
+    descriptors of a list of chips). ``on_no_face``: ``"error"`` raises :class:`FaceNotFoundError` naming the
+    image; ``"center"`` treats the image as a centred face crop (for pre-cropped inputs such as LFW's). ``flip``
+    averages the descriptors of each chip and its mirror.
     """
 
     modality = "face"
-    dim = 128
+    chip_size = 150
 
     def __init__(
-        self,
-        detector: FaceDetector | None = None,
-        on_no_face: str = "error",
-        flip: bool = False,
-        jitter: int = 0,
-        runtime: str = "onnx",
-        threads: int | None = None,
-        workers: int | None = None,
+        self, detector: FaceDetector | None, on_no_face: str, flip: bool, workers: int | None
     ) -> None:
-        import dlib
-
         if on_no_face not in ("error", "center"):
             raise ConfigError(f"on_no_face must be 'error' or 'center', got {on_no_face!r}")
-        if runtime not in ("onnx", "dlib"):
-            raise ConfigError(f"face runtime must be 'onnx' or 'dlib', got {runtime!r}")
-        if runtime == "onnx" and jitter > 1:
-            raise ConfigError("jitter > 1 is dlib's random jittering: it needs runtime='dlib'")
         self.detector = detector or FaceDetector()
-        self.on_no_face, self.flip, self.jitter = on_no_face, flip, jitter
+        self.on_no_face, self.flip = on_no_face, flip
         self.workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
-        path = dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
-        self._net = dlib.face_recognition_model_v1(str(path))
-        self._onnx = None
-        if runtime == "onnx":
-            self._onnx = self._onnx_network(path, threads)
-            if self._onnx is not None:
-                self._net = None  # never called again: its memory goes
-        self.runtime = "onnx" if self._onnx is not None else "dlib"
-        self._lock = threading.Lock()  # dlib's network is not thread-safe; also guards the counter below
-        self.model_id = "dlib-resnet-v1-128" + ("-flip" if flip else "")
-        # calibrated on CelebA identities (never LFW): reid/face/cards/<model_id>.json
-        self.decision = read_card(self.model_id)
+        self._lock = threading.Lock()  # guards the pool's creation and the counter below (and dlib's network)
         self.fallbacks = 0  # images embedded with the centred-face assumption
 
-    def _onnx_network(self, path: Path, threads: int | None):
-        from reid.face.dlib_onnx import DlibResnetOnnx
+    def align_chip(self, image: np.ndarray, face: Face) -> np.ndarray:
+        raise NotImplementedError
 
-        try:
-            net = DlibResnetOnnx(path, threads=threads or 1)
-            why = net.mismatch(self._net)
-        except Exception as e:  # any failure (reader, graph, ONNX Runtime) leaves dlib's own network
-            why = f"it could not be built ({type(e).__name__}: {e})"
-        if why is None:
-            return net
-        logger.warning("dlib's face network runs on dlib (~10x slower), not ONNX Runtime: %s", why)
-        return None
+    def _descriptors(self, chips: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
 
     def _map(self, fn: Callable, items: list) -> list:
         """``[fn(x) for x in items]`` on the embedder's worker threads (results and the first error in order)."""
@@ -400,35 +364,34 @@ class DlibFaceEmbedder(BaseEmbedder):
             return self.detector.center_face(image)
         raise FaceNotFoundError(f"{where}: no face found")
 
-    def _descriptors(self, chips: list[np.ndarray]) -> np.ndarray:
-        """Raw descriptors of 150x150 uint8 chips."""
-        if self._onnx is not None:
-            batch = np.stack(chips)
-            parts = np.array_split(batch, min(self.workers, len(batch)))
-            return np.concatenate(self._map(self._onnx, parts))
-        with self._lock:
-            return np.array(self._net.compute_face_descriptor(chips, self.jitter), dtype=np.float32)
-
     def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """Embed aligned 150x150 RGB chips."""
+        """Embed aligned ``chip_size`` x ``chip_size`` RGB chips."""
         if not len(chips):
             return np.zeros((0, self.dim), np.float32)
         chips = [np.ascontiguousarray(c, dtype=np.uint8) for c in chips]
         if not self.flip:
             return l2_normalize(self._descriptors(chips))
+        return self.embed_chips_both(chips)[1]
+
+    def embed_chips_both(self, chips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Plain and flip-averaged embeddings of the same chips (whatever ``flip`` says), from one pass over the
+        chips and their mirrors: what the two settings give, for benchmarks and calibration."""
+        if not len(chips):
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, self.dim), np.float32)
+        chips = [np.ascontiguousarray(c, dtype=np.uint8) for c in chips]
         mirrored = [np.ascontiguousarray(c[:, ::-1]) for c in chips]
         d = self._descriptors(chips + mirrored)
-        return l2_normalize(d[: len(chips)] + d[len(chips) :])
+        return l2_normalize(d[: len(chips)]), l2_normalize(d[: len(chips)] + d[len(chips) :])
 
     def aligned_chips(self, images: Sequence[ImageLike], start: int = 0) -> list[np.ndarray]:
-        """The aligned 150x150 chip of each photo's largest face (``on_no_face`` applies), decoded, detected and
+        """The aligned chip of each photo's largest face (``on_no_face`` applies), decoded, detected and
         aligned on the worker threads; errors name ``images[start + i]`` for arrays."""
 
         def chip(item: tuple[int, ImageLike]) -> np.ndarray:
             i, im = item
             where = str(im) if isinstance(im, (str, Path)) else f"images[{i}]"
             arr = to_rgb_array(im, where=where)
-            return align(arr, self.face_of(arr, where))
+            return self.align_chip(arr, self.face_of(arr, where))
 
         return self._map(chip, list(enumerate(images, start)))
 
@@ -447,7 +410,7 @@ class DlibFaceEmbedder(BaseEmbedder):
         faces = self.detector.detect(arr)
         if not faces:
             return []
-        vecs = self.embed_chips([align(arr, f) for f in faces])
+        vecs = self.embed_chips([self.align_chip(arr, f) for f in faces])
         return list(zip(faces, vecs))
 
     def embed_single(self, image: ImageLike, where: str = "image") -> tuple[Face, np.ndarray]:
@@ -458,3 +421,80 @@ class DlibFaceEmbedder(BaseEmbedder):
         if len(found) > 1:
             raise MultipleFacesError(f"{where}: {len(found)} faces found where one is required")
         return found[0]
+
+
+@FACE_EMBEDDERS.register("dlib")
+class DlibFaceEmbedder(FaceEmbedderBase):
+    """dlib's 128-d face embedder behind our detection and alignment.
+
+    ``embed(images)``: for each photo, the largest face is detected, aligned and embedded. ``on_no_face``:
+    ``"error"`` raises :class:`FaceNotFoundError` naming the image; ``"center"`` treats the image as a centred
+    face crop (for pre-cropped inputs such as LFW's), locating landmarks inside the central box.
+    ``flip`` averages the descriptors of the chip and its mirror; ``jitter`` is dlib's ``num_jitters`` (random
+    crops made by dlib: values above 1 need ``runtime="dlib"``).
+
+    ``runtime``: ``"onnx"`` (default) runs dlib's network on ONNX Runtime with ``threads`` intra-op threads
+    (default 1: parallelism comes from ``workers`` and from concurrent callers, which beat intra-op threads on a
+    batch of one chip); it is compared with dlib's own network on a fixed chip when built, and dlib's network
+    is used instead (with a warning) if they differ. ``"dlib"`` runs dlib's network (one call at a time).
+    The embeddings are the same either way, so is ``model_id``. ``workers``: threads over which ``embed``
+    spreads the photos of one call (default ``min(2, cores)``; 1: the calling thread only).
+    """
+
+    dim = 128
+    plain_model_id = PLAIN_FACE_MODEL
+
+    def __init__(
+        self,
+        detector: FaceDetector | None = None,
+        on_no_face: str = "error",
+        flip: bool = False,
+        jitter: int = 0,
+        runtime: str = "onnx",
+        threads: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        import dlib
+
+        super().__init__(detector, on_no_face, flip, workers)
+        if runtime not in ("onnx", "dlib"):
+            raise ConfigError(f"face runtime must be 'onnx' or 'dlib', got {runtime!r}")
+        if runtime == "onnx" and jitter > 1:
+            raise ConfigError("jitter > 1 is dlib's random jittering: it needs runtime='dlib'")
+        self.jitter = jitter
+        path = dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")
+        self._net = dlib.face_recognition_model_v1(str(path))
+        self._onnx = None
+        if runtime == "onnx":
+            self._onnx = self._onnx_network(path, threads)
+            if self._onnx is not None:
+                self._net = None  # never called again: its memory goes
+        self.runtime = "onnx" if self._onnx is not None else "dlib"
+        self.model_id = PLAIN_FACE_MODEL + ("-flip" if flip else "")
+        # calibrated on CelebA identities (never LFW): reid/face/cards/<model_id>.json
+        self.decision = read_card(self.model_id)
+
+    def _onnx_network(self, path: Path, threads: int | None):
+        from reid.face.dlib_onnx import DlibResnetOnnx
+
+        try:
+            net = DlibResnetOnnx(path, threads=threads or 1)
+            why = net.mismatch(self._net)
+        except Exception as e:  # any failure (reader, graph, ONNX Runtime) leaves dlib's own network
+            why = f"it could not be built ({type(e).__name__}: {e})"
+        if why is None:
+            return net
+        logger.warning("dlib's face network runs on dlib (~10x slower), not ONNX Runtime: %s", why)
+        return None
+
+    def align_chip(self, image: np.ndarray, face: Face) -> np.ndarray:
+        return align(image, face)
+
+    def _descriptors(self, chips: list[np.ndarray]) -> np.ndarray:
+        """Raw descriptors of 150x150 uint8 chips (dlib's own network is not thread-safe: ``_lock``)."""
+        if self._onnx is not None:
+            batch = np.stack(chips)
+            parts = np.array_split(batch, min(self.workers, len(batch)))
+            return np.concatenate(self._map(self._onnx, parts))
+        with self._lock:
+            return np.array(self._net.compute_face_descriptor(chips, self.jitter), dtype=np.float32)
