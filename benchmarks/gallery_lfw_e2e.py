@@ -1,5 +1,5 @@
-"""Open-set identification on LFW through the Gallery with dlib's face model: does it name the people it knows,
-and only them?
+"""Open-set identification on LFW through the Gallery with a face model (``--face-model``: dlib's, the default,
+or InsightFace's w600k_mbf): does it name the people it knows, and only them?
 
 Protocol (issue 12): every LFW person with more than ``n`` images is enrolled with ``n`` photos (``--enroll 1 3``),
 their other photos are asked; the people with a single photo are strangers, never enrolled. Every identify goes
@@ -33,6 +33,7 @@ Examples:
     python benchmarks/gallery_lfw_e2e.py
     python benchmarks/gallery_lfw_e2e.py --enroll 1 --far 0.01 --flip
     python benchmarks/gallery_lfw_e2e.py --folds        # also: calibrated on the other half of LFW's people
+    python benchmarks/gallery_lfw_e2e.py --face-model insightface-w600k-mbf --folds --flip
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from benchmarks.machine import describe
 from gallery import Gallery
 from gallery.selfcal import SOURCE as SELF_SOURCE
 from reid.data import read_identity_folders, read_lfw
+from reid.face import FACE_EMBEDDERS
 from reid.metrics.aggregation import DEFAULT_AGGREGATION
 from reid.metrics.open_set import threshold_at_far
 from reid.metrics.open_set_decision import calibrate_with_cohort
@@ -79,13 +81,14 @@ def run(g: Gallery, model_id: str, emb: np.ndarray, known_q, stranger_q, thresho
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw", default=str(SHARED / "lfw"))
-    ap.add_argument("--cache", default="/tmp/lfw_dlib_embeddings.npz")
+    ap.add_argument("--face-model", default="dlib", choices=FACE_EMBEDDERS.names(), help="face embedder")
+    ap.add_argument("--cache", default=None, help="default /tmp/lfw_<face model>_embeddings.npz")
     ap.add_argument("--celeba", default=str(SHARED / "celeba-faces"))
-    ap.add_argument("--celeba-cache", default="/tmp/celeba_dlib_embeddings.npz")
+    ap.add_argument("--celeba-cache", default=None, help="default /tmp/celeba_<face model>_embeddings.npz")
     ap.add_argument("--far", type=float, nargs="+", default=[0.01, 0.001])
     ap.add_argument("--enroll", type=int, nargs="+", default=[1, 3])
     ap.add_argument(
-        "--flip", action="store_true", help="flip-averaged embeddings (model dlib-resnet-v1-128-flip)"
+        "--flip", action="store_true", help="flip-averaged embeddings (model id <face model>-flip)"
     )
     ap.add_argument("--db", default=None, help="database URL (default: a temporary SQLite file)")
     ap.add_argument(
@@ -96,11 +99,13 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     key = "flip" if args.flip else "plain"
-    model_id = "dlib-resnet-v1-128" + ("-flip" if args.flip else "")
+    model_id = FACE_EMBEDDERS.get(args.face_model).plain_model_id + ("-flip" if args.flip else "")
+    cache = Path(args.cache or f"/tmp/lfw_{args.face_model}_embeddings.npz")
+    celeba_cache = Path(args.celeba_cache or f"/tmp/celeba_{args.face_model}_embeddings.npz")
     paths = read_lfw(args.lfw).image_paths()
-    lfw = embed_all(paths, Path(args.cache))[1 if args.flip else 0]
+    lfw = embed_all(paths, cache, model=args.face_model)[1 if args.flip else 0]
     celeba_recs = read_identity_folders(args.celeba)
-    cz = embed_all([r.path for r in celeba_recs], Path(args.celeba_cache))
+    cz = embed_all([r.path for r in celeba_recs], celeba_cache, model=args.face_model)
     celeba = cz[1 if args.flip else 0]
     clabels = np.array([r.pid for r in celeba_recs])
     # chosen on CelebA once per target FAR, as reid-calibrate makes the card (the raw rule on the same split)

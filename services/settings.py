@@ -131,6 +131,9 @@ class Settings(BodyModelSettings):
     # faces: average each chip's descriptor with its mirror's ("on"); "auto" is on unless the gallery already
     # holds plain face templates and no flip ones (reid.face.face_flip)
     face_flip: Literal["auto", "on", "off"] = "auto"
+    # which face embedder (reid.face.FACE_EMBEDDERS): dlib's (public weights) or InsightFace's w600k_mbf (names
+    # many more people, but its weights are for non-commercial research only: docs/DEPLOYMENT.md)
+    face_model: Literal["dlib", "insightface-w600k-mbf"] = "dlib"
     # a card's threshold re-read on the gallery's own persons (each asked against the others) once there are
     # enough of them (1,000 photos of 400 persons at the cards' 1 %); false: the card's threshold as shipped
     self_calibration: bool = True

@@ -394,3 +394,41 @@ def test_a_bad_face_flip_setting_is_a_config_error() -> None:
         face_flip("yes")
     with pytest.raises(ConfigError, match="REID_FACE_FLIP"):
         Settings.from_env(face_flip="yes")
+
+
+@pytest.mark.realdata
+def test_face_model_setting_serves_insightface_with_its_own_card(
+    lfw_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """REID_FACE_MODEL=insightface-w600k-mbf: the API's faces are InsightFace's (flip-averaged, its CelebA card
+    decides with no threshold anywhere); over real HTTP a person's other photo is found again and a stranger is
+    a new person."""
+    monkeypatch.setenv("REID_FACE_MODEL", "insightface-w600k-mbf")
+    settings = Settings.from_env(database_url=str(tmp_path / "g.db"), api_keys=KEYS, body_checkpoint=None)
+    app = create_app(settings)
+    face = app.state.svc.embedders["face"]
+    assert face.model_id == "insightface-w600k-mbf-flip" and face.dim == 512
+    photo = {n: lfw_root / n.rsplit("_", 1)[0] / f"{n}.jpg" for n in
+             ("Aaron_Peirsol_0001", "Aaron_Peirsol_0003", "Abdullah_Gul_0001")}  # fmt: skip
+    with running(app) as url:
+
+        def ask(name: str) -> dict:
+            r = httpx.post(f"{url}/identify-or-enroll", headers=ADMIN, data={"modality": "face"},
+                           files={"image": (f"{name}.jpg", photo[name].read_bytes(), "image/jpeg")}, timeout=30)  # fmt: skip
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        first = ask("Aaron_Peirsol_0001")
+        assert first["created"] is True
+        again = ask("Aaron_Peirsol_0003")
+        assert again["created"] is False and again["person_id"] == first["person_id"]
+        assert again["decision"]["source"] == "model card" and again["score"] >= again["threshold"]
+        other = ask("Abdullah_Gul_0001")
+        assert other["created"] is True and other["person_id"] != first["person_id"]
+
+
+def test_a_bad_face_model_setting_names_the_variable() -> None:
+    from reid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="REID_FACE_MODEL"):
+        Settings.from_env(face_model="arcface")

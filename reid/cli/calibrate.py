@@ -1,11 +1,11 @@
 """Calibrate a model's open-set decision on validation identities and ship it with the model (its card).
 
 The identities must be ones the model never trained on and no test split: by default, for a checkpoint trained
-here, the identities its config held out (``data.val_identities``); for dlib's face model, a face folder such
-as CelebA's. A third of them (one image each) become the cohort of never-enrolled people; the rest simulate the
+here, the identities its config held out (``data.val_identities``); for a face model (dlib's, InsightFace's),
+a face folder such as CelebA's. A third of them (one image each) become the cohort of never-enrolled people; the rest simulate the
 gallery (one template set per identity, strangers against the others) to choose beta and the threshold at the
 target false-accept rate. ``--write`` stores the decision in the checkpoint (``extra["decision"]``; the
-model_id is unchanged) or, for dlib, in ``reid/face/cards/``.
+model_id is unchanged) or, for a face model, in ``reid/face/cards/``.
 
 Examples:
   reid-calibrate --checkpoint runs/cpu_val100_256aug_mobilenetv2/best.pt --write
@@ -13,6 +13,7 @@ Examples:
   reid-calibrate --checkpoint model.pt --data ../my-store-crops --far 0.001
   reid-calibrate --face dlib --data ../shared/data/celeba-faces --write
   reid-calibrate --face dlib --data ../shared/data/celeba-faces --enroll-per-id 3
+  reid-calibrate --face insightface-w600k-mbf --data ../shared/data/celeba-faces --flip --write
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     p = make_parser("reid-calibrate", __doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="an embedding checkpoint (body or face) trained here")
-    src.add_argument("--face", choices=["dlib"], help="dlib's face model (its card goes to reid/face/cards)")
+    src.add_argument(
+        "--face",
+        choices=["dlib", "insightface-w600k-mbf"],
+        help="a face model of reid.face.FACE_EMBEDDERS (its card goes to reid/face/cards)",
+    )
     p.add_argument("--data", help="identity folders (root/<person>/<image>) never trained on")
     p.add_argument("--far", type=float, default=0.01, help="target false-accept rate of strangers")
     p.add_argument(
@@ -75,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         + ")",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", help="dlib only: .npz of embeddings in --data's order (plain / flip)")
+    p.add_argument(
+        "--cache", help="faces only: .npz of this model's embeddings in --data's order (plain / flip)"
+    )
     p.add_argument("--write", action="store_true", help="store the decision with the model")
     p.add_argument("--json", help="also write the result as JSON here")
     args = p.parse_args(argv)
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         emb = embedder.embed(paths, progress="embedding validation identities")
         model_id = embedder.model_id
     else:
-        from reid.face import DlibFaceEmbedder
+        from reid.face import FACE_EMBEDDERS
 
         recs = read_identity_folders(args.data)
         paths, labels, data = [r.path for r in recs], [r.pid for r in recs], str(args.data)
@@ -115,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.cache}: {len(emb)} embeddings for {len(paths)} images in {args.data}"
                 )
         else:
-            emb = DlibFaceEmbedder(on_no_face="center", flip=args.flip).embed(paths)
-        model_id = "dlib-resnet-v1-128" + ("-flip" if args.flip else "")
+            emb = FACE_EMBEDDERS.get(args.face)(on_no_face="center", flip=args.flip).embed(paths)
+        model_id = FACE_EMBEDDERS.get(args.face).plain_model_id + ("-flip" if args.flip else "")
     labels = np.asarray(labels)
     modality = embedder.meta.modality if args.checkpoint else "face"
     aggregation = args.aggregation or DEFAULT_AGGREGATION.get(modality, "max")

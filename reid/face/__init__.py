@@ -1,5 +1,8 @@
-"""Faces: detection (dlib HOG / CNN, OpenCV Haar, MTCNN), 5-point alignment, and dlib's 128-d embedder as an
-Embedder (its network on ONNX Runtime by default: ``reid.face.dlib_onnx``)."""
+"""Faces: detection (dlib HOG / CNN, OpenCV Haar, MTCNN), 5-point alignment, and two embedders: dlib's 128-d
+ResNet (the default; its network on ONNX Runtime: ``reid.face.dlib_onnx``) and InsightFace's 512-d ``w600k_mbf``
+(``reid.face.insightface_mbf``: more accurate, non-commercial licence, chosen explicitly)."""
+
+from collections.abc import Collection
 
 from reid.face.dlib_backend import (
     FACE_EMBEDDERS,
@@ -7,22 +10,44 @@ from reid.face.dlib_backend import (
     DlibFaceEmbedder,
     Face,
     FaceDetector,
+    FaceEmbedderBase,
     FaceNotFoundError,
     MultipleFacesError,
     align,
     dlib_model_path,
     face_flip,
 )
+from reid.face.insightface_mbf import InsightFaceMbfEmbedder
+
+DEFAULT_FACE_MODEL = "dlib"
+
+
+def build_face_embedder(
+    model: str = DEFAULT_FACE_MODEL,
+    flip: str = "auto",
+    stored_model_ids: Collection[str] = (),
+    detector: FaceDetector | None = None,
+    **kwargs,
+) -> FaceEmbedderBase:
+    """The face embedder named ``model`` (``FACE_EMBEDDERS``: ``dlib``, ``insightface-w600k-mbf``), flip-averaged
+    as ``face_flip(flip, stored_model_ids)`` decides for that model; other arguments go to its class."""
+    cls = FACE_EMBEDDERS.get(model)
+    return cls(detector=detector, flip=face_flip(flip, stored_model_ids, cls.plain_model_id), **kwargs)
+
 
 __all__ = [
+    "DEFAULT_FACE_MODEL",
     "FACE_EMBEDDERS",
     "FACE_FLIP_CHOICES",
     "DlibFaceEmbedder",
     "Face",
     "FaceDetector",
+    "FaceEmbedderBase",
     "FaceNotFoundError",
+    "InsightFaceMbfEmbedder",
     "MultipleFacesError",
     "align",
+    "build_face_embedder",
     "dlib_model_path",
     "face_flip",
 ]

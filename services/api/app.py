@@ -59,7 +59,7 @@ WEB = Path(__file__).resolve().parents[1] / "web"
 
 
 def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = None) -> FastAPI:
-    """The API over a gallery opened from ``settings``. ``embedders`` default to dlib (faces) and
+    """The API over a gallery opened from ``settings``. ``embedders`` default to ``settings.face_model`` (faces) and
     ``settings.body_checkpoint`` (bodies, on ``settings.body_runtime``) when given."""
     choose_face = embedders is None
     if embedders is None:
@@ -77,9 +77,11 @@ def create_app(settings: Settings, embedders: dict[str, BaseEmbedder] | None = N
         self_calibration=settings.self_calibration,
     )
     if choose_face:  # plain or flip faces: the gallery's stored templates have a say (reid.face.face_flip)
-        from reid.face import DlibFaceEmbedder, face_flip
+        from reid.face import build_face_embedder
 
-        embedders["face"] = DlibFaceEmbedder(flip=face_flip(settings.face_flip, gallery.model_ids("face")))
+        embedders["face"] = build_face_embedder(
+            settings.face_model, settings.face_flip, gallery.model_ids("face")
+        )
         gallery.add_embedder(embedders["face"])
     state = ServiceState(settings, gallery, embedders)
     for e in embedders.values():

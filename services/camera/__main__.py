@@ -54,7 +54,9 @@ def _parser():
         help="folder for each camera's latest annotated frame and status (the web page's camera tiles; the API "
         "reads the same folder from REID_CAMERA_STATUS_DIR)",
     )
-    p.add_argument("--faces", action="store_true", help="also look for faces (dlib) and match by face first")
+    p.add_argument(
+        "--faces", action="store_true", help="also look for faces (--face-model) and match by face first"
+    )
     p.add_argument(
         "--face-detector",
         choices=["mtcnn", "hog", "cnn"],
@@ -127,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         with Gallery(args.db, embedders={"body": embedder}) as g:
             face_embedder = None
             if args.faces:  # plain or flip faces: the gallery's stored face templates have a say
-                from reid.face import DlibFaceEmbedder, FaceDetector, face_flip
+                from reid.face import FaceDetector, build_face_embedder
 
-                flip = face_flip(args.face_flip, g.model_ids("face"))
-                face_embedder = DlibFaceEmbedder(FaceDetector(args.face_detector), flip=flip)
+                face_embedder = build_face_embedder(
+                    args.face_model, args.face_flip, g.model_ids("face"), FaceDetector(args.face_detector)
+                )
                 g.add_embedder(face_embedder)
             _check_decisions(g, args, embedder.model_id, face_embedder)
             pipe = CameraPipeline(

@@ -30,11 +30,11 @@ def body_embedder(checkpoint: str | None, runtime: str | None = None):
     return body_embedder(body_settings(body_checkpoint=checkpoint, body_runtime=runtime))
 
 
-def face_embedder(detector: str, flip: str = "auto"):
-    from reid.face import DlibFaceEmbedder, FaceDetector, face_flip
+def face_embedder(detector: str, flip: str = "auto", model: str = "dlib"):
+    from reid.face import FaceDetector, build_face_embedder
 
     # no gallery here: "auto" is on; run the worker with --face-flip off for a gallery of plain face templates
-    return DlibFaceEmbedder(FaceDetector(detector), flip=face_flip(flip))
+    return build_face_embedder(model, flip, detector=FaceDetector(detector))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=3, help="process one frame in N")
     p.add_argument("--realtime", action="store_true", help="play files at their frame rate (a live camera)")
     p.add_argument("--segment-every", type=int, default=4, help="publish a track event every N embeddings")
-    p.add_argument("--faces", action="store_true", help="also send each track's face embedding (dlib)")
+    p.add_argument(
+        "--faces", action="store_true", help="also send each track's face embedding (--face-model)"
+    )
     p.add_argument("--face-detector", default="mtcnn", choices=["mtcnn", "hog", "cnn"])
     add_face_flip_option(
         p, "on (no gallery here: off for a matcher whose gallery holds plain face templates)"
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         DETECTORS.build(args.detector),
         PipelineConfig(segment_every=args.segment_every, tracker=args.tracker),
         sink=lambda ev: loop.run_until_complete(pub.publish(ev)),
-        face_embedder=face_embedder(args.face_detector, args.face_flip) if args.faces else None,
+        face_embedder=face_embedder(args.face_detector, args.face_flip, args.face_model)
+        if args.faces
+        else None,
     )
     try:
         for src in sources:
