@@ -47,6 +47,10 @@ def embed_all(
         return z["plain"], z["flip"], int(z["fallbacks"]), float(z["seconds"])
     if model == "dlib":
         emb = DlibFaceEmbedder(on_no_face="center", runtime=runtime, workers=None if runtime == "onnx" else 1)
+    elif runtime != "onnx":
+        raise SystemExit(
+            f"error: --runtime {runtime} is dlib's own network; {model} runs on ONNX Runtime only"
+        )
     else:
         emb = FACE_EMBEDDERS.get(model)(on_no_face="center")
     plain, flipped = [], []

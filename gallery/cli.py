@@ -12,7 +12,7 @@ Examples:
   python -m gallery --db gallery.db calibrate --modality face --model-id dlib-resnet-v1-128 \\
       --embeddings calib.npy --labels calib_labels.txt --far 0.001
   python -m gallery --db postgresql://user@host/db rebuild-index
-Face images are embedded with dlib's model (reid.face); body images need --body-checkpoint.
+Face images are embedded with --face-model's model (reid.face; default dlib's); body images need --body-checkpoint.
 """
 
 from __future__ import annotations

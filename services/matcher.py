@@ -47,7 +47,8 @@ class Matcher:
         self._newest: dict[str, int] = {}  # camera -> the latest frame its events reached
 
     def _face_card(self, model_id: str | None) -> None:
-        """Workers with faces send dlib embeddings: their shipped card decides unless one is calibrated."""
+        """Workers with faces send their face model's embeddings: its shipped card decides unless one is
+        calibrated."""
         if model_id and model_id not in self._face_cards:
             self._face_cards.add(model_id)
             card = read_card(model_id)
@@ -55,10 +56,14 @@ class Matcher:
                 self.gallery.register_card("face", model_id, card)
             stored = self.gallery.model_ids("face")
             if stored and model_id not in stored:
+                plain = model_id.removesuffix("-flip")
+                same_model = any(s.removesuffix("-flip") == plain for s in stored)
+                fix = (f"--face-flip {'off' if model_id.endswith('-flip') else 'on'}" if same_model
+                       else "--face-model set to the model of the stored templates")  # fmt: skip
                 logger.warning(
                     "workers send %s face embeddings, but this gallery's face templates are %s: faces will match "
-                    "nobody enrolled before (run the workers with --face-flip %s)",
-                    model_id, ", ".join(sorted(stored)), "on" if model_id.endswith("-flip") else "off",
+                    "nobody enrolled before (run the workers with %s)",
+                    model_id, ", ".join(sorted(stored)), fix,
                 )  # fmt: skip
 
     def _known_track(self, track_key: str) -> int | None:

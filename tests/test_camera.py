@@ -805,3 +805,21 @@ def test_camera_command_and_worker_run_the_body_model_on_the_chosen_runtime(monk
     assert onnx.runtime == "onnx" and onnx.threads >= 1
     monkeypatch.setenv("REID_BODY_RUNTIME", "onnx")
     assert worker.body_embedder(None, "torch").runtime == "torch"  # the option wins
+
+
+@pytest.mark.parametrize(
+    ("sent", "advice"),
+    [
+        ("dlib-resnet-v1-128-flip", "run the workers with --face-flip off"),
+        ("insightface-w600k-mbf-flip", "run the workers with --face-model set to the model of the stored"),
+    ],
+)
+def test_matcher_names_the_worker_setting_that_matches_the_stored_face_templates(
+    tmp_path: Path, caplog, sent: str, advice: str
+) -> None:
+    from services.matcher import Matcher
+
+    with Gallery(str(tmp_path / "g.db")) as g:
+        g.enroll(embeddings=np.eye(1, 128, dtype=np.float32), modality="face", model_id="dlib-resnet-v1-128")
+        Matcher(g)._face_card(sent)
+    assert f"workers send {sent} face embeddings" in caplog.text and advice in caplog.text

