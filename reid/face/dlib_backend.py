@@ -316,15 +316,17 @@ def face_flip(
 class FaceEmbedderBase(BaseEmbedder):
     """Detect, align and embed faces, over ``workers`` threads: what every face model here shares.
 
-    A subclass sets ``modality``, ``dim``, ``model_id``, ``decision`` and ``chip_size``, and defines
-    ``align_chip(image, face)`` (the aligned uint8 RGB chip its network wants) and ``_descriptors(chips)`` (raw
-    descriptors of a list of chips). ``on_no_face``: ``"error"`` raises :class:`FaceNotFoundError` naming the
+    A subclass sets ``dim``, ``chip_size`` and ``plain_model_id`` (``model_id`` is it, with ``-flip`` when
+    flipping; ``decision`` is that id's card in ``reid/face/cards/``), and defines ``align_chip(image, face)``
+    (the aligned uint8 RGB chip its network wants) and ``_descriptors(chips)`` (raw descriptors of a list of
+    chips; ``_on_workers`` spreads a batch over the worker threads). ``on_no_face``: ``"error"`` raises :class:`FaceNotFoundError` naming the
     image; ``"center"`` treats the image as a centred face crop (for pre-cropped inputs such as LFW's). ``flip``
     averages the descriptors of each chip and its mirror.
     """
 
     modality = "face"
     chip_size = 150
+    plain_model_id: str
 
     def __init__(
         self, detector: FaceDetector | None, on_no_face: str, flip: bool, workers: int | None
@@ -337,12 +339,20 @@ class FaceEmbedderBase(BaseEmbedder):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # guards the pool's creation and the counter below (and dlib's network)
         self.fallbacks = 0  # images embedded with the centred-face assumption
+        self.model_id = self.plain_model_id + ("-flip" if flip else "")
+        # calibrated on CelebA identities (never LFW): reid/face/cards/<model_id>.json
+        self.decision = read_card(self.model_id)
 
     def align_chip(self, image: np.ndarray, face: Face) -> np.ndarray:
         raise NotImplementedError
 
     def _descriptors(self, chips: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
+
+    def _on_workers(self, net: Callable[[np.ndarray], np.ndarray], chips: list[np.ndarray]) -> np.ndarray:
+        """``net`` over the stacked chips, split into one part per worker thread."""
+        batch = np.stack(chips)
+        return np.concatenate(self._map(net, np.array_split(batch, min(self.workers, len(batch)))))
 
     def _map(self, fn: Callable, items: list) -> list:
         """``[fn(x) for x in items]`` on the embedder's worker threads (results and the first error in order)."""
@@ -368,10 +378,9 @@ class FaceEmbedderBase(BaseEmbedder):
         """Embed aligned ``chip_size`` x ``chip_size`` RGB chips."""
         if not len(chips):
             return np.zeros((0, self.dim), np.float32)
-        chips = [np.ascontiguousarray(c, dtype=np.uint8) for c in chips]
-        if not self.flip:
-            return l2_normalize(self._descriptors(chips))
-        return self.embed_chips_both(chips)[1]
+        if self.flip:
+            return self.embed_chips_both(chips)[1]
+        return l2_normalize(self._descriptors([np.ascontiguousarray(c, dtype=np.uint8) for c in chips]))
 
     def embed_chips_both(self, chips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Plain and flip-averaged embeddings of the same chips (whatever ``flip`` says), from one pass over the
@@ -470,9 +479,6 @@ class DlibFaceEmbedder(FaceEmbedderBase):
             if self._onnx is not None:
                 self._net = None  # never called again: its memory goes
         self.runtime = "onnx" if self._onnx is not None else "dlib"
-        self.model_id = PLAIN_FACE_MODEL + ("-flip" if flip else "")
-        # calibrated on CelebA identities (never LFW): reid/face/cards/<model_id>.json
-        self.decision = read_card(self.model_id)
 
     def _onnx_network(self, path: Path, threads: int | None):
         from reid.face.dlib_onnx import DlibResnetOnnx
@@ -493,8 +499,6 @@ class DlibFaceEmbedder(FaceEmbedderBase):
     def _descriptors(self, chips: list[np.ndarray]) -> np.ndarray:
         """Raw descriptors of 150x150 uint8 chips (dlib's own network is not thread-safe: ``_lock``)."""
         if self._onnx is not None:
-            batch = np.stack(chips)
-            parts = np.array_split(batch, min(self.workers, len(batch)))
-            return np.concatenate(self._map(self._onnx, parts))
+            return self._on_workers(self._onnx, chips)
         with self._lock:
             return np.array(self._net.compute_face_descriptor(chips, self.jitter), dtype=np.float32)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from reid.decision_card import read_card
 from reid.errors import CheckpointError
 from reid.face.dlib_backend import FACE_EMBEDDERS, Face, FaceDetector, FaceEmbedderBase
 from reid.images import to_rgb_array
@@ -121,9 +120,6 @@ class InsightFaceMbfEmbedder(FaceEmbedderBase):
         opts.log_severity_level = 3  # the file declares a batch of 1; ONNX Runtime warns on every larger one
         self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
-        self.model_id = MODEL_ID + ("-flip" if flip else "")
-        # calibrated on CelebA identities (never LFW): reid/face/cards/<model_id>.json
-        self.decision = read_card(self.model_id)
         logger.info("face model %s (%s)", self.model_id, LICENCE)
 
     def align_chip(self, image: np.ndarray, face: Face) -> np.ndarray:
@@ -134,6 +130,4 @@ class InsightFaceMbfEmbedder(FaceEmbedderBase):
         return self._session.run(None, {self._input: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
 
     def _descriptors(self, chips: list[np.ndarray]) -> np.ndarray:
-        batch = np.stack(chips)
-        parts = np.array_split(batch, min(self.workers, len(batch)))
-        return np.concatenate(self._map(self._run, parts)).astype(np.float32)
+        return self._on_workers(self._run, chips).astype(np.float32)
