@@ -146,6 +146,7 @@ class LeaveOneOut:
     tail: bool  # the threshold is extrapolated (exponential tail), not an empirical quantile
     mated: int  # mated probes the rule was chosen on (0: the card's rule kept, nothing to choose on)
     named: dict[float, float]  # beta -> share of mated probes named right at its own threshold
+    confidence: float | None = None  # the threshold's bound on the stranger rate (None: the point estimate)
 
 
 def _normalised(score: np.ndarray, runner: np.ndarray, cohort: np.ndarray | None, beta: float) -> np.ndarray:
@@ -263,9 +264,10 @@ class SelfCalibration:
                 with self._lock:
                     self._done[key] = (r, _card_of(decision))
                 logger.info(
-                    "%s/%s: leave-one-out %s beta %g, threshold %.4f over %d persons, %d stranger and %d mated "
-                    "probes (card: %s beta %g, %.4f); named by beta: %s",
-                    key[0], key[1], r.rule, r.beta, r.threshold, r.persons, r.strangers, r.mated, decision.rule,
+                    "%s/%s: leave-one-out %s beta %g, threshold %.4f (confidence %s) over %d persons, %d stranger "
+                    "and %d mated probes (card: %s beta %g, %.4f); named by beta: %s",
+                    key[0], key[1], r.rule, r.beta, r.threshold, r.confidence, r.persons, r.strangers, r.mated,
+                    decision.rule,
                     decision.beta, decision.threshold_at(r.persons),
                     {b: round(v, 4) for b, v in r.named.items()},
                 )  # fmt: skip
@@ -338,5 +340,5 @@ class SelfCalibration:
         rule = "margin" if best else "raw"
         return LeaveOneOut(
             n, thresholds[best], rule, best,
-            int(stranger.sum()), tail, int(mated.sum()) if len(betas) > 1 else 0, named,
+            int(stranger.sum()), tail, int(mated.sum()) if len(betas) > 1 else 0, named, self.confidence,
         )  # fmt: skip

@@ -93,13 +93,14 @@ def test_the_card_threshold_is_reread_on_the_gallerys_own_persons(
             rates[on] = stranger_rate(g, strangers)
             if on:
                 used = g.identify(embedding=strangers[0], modality="face", model_id="m").threshold
+                outcome = g.selfcal.outcome(("face", "m"))
     card_rate, card_sources = rates[False]
     assert card_sources == {"model card"} and card_rate > 4 * FAR  # another domain: the card is far off
     rate, sources = rates[True]
     if persons * photos < 10 / FAR or persons < 4 / FAR:  # a 5 % quantile on < 10 photos or < 4 persons
         assert sources == {"model card"} and rate == card_rate
     else:
-        assert sources == {SOURCE}
+        assert sources == {SOURCE} and outcome.confidence == 0.9
         # the definition, without the gallery: the leave-one-out scores' 5 % threshold, bounded with 0.9
         # confidence (one photo each: the order-statistic bound; more: grouped by person)
         loo = loo_scores(albums)
