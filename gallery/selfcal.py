@@ -17,9 +17,12 @@ effect). It costs the known people a little: at 1,500 persons the threshold sits
 strangers score, not 1 %.
 
 Every template is one such stranger photo (a person enrolled with three photos asks three times). It replaces
-the card's threshold only when the quantile rests on at least ``min_above`` of them (``min_above / target_far``
+the card's threshold when the quantile rests on at least ``min_above`` of them (``min_above / target_far``
 templates: 1,000 at 1 %) from at least ``min_persons_above / target_far`` persons (400 at 1 %), or below a 10 %
-target on an extrapolated tail (below), and only for a
+target on an extrapolated tail (below), or, the bound accounting for how few they are, as soon as the gallery
+holds ``certifiable(target_far)`` persons (230 at 1 %): there the largest leave-one-out score of a stranger
+already bounds the rate, so a store of a few hundred people gets its own threshold, not a card made on another
+domain (on LFW that card named far fewer of the known at such sizes: issue 12's closing note). Only for a
 card's decision: a calibration stored in the database or an operator's setting is never overridden. It is
 computed in a background thread (templates of at most ``max_probes`` templates' worth of persons, sampled)
 and recomputed when the number of persons has moved by more than ``tolerance`` since; until then identify
@@ -87,19 +90,22 @@ def far_threshold(
     min_above: int,
     groups: np.ndarray | None = None,
     confidence: float | None = CONFIDENCE,
+    tail_ok: bool = True,
 ) -> tuple[float, bool]:
     """The threshold accepting at most ``far`` of the strangers ``values`` were drawn from, and whether it was
     extrapolated.
 
     The point estimate (``confidence=None``) is their empirical quantile when at least ``min_above`` of them lie
-    above it, else an exponential tail fitted to their top ``TAIL_FROM`` (``u + mean excess over u x
-    ln(TAIL_FROM / far)``, u their ``1 - TAIL_FROM`` quantile). It accepts more than ``far`` about half the time.
-    With ``confidence``, it accepts at most ``far`` with that confidence:
+    above it, else (below a ``TAIL_FROM`` target, and ``tail_ok``: enough values for it) an exponential tail
+    fitted to their top ``TAIL_FROM`` (``u + mean excess over u x ln(TAIL_FROM / far)``, u their
+    ``1 - TAIL_FROM`` quantile). It accepts more than ``far`` about half the time. With ``confidence``, it
+    accepts at most ``far`` with that confidence:
 
     - empirical: the most values ``k`` above it whose Clopper-Pearson upper bound on the rate is within ``far``.
       With one value per person that is exact (the rate above the ``k+1``-th largest of ``n`` is
       Beta(k+1, n-k)); a person's photos (``groups``) are alike, so ``k`` and ``n`` are divided by their
-      design effect at that threshold (``_design_effect``);
+      design effect at that threshold (``_design_effect``). With fewer than ``certifiable(far, confidence)``
+      values not even their largest bounds the rate, and the threshold (just above it) promises nothing;
     - tail: the exponential's scale and the rate above ``u`` each at its upper bound, missing half as often
       (the mean excess over ``k`` values is Gamma(k) / k times the scale; the rate above the ``k+1``-th largest
       is Beta(k+1, n-k); ``k`` and ``n`` divided by the design effect at ``u``)."""
@@ -107,7 +113,7 @@ def far_threshold(
 
     values = np.asarray(values, np.float64)
     n = len(values)
-    tail = not (far * n >= min_above or far >= TAIL_FROM or int(TAIL_FROM * n) < 1)
+    tail = tail_ok and not (far * n >= min_above or far >= TAIL_FROM or int(TAIL_FROM * n) < 1)
     if confidence is None:
         return (_tail_threshold(values, far) if tail else threshold_at_far(values, far)), tail
     _, who = np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)
@@ -128,6 +134,13 @@ def far_threshold(
             break
         kept = k
     return float(np.nextafter(ranked[kept], np.inf)), False
+
+
+def certifiable(far: float, confidence: float) -> int:
+    """The fewest independent strangers whose largest score bounds the rate above it within ``far``: the
+    Clopper-Pearson bound with none above, ``1 - (1 - confidence)^(1/n)``, is at most ``far`` (230 at 1 % with
+    0.9 confidence, 45 at 5 %)."""
+    return math.ceil(math.log(1 - confidence) / math.log(1 - far) - 1e-9)
 
 
 def _card_of(d: Decision) -> tuple:
@@ -230,22 +243,29 @@ class SelfCalibration:
         return None if done is None else done[0]
 
     def _enough(self, key: Key, persons: int, target_far: float) -> bool:
-        """Photos and persons for the quantile to rest on; the photos are summed only in the narrow range of
-        sizes where the persons alone do not decide (identify calls this, so no pass over a large gallery)."""
-        photos, need = self._requirement(target_far)
-        if persons < need or persons >= photos:
-            return persons >= photos
+        """Photos and persons for the threshold to rest on (any of ``_requirements``); the photos are summed
+        only where the persons alone do not decide (identify calls this, so no pass over a large gallery)."""
+        options = [(photos, need) for photos, need in self._requirements(target_far) if persons >= need]
+        if not options or any(persons >= photos for photos, _ in options):
+            return bool(options)  # every person has at least one photo
         with self.cache.lock:
-            return sum(self.cache.key_persons.get(key, {}).values()) >= photos
+            total = sum(self.cache.key_persons.get(key, {}).values())
+        return any(total >= photos for photos, _ in options)
 
-    def _requirement(self, target_far: float) -> tuple[int, int]:
-        """(photos, persons) a threshold at ``target_far`` needs: the empirical quantile's, or below
-        ``TAIL_FROM`` the extrapolated tail's when that is less."""
-        empirical = (math.ceil(self.min_above / target_far), math.ceil(self.min_persons_above / target_far))
-        if target_far >= TAIL_FROM:
-            return empirical
-        tail = (math.ceil(self.min_tail / TAIL_FROM), math.ceil(self.min_tail_persons / TAIL_FROM))
-        return min(empirical, tail)
+    def _requirements(self, target_far: float) -> list[tuple[int, int]]:
+        """The (photos, persons) each way of setting a threshold at ``target_far`` needs: the empirical
+        quantile (``min_above`` photos and ``min_persons_above`` persons above it); below ``TAIL_FROM`` the
+        extrapolated tail; with a confidence bound, as many persons as can certify the rate at all
+        (``certifiable``: fewer bound nothing; a person's photos are alike, so persons count, not photos)."""
+        out = [(math.ceil(self.min_above / target_far), math.ceil(self.min_persons_above / target_far))]
+        if target_far < TAIL_FROM:
+            out.append(self._tail_requirement())
+        if self.confidence is not None:
+            out.append((certifiable(target_far, self.confidence),) * 2)
+        return out
+
+    def _tail_requirement(self) -> tuple[int, int]:
+        return math.ceil(self.min_tail / TAIL_FROM), math.ceil(self.min_tail_persons / TAIL_FROM)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the computations under way (tests, benchmarks)."""
@@ -285,7 +305,7 @@ class SelfCalibration:
                 return None
             counts = cache.key_persons.get(key, {})
             n = len(counts)
-            needed = self._requirement(decision.target_far)[0]
+            needed = min(photos for photos, _ in self._requirements(decision.target_far))
             ask = max(self.max_probes, needed)  # the quantile never rests on fewer than it needs
             persons = sorted(counts)
             np.random.default_rng(self.seed).shuffle(persons)
@@ -323,11 +343,15 @@ class SelfCalibration:
         mated = np.isfinite(own)
         card = 0.0 if decision.rule == "raw" else decision.beta
         betas = [card] + [b for b in BETAS if b != card] if mated.sum() >= self.min_mated else [card]
+        # a tail extrapolated from fewer than its requirement is not trusted; the confidence bound on the
+        # empirical quantile then decides (``_requirements`` let the gallery in on that alone)
+        photos, need = self._tail_requirement()
+        tail_ok = len(who) >= photos and len(np.unique(who)) >= need
         thresholds, named, tail = {}, {}, False
         for b in betas:
             thresholds[b], tail = far_threshold(
                 _normalised(first, second, cb, b)[stranger], decision.target_far, self.min_above,
-                who, self.confidence,
+                who, self.confidence, tail_ok,
             )  # fmt: skip
             if mated.any():
                 m_own, m_first = own[mated], first[mated]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gallery import Gallery
-from gallery.selfcal import SOURCE, far_threshold
+from gallery.selfcal import SOURCE, certifiable, far_threshold
 from reid.metrics.open_set import threshold_at_far
 
 D, FAR = 32, 0.05
@@ -70,7 +70,7 @@ def stranger_rate(g: Gallery, strangers: np.ndarray) -> tuple[float, set[str]]:
     return float(np.mean([r.known for r in results])), {r.decision["source"] for r in results}
 
 
-@pytest.mark.parametrize("persons, photos", [(150, 1), (400, 1), (70, 3), (200, 3)])
+@pytest.mark.parametrize("persons, photos", [(40, 3), (60, 1), (150, 1), (400, 1), (70, 3), (200, 3)])
 def test_the_card_threshold_is_reread_on_the_gallerys_own_persons(
     tmp_path: Path, persons: int, photos: int
 ) -> None:
@@ -97,7 +97,7 @@ def test_the_card_threshold_is_reread_on_the_gallerys_own_persons(
     card_rate, card_sources = rates[False]
     assert card_sources == {"model card"} and card_rate > 4 * FAR  # another domain: the card is far off
     rate, sources = rates[True]
-    if persons * photos < 10 / FAR or persons < 4 / FAR:  # a 5 % quantile on < 10 photos or < 4 persons
+    if persons < certifiable(FAR, 0.9):  # 45: fewer persons' largest score cannot bound a 5 % rate
         assert sources == {"model card"} and rate == card_rate
     else:
         assert sources == {SOURCE} and outcome.confidence == 0.9
@@ -108,7 +108,7 @@ def test_the_card_threshold_is_reread_on_the_gallerys_own_persons(
             assert used == pytest.approx(binomial_bound(loo, FAR, 0.9), abs=1e-6)
         else:
             owner = np.repeat(np.arange(persons), photos)
-            assert used == pytest.approx(far_threshold(loo, FAR, 10, owner, 0.9)[0], abs=1e-6)
+            assert used == pytest.approx(far_threshold(loo, FAR, 10, owner, 0.9, tail_ok=False)[0], abs=1e-6)
         assert used >= leave_one_out(albums, FAR) - 1e-6
         # one gallery's bound: under the rate in most galleries, spread by the few persons above it
         assert FAR / 4 <= rate <= 2 * FAR, rate
@@ -336,3 +336,13 @@ def test_a_bounded_tail_keeps_its_rate_in_most_galleries() -> None:
     plain, bounded = np.array(plain), np.array(bounded)
     assert np.mean(plain > 0.002) > 0.35, np.mean(plain > 0.002)
     assert np.mean(bounded > 0.002) < 0.13, np.mean(bounded > 0.002)  # 10.3 % with this seed
+
+
+def test_certifiable_is_where_the_largest_of_n_bounds_the_rate() -> None:
+    from scipy.stats import beta
+
+    for far, confidence in ((0.01, 0.9), (0.05, 0.9), (0.001, 0.95)):
+        n = certifiable(far, confidence)
+        # the rate above the largest of n is Beta(1, n): its confidence quantile is within far at n, not at n - 1
+        assert beta.ppf(confidence, 1, n) <= far < beta.ppf(confidence, 1, n - 1)
+    assert certifiable(0.01, 0.9) == 230
