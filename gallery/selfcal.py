@@ -91,7 +91,7 @@ def far_threshold(
     groups: np.ndarray | None = None,
     confidence: float | None = CONFIDENCE,
     tail_ok: bool = True,
-) -> tuple[float, bool]:
+) -> tuple[float, bool] | None:
     """The threshold accepting at most ``far`` of the strangers ``values`` were drawn from, and whether it was
     extrapolated.
 
@@ -102,10 +102,11 @@ def far_threshold(
     accepts at most ``far`` with that confidence:
 
     - empirical: the most values ``k`` above it whose Clopper-Pearson upper bound on the rate is within ``far``.
-      With one value per person that is exact (the rate above the ``k+1``-th largest of ``n`` is
-      Beta(k+1, n-k)); a person's photos (``groups``) are alike, so ``k`` and ``n`` are divided by their
-      design effect at that threshold (``_design_effect``). With fewer than ``certifiable(far, confidence)``
-      values not even their largest bounds the rate, and the threshold (just above it) promises nothing;
+      For independent values that is exact (the rate above the ``k+1``-th largest of ``n`` is
+      Beta(k+1, n-k)). Values of one group (a person's photos; two persons who are each other's best match)
+      are alike, so ``k`` and ``n`` are divided by the largest design effect among the top ``far x n``
+      (``_design_effect``). None when not even the largest value bounds the rate (fewer than
+      ``certifiable(far, confidence)`` values, times that design effect);
     - tail: the exponential's scale and the rate above ``u`` each at its upper bound, missing half as often
       (the mean excess over ``k`` values is Gamma(k) / k times the scale; the rate above the ``k+1``-th largest
       is Beta(k+1, n-k); ``k`` and ``n`` divided by the design effect at ``u``)."""
@@ -114,6 +115,8 @@ def far_threshold(
     values = np.asarray(values, np.float64)
     n = len(values)
     tail = tail_ok and not (far * n >= min_above or far >= TAIL_FROM or int(TAIL_FROM * n) < 1)
+    if not 0 < far < 1 or n == 0:
+        raise ValueError(f"far_threshold: far must be in (0, 1) and values non-empty, got {far}, {n} values")
     if confidence is None:
         return (_tail_threshold(values, far) if tail else threshold_at_far(values, far)), tail
     _, who = np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)
@@ -127,13 +130,40 @@ def far_threshold(
         scale = (ranked[:k] - ranked[k]).mean() * (k / d) / gamma.ppf(1 - each, k / d)
         base = beta.ppf(each, k / d + 1, (n - k) / d)  # the rate above u, also an estimate
         return float(ranked[k] + scale * np.log(base / far)), True
+    most = int(far * n)
+    # the worst clustering among the values that could lie above it: at k = 0 or 1 none can be seen, and
+    # leave-one-out strangers come at least in pairs (two persons alike are each the other's best match)
+    d = max((_design_effect(who[:k], persons, n) for k in range(1, most + 1)), default=1.0)
+    if beta.ppf(confidence, 1, n / d) > far:
+        return None  # not even the largest bounds the rate
     kept = 0
-    for k in range(1, int(far * n) + 1):
-        d = _design_effect(who[:k], persons, n)
+    for k in range(1, most + 1):  # the bound grows with k (d fixed): the first k past it ends the search
         if beta.ppf(confidence, k / d + 1, (n - k) / d) > far:
             break
         kept = k
     return float(np.nextafter(ranked[kept], np.inf)), False
+
+
+def _look_alikes(edges: list[tuple[int, int]]) -> np.ndarray:
+    """Per (person, best-matching other person) edge, a group label: persons are joined when they are each
+    other's best match (some photo of each), the pair whose one likeness both leave-one-out scores measure.
+    A person many others match best (a hub) is not joined to them: each of those is a stranger of its own."""
+    linked = set(edges)
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in linked:
+        if (b, a) in linked:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[ra] = rb
+    return np.asarray([root(a) for a, _ in edges], dtype=np.int64)
 
 
 def certifiable(far: float, confidence: float) -> int:
@@ -323,11 +353,12 @@ class SelfCalibration:
         for i, (pid, _) in enumerate(probes):
             rows.setdefault(pid, []).append(i)
         # per probe: its own person (nan: no other photo of them), the best other person, the second
-        own, first, second = [], [], []
+        own, first, second, match = [], [], [], []
         for i, (pid, tid) in enumerate(probes):
             q = vecs[i : i + 1]
             ranked = cache.rank_persons(index, q, 3, exclude=tid)
             others = [*[score for p, score, _ in ranked if p != pid][:2], NO_COMPETITOR, NO_COMPETITOR]
+            match.append(next((p for p, _, _ in ranked if p != pid), pid))
             # its own person with this photo left out, aggregated as identify aggregates
             mine = vecs[[j for j in rows[pid] if j != i]]
             own.append(np.nan if not len(mine) else aggregate(mine, q[0], cache.how(index)))
@@ -336,7 +367,9 @@ class SelfCalibration:
         own, first, second = (np.asarray(x, np.float64) for x in (own, first, second))
         cb = cohort_best(vecs, decision.cohort)  # what verdict uses under "margin"
         stranger = first > NO_COMPETITOR  # someone else is enrolled: a stranger to them
-        who = np.asarray([pid for pid, _ in probes])[stranger]  # a person's photos count together
+        # a person's photos count together, and so do two persons each matched to the other (the same pair
+        # of look-alikes, counted from both sides)
+        who = _look_alikes([(pid, m) for (pid, _), m in zip(probes, match)])[stranger]
         if stranger.sum() < needed:
             return None
         # a mated probe names its person when that person ranks first and clears the threshold
@@ -346,23 +379,29 @@ class SelfCalibration:
         # a tail extrapolated from fewer than its requirement is not trusted; the confidence bound on the
         # empirical quantile then decides (``_requirements`` let the gallery in on that alone)
         photos, need = self._tail_requirement()
-        tail_ok = len(who) >= photos and len(np.unique(who)) >= need
-        thresholds, named, tail = {}, {}, False
+        asking = {pid for (pid, _), is_stranger in zip(probes, stranger) if is_stranger}
+        tail_ok = len(who) >= photos and len(asking) >= need
+        thresholds, named, tails = {}, {}, {}
         for b in betas:
-            thresholds[b], tail = far_threshold(
+            got = far_threshold(
                 _normalised(first, second, cb, b)[stranger], decision.target_far, self.min_above,
                 who, self.confidence, tail_ok,
             )  # fmt: skip
+            if got is None:  # too few independent strangers to bound the rate under this weight
+                continue
+            thresholds[b], tails[b] = got
             if mated.any():
                 m_own, m_first = own[mated], first[mated]
                 m_cb = None if cb is None else cb[mated]
                 ok = (m_own > m_first) & (_normalised(m_own, m_first, m_cb, b) >= thresholds[b])
                 named[b] = float(ok.mean())
-        best = max(betas, key=lambda b: named.get(b, 0.0))
+        if card not in thresholds:  # the card's own rule cannot be bounded here: the card stays
+            return None
+        best = max(thresholds, key=lambda b: named.get(b, 0.0))
         if named.get(best, 0.0) < named.get(card, 0.0) + self.min_gain:
             best = card
         rule = "margin" if best else "raw"
         return LeaveOneOut(
             n, thresholds[best], rule, best,
-            int(stranger.sum()), tail, int(mated.sum()) if len(betas) > 1 else 0, named, self.confidence,
+            int(stranger.sum()), tails[best], int(mated.sum()) if len(betas) > 1 else 0, named, self.confidence,
         )  # fmt: skip

@@ -49,6 +49,30 @@ def loo_scores(albums: list[np.ndarray]) -> np.ndarray:
     return best
 
 
+def loo_groups(albums: list[np.ndarray]) -> np.ndarray:
+    """Per photo (as ``loo_scores`` orders them), a label of its group: two persons are joined when a photo of
+    each matches the other best (and so on, by search from each person)."""
+    photos = np.concatenate(albums)
+    owner = np.repeat(np.arange(len(albums)), [len(a) for a in albums])
+    scores = np.stack([photos @ centroid(a) for a in albums], axis=1)  # photo x person
+    scores[np.arange(len(photos)), owner] = -np.inf
+    match = scores.argmax(axis=1)
+    matched = {(int(p), int(m)) for p, m in zip(owner, match)}
+    linked: dict[int, set[int]] = {p: set() for p in range(len(albums))}
+    for p, m in matched:
+        if (m, p) in matched:
+            linked[p].add(m)
+    label: dict[int, int] = {}
+    for start in linked:
+        stack = [start]
+        while stack:
+            p = stack.pop()
+            if p not in label:
+                label[p] = start
+                stack += linked[p]
+    return np.array([label[int(p)] for p in owner])
+
+
 def leave_one_out(albums: list[np.ndarray], far: float) -> float:
     """The ``far`` quantile of the leave-one-out scores."""
     return threshold_at_far(loo_scores(albums), far)
@@ -97,21 +121,18 @@ def test_the_card_threshold_is_reread_on_the_gallerys_own_persons(
     card_rate, card_sources = rates[False]
     assert card_sources == {"model card"} and card_rate > 4 * FAR  # another domain: the card is far off
     rate, sources = rates[True]
-    if persons < certifiable(FAR, 0.9):  # 45: fewer persons' largest score cannot bound a 5 % rate
+    # the definition, without the gallery: the leave-one-out scores' 5 % threshold, bounded with 0.9 confidence,
+    # a person's photos and persons matched to each other counted together
+    loo = loo_scores(albums)
+    expected = far_threshold(loo, FAR, 10, loo_groups(albums), 0.9, tail_ok=False)
+    if persons < certifiable(FAR, 0.9) or expected is None:  # too few to bound a 5 % rate: the card stays
         assert sources == {"model card"} and rate == card_rate
     else:
         assert sources == {SOURCE} and outcome.confidence == 0.9
-        # the definition, without the gallery: the leave-one-out scores' 5 % threshold, bounded with 0.9
-        # confidence (one photo each: the order-statistic bound; more: grouped by person)
-        loo = loo_scores(albums)
-        if photos == 1:
-            assert used == pytest.approx(binomial_bound(loo, FAR, 0.9), abs=1e-6)
-        else:
-            owner = np.repeat(np.arange(persons), photos)
-            assert used == pytest.approx(far_threshold(loo, FAR, 10, owner, 0.9, tail_ok=False)[0], abs=1e-6)
+        assert used == pytest.approx(expected[0], abs=1e-6)
         assert used >= leave_one_out(albums, FAR) - 1e-6
         # one gallery's bound: under the rate in most galleries, spread by the few persons above it
-        assert FAR / 4 <= rate <= 2 * FAR, rate
+        assert FAR / 10 <= rate <= 2 * FAR, rate
 
 
 def test_a_stored_calibration_or_an_operator_setting_is_never_overridden(tmp_path: Path) -> None:
@@ -346,3 +367,37 @@ def test_certifiable_is_where_the_largest_of_n_bounds_the_rate() -> None:
         # the rate above the largest of n is Beta(1, n): its confidence quantile is within far at n, not at n - 1
         assert beta.ppf(confidence, 1, n) <= far < beta.ppf(confidence, 1, n - 1)
     assert certifiable(0.01, 0.9) == 230
+
+
+def test_leave_one_out_strangers_come_in_pairs_and_the_bound_counts_them_so() -> None:
+    """Two persons alike are each the other's best match, so under the raw rule one pair of look-alikes gives
+    two equal leave-one-out scores: the count above a threshold varies twice as much as for independent
+    strangers. Galleries of 600 one-photo persons drawn from a known distribution, their true stranger rate
+    measured on 4,000 fresh strangers each: bounded with each person its own group, more than a tenth of the
+    galleries accept over 5 %; with persons matched to each other grouped (as the gallery groups them), at
+    most about a tenth."""
+    from gallery.selfcal import _look_alikes
+
+    rng = np.random.default_rng(3)
+    missed = {"persons": [], "matched": []}
+    for _ in range(100):
+        shared = unit(rng.normal(size=D))
+        people = unit(rng.normal(size=(600, D)) + shared)
+        s = people @ people.T
+        np.fill_diagonal(s, -np.inf)
+        loo, match = s.max(axis=1), s.argmax(axis=1)
+        best = (unit(rng.normal(size=(4000, D)) + shared) @ people.T).max(axis=1)
+        for name, groups in (("persons", None), ("matched", _look_alikes(list(zip(range(600), match))))):
+            t, _ = far_threshold(loo, FAR, 1, groups, 0.9, tail_ok=False)
+            missed[name].append((best >= t).mean() > FAR)
+    assert np.mean(missed["persons"]) > 0.12, np.mean(missed["persons"])
+    assert np.mean(missed["matched"]) <= 0.1, np.mean(missed["matched"])
+
+
+def test_look_alikes_are_persons_matched_to_each_other() -> None:
+    from gallery.selfcal import _look_alikes
+
+    # 1 and 2 match each other; 3 matches 2 (a hub) but 2 does not match 3; 4 and 5 match each other
+    labels = _look_alikes([(1, 2), (2, 1), (3, 2), (4, 5), (5, 4), (6, 1), (1, 2)])
+    assert labels[0] == labels[1] == labels[6] and len({labels[0], labels[2], labels[3], labels[5]}) == 4
+    assert labels[3] == labels[4]
