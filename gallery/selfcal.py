@@ -19,10 +19,12 @@ strangers score, not 1 %.
 Every template is one such stranger photo (a person enrolled with three photos asks three times). It replaces
 the card's threshold when the quantile rests on at least ``min_above`` of them (``min_above / target_far``
 templates: 1,000 at 1 %) from at least ``min_persons_above / target_far`` persons (400 at 1 %), or below a 10 %
-target on an extrapolated tail (below), or, the bound accounting for how few they are, as soon as the gallery
-holds ``certifiable(target_far)`` persons (230 at 1 %): there the largest leave-one-out score of a stranger
-already bounds the rate, so a store of a few hundred people gets its own threshold, not a card made on another
-domain (on LFW that card named far fewer of the known at such sizes: issue 12's closing note). Only for a
+target on an extrapolated tail (below), or, the bound accounting for how few they are, from
+``certifiable(target_far)`` persons (230 at 1 %, where the largest of as many independent strangers bounds the
+rate; two look-alike persons count once, so one photo each usually takes about twice that, and a rule the
+bound cannot certify keeps the card). So a store of a few hundred people gets its own threshold, not only a
+card made on another domain (on LFW that card named far fewer of the known at such sizes: issue 12's closing
+note). Only for a
 card's decision: a calibration stored in the database or an operator's setting is never overridden. It is
 computed in a background thread (templates of at most ``max_probes`` templates' worth of persons, sampled)
 and recomputed when the number of persons has moved by more than ``tolerance`` since; until then identify

@@ -135,7 +135,7 @@ class Settings(BodyModelSettings):
     # many more people, but its weights are for non-commercial research only: docs/DEPLOYMENT.md)
     face_model: Literal["dlib", "insightface-w600k-mbf"] = "dlib"
     # a card's threshold re-read on the gallery's own persons (each asked against the others) once there are
-    # enough of them (1,000 photos of 400 persons at the cards' 1 %); false: the card's threshold as shipped
+    # enough of them (from 230 persons at the cards' 1 %); false: the card's threshold as shipped
     self_calibration: bool = True
     max_upload_bytes: PositiveInt = 8 * 1024 * 1024
     max_image_pixels: PositiveInt = 25_000_000
