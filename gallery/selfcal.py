@@ -64,6 +64,7 @@ TAIL_FROM = 0.1  # below this target rate, a gallery too small for the empirical
 # the share of galleries whose threshold accepts at most the target rate of their strangers; a point estimate
 # keeps that promise about half the time
 CONFIDENCE = 0.9
+DESIGN_FROM = 20  # the design effect is read over at least this many top values
 
 
 def _tail_threshold(values: np.ndarray, far: float) -> float:
@@ -106,9 +107,9 @@ def far_threshold(
     - empirical: the most values ``k`` above it whose Clopper-Pearson upper bound on the rate is within ``far``.
       For independent values that is exact (the rate above the ``k+1``-th largest of ``n`` is
       Beta(k+1, n-k)). Values of one group (a person's photos; two persons who are each other's best match)
-      are alike, so ``k`` and ``n`` are divided by the largest design effect among the top ``far x n``
-      (``_design_effect``). None when not even the largest value bounds the rate (fewer than
-      ``certifiable(far, confidence)`` values, times that design effect);
+      are alike, so ``k`` and ``n`` are divided by the largest design effect among the top ``far x n`` (at
+      least ``DESIGN_FROM``) values (``_design_effect``). None when not even the largest value bounds the
+      rate (fewer than ``certifiable(far, confidence)`` values, times that design effect);
     - tail: the exponential's scale and the rate above ``u`` each at its upper bound, missing half as often
       (the mean excess over ``k`` values is Gamma(k) / k times the scale; the rate above the ``k+1``-th largest
       is Beta(k+1, n-k); ``k`` and ``n`` divided by the design effect at ``u``)."""
@@ -133,9 +134,11 @@ def far_threshold(
         base = beta.ppf(each, k / d + 1, (n - k) / d)  # the rate above u, also an estimate
         return float(ranked[k] + scale * np.log(base / far)), True
     most = int(far * n)
-    # the worst clustering among the values that could lie above it: at k = 0 or 1 none can be seen, and
-    # leave-one-out strangers come at least in pairs (two persons alike are each the other's best match)
-    d = max((_design_effect(who[:k], persons, n) for k in range(1, most + 1)), default=1.0)
+    # the worst clustering among the top values, at least DESIGN_FROM of them: among the one or two that may
+    # lie above it none can be seen, and leave-one-out strangers come in pairs (two persons alike are each the
+    # other's best match), so a gallery whose top two happen to be no pair is not taken for independent
+    seen = min(n - 1, max(most, DESIGN_FROM))
+    d = max((_design_effect(who[:k], persons, n) for k in range(1, seen + 1)), default=1.0)
     if beta.ppf(confidence, 1, n / d) > far:
         return None  # not even the largest bounds the rate
     kept = 0

@@ -131,8 +131,9 @@ def test_the_card_threshold_is_reread_on_the_gallerys_own_persons(
         assert sources == {SOURCE} and outcome.confidence == 0.9
         assert used == pytest.approx(expected[0], abs=1e-6)
         assert used >= leave_one_out(albums, FAR) - 1e-6
-        # one gallery's bound: under the rate in most galleries, spread by the few persons above it
-        assert FAR / 10 <= rate <= 2 * FAR, rate
+        # one gallery's bound: under the rate in most galleries (a small one's far under it), and far from the
+        # card, which another domain made too lax here
+        assert 0 < rate <= 2 * FAR < card_rate, rate
 
 
 def test_a_stored_calibration_or_an_operator_setting_is_never_overridden(tmp_path: Path) -> None:
