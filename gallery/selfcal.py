@@ -54,7 +54,7 @@ from gallery.cache import IndexCache
 from gallery.decision import Decision
 from gallery.store import Key
 from reid.metrics.aggregation import aggregate
-from reid.metrics.open_set import threshold_at_far
+from reid.metrics.open_set import design_effect, threshold_at_far
 from reid.metrics.open_set_decision import BETAS, NO_COMPETITOR, cohort_best
 
 logger = logging.getLogger(__name__)
@@ -73,18 +73,6 @@ def _tail_threshold(values: np.ndarray, far: float) -> float:
     k = int(TAIL_FROM * len(top))
     u = top[k]
     return float(u + (top[:k] - u).mean() * np.log(TAIL_FROM / far))
-
-
-def _design_effect(top: np.ndarray, persons: int, n: int) -> float:
-    """How much more the count of values above a threshold varies when whole persons are resampled than if the
-    ``n`` values were independent (at least 1): ``top`` holds the person of each value above it. With one value
-    per person it is 1; with a person's photos alike, up to their number (Korn and Graubard's effective sample
-    size is ``n`` over it)."""
-    k = len(top)
-    if k == 0 or k == n:
-        return 1.0
-    counts = np.bincount(top, minlength=persons)
-    return max(1.0, persons * counts.var() / (k * (1 - k / n)))
 
 
 def far_threshold(
@@ -108,7 +96,7 @@ def far_threshold(
       For independent values that is exact (the rate above the ``k+1``-th largest of ``n`` is
       Beta(k+1, n-k)). Values of one group (a person's photos; two persons who are each other's best match)
       are alike, so ``k`` and ``n`` are divided by the largest design effect among the top ``far x n`` (at
-      least ``DESIGN_FROM``) values (``_design_effect``). None when not even the largest value bounds the
+      least ``DESIGN_FROM``) values (``design_effect``). None when not even the largest value bounds the
       rate (fewer than ``certifiable(far, confidence)`` values, times that design effect);
     - tail: the exponential's scale and the rate above ``u`` each at its upper bound, missing half as often
       (the mean excess over ``k`` values is Gamma(k) / k times the scale; the rate above the ``k+1``-th largest
@@ -117,9 +105,9 @@ def far_threshold(
 
     values = np.asarray(values, np.float64)
     n = len(values)
-    tail = tail_ok and not (far * n >= min_above or far >= TAIL_FROM or int(TAIL_FROM * n) < 1)
     if not 0 < far < 1 or n == 0:
         raise ValueError(f"far_threshold: far must be in (0, 1) and values non-empty, got {far}, {n} values")
+    tail = tail_ok and not (far * n >= min_above or far >= TAIL_FROM or int(TAIL_FROM * n) < 1)
     if confidence is None:
         return (_tail_threshold(values, far) if tail else threshold_at_far(values, far)), tail
     _, who = np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)
@@ -128,7 +116,7 @@ def far_threshold(
     ranked, who = values[order], who[order]
     if tail:
         k = int(TAIL_FROM * n)
-        d = _design_effect(who[:k], persons, n)
+        d = design_effect(who[:k], persons, n)
         each = 1 - (1 - confidence) / 2  # two bounds, each failing half as often (Bonferroni)
         scale = (ranked[:k] - ranked[k]).mean() * (k / d) / gamma.ppf(1 - each, k / d)
         base = beta.ppf(each, k / d + 1, (n - k) / d)  # the rate above u, also an estimate
@@ -138,7 +126,7 @@ def far_threshold(
     # lie above it none can be seen, and leave-one-out strangers come in pairs (two persons alike are each the
     # other's best match), so a gallery whose top two happen to be no pair is not taken for independent
     seen = min(n - 1, max(most, DESIGN_FROM))
-    d = max((_design_effect(who[:k], persons, n) for k in range(1, seen + 1)), default=1.0)
+    d = max((design_effect(who[:k], persons, n) for k in range(1, seen + 1)), default=1.0)
     if beta.ppf(confidence, 1, n / d) > far:
         return None  # not even the largest bounds the rate
     kept = 0

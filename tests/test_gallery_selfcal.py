@@ -301,14 +301,14 @@ def test_the_design_effect_is_the_person_resampling_variance_written_out() -> No
     persons enumerated for 4 persons), over the binomial variance of as many independent values."""
     import itertools
 
-    from gallery.selfcal import _design_effect
+    from reid.metrics.open_set import design_effect
 
     top = np.array([0, 0, 0, 2])  # person 0 has three values above, person 2 one; 4 persons, 8 values
     counts = np.bincount(top, minlength=4)
     totals = [counts[list(draw)].sum() for draw in itertools.product(range(4), repeat=4)]
     k, n = len(top), 8
-    assert _design_effect(top, 4, n) == pytest.approx(np.var(totals) / (k * (1 - k / n)))
-    assert _design_effect(np.arange(3), 10, 10) == 1.0  # one value each: independent
+    assert design_effect(top, 4, n) == pytest.approx(np.var(totals) / (k * (1 - k / n)))
+    assert design_effect(np.arange(3), 10, 10) == 1.0  # one value each: independent
 
 
 @pytest.mark.parametrize("photos, alike", [(1, 0.0), (3, 0.7)])

@@ -26,6 +26,37 @@ def threshold_at_far(impostor_scores, far: float) -> float:
     return float(np.nextafter(imp[allowed], np.inf)) if allowed < imp.size else float("-inf")
 
 
+def design_effect(hit_groups, n_groups: int, n: int) -> float:
+    """How much more a count of ``len(hit_groups)`` hits among ``n`` values varies when whole groups are
+    resampled than if the values were independent (at least 1). ``hit_groups`` holds the group (0 ..
+    ``n_groups - 1``; a person, whose photos are alike) of each hit. One value per group gives 1; alike values
+    of one group, up to their number. Korn and Graubard's effective sample size is ``n`` over it."""
+    top = np.asarray(hit_groups, dtype=np.int64).reshape(-1)
+    k = top.size
+    if k == 0 or k == n:
+        return 1.0
+    counts = np.bincount(top, minlength=n_groups)
+    return max(1.0, n_groups * counts.var() / (k * (1 - k / n)))
+
+
+def rate_interval(k: int, n: int, confidence: float = 0.95, design: float = 1.0) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval of a rate measured as ``k`` of ``n`` (a FAR, a DIR): the rates
+    for which seeing ``k`` (or fewer, or more) would not be rarer than ``(1 - confidence) / 2`` either way.
+    ``design`` (``design_effect``) divides ``k`` and ``n`` when the values come in groups of alike ones
+    (Korn and Graubard). A measured 1.18 % of 2,722 strangers is [0.81 %, 1.66 %] at 95 %: a benchmark's
+    rate says no more than that about the rate it estimates."""
+    from scipy.stats import beta
+
+    if n <= 0 or not 0 <= k <= n:
+        raise EvaluationError(f"a rate needs 0 <= k <= n and n > 0, got k={k}, n={n}")
+    if not 0 < confidence < 1 or design < 1:
+        raise EvaluationError(f"need 0 < confidence < 1 and design >= 1, got {confidence} and {design}")
+    a, ke, ne = (1 - confidence) / 2, k / design, n / design
+    lo = float(beta.ppf(a, ke, ne - ke + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(1 - a, ke + 1, ne - ke)) if k < n else 1.0
+    return lo, hi
+
+
 @dataclass
 class OpenSetResult:
     far_targets: list[float]
