@@ -55,6 +55,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.lfw_verification import embed_all
 from benchmarks.machine import describe
+from benchmarks.outcome import HEADER, Outcome
 from gallery import Gallery
 from gallery.selfcal import SOURCE as SELF_SOURCE
 from gallery.selfcal import SelfCalibration
@@ -67,21 +68,22 @@ from reid.metrics.open_set_decision import calibrate_with_cohort
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 
 
-def run(g: Gallery, model_id: str, emb: np.ndarray, known_q, stranger_q, threshold=None):
-    """(named right, wrong name accepted, strangers accepted, rank-1) through the gallery's decision."""
-    right = wrong = top1 = 0
+def run(g: Gallery, model_id: str, emb: np.ndarray, known_q, stranger_q, threshold=None) -> Outcome:
+    """Every known query and stranger through the gallery's decision."""
+    person, right, wrong, top1 = [], [], [], []
     for i, pid in known_q:
         r = g.identify(embedding=emb[i], modality="face", model_id=model_id, k=2, threshold=threshold)
         hit = r.best.person_id == pid
-        top1 += hit
-        right += hit and r.known
-        wrong += (not hit) and r.known
-    fa = sum(
+        person.append(pid)
+        top1.append(hit)
+        right.append(hit and r.known)
+        wrong.append((not hit) and r.known)
+    accepted = [
         bool(g.identify(embedding=emb[i], modality="face", model_id=model_id, k=2, threshold=threshold).known)
         for i in stranger_q
-    )
-    n = len(known_q)
-    return right / n, wrong / n, fa / len(stranger_q), top1 / n
+    ]
+    # LFW's strangers are one photo each of different people: each its own group
+    return Outcome.of(person, right, wrong, top1, accepted, np.arange(len(accepted)))
 
 
 def main() -> None:
@@ -134,8 +136,7 @@ def main() -> None:
     print(f"model {model_id} ({key} embeddings); decisions chosen on CelebA: {len(np.unique(clabels))} identities "
           f"({len(cohort)} as cohort), LFW only reports")  # fmt: skip
     print(f"{'enrolled':>9} {'people':>7} {'known q.':>8} {'strangers':>9} {'rule':<22} {'target FAR':>10} "
-          f"{'beta':>5} {'threshold':>9} {'named right':>11} {'wrong name':>10} {'strangers acc.':>14} "
-          f"{'rank-1':>7}")  # fmt: skip
+          f"{'beta':>5} {'threshold':>9} {HEADER}")  # fmt: skip
     runs = [(n, size) for n in args.enroll for size in (args.people or [None])]
     for n, size in runs:
         people = sorted(name for name, ix in by_person.items() if len(ix) > n)
@@ -177,15 +178,17 @@ def main() -> None:
                     # gallery.selfcal bounded it): what keeping the promise costs the known
                     point = SelfCalibration(g.cache, confidence=None)
                     g.decisions.refine = point.refine
-                    g.identify(embedding=lfw[known_q[0][0]], modality="face", model_id=model_id)
-                    point.wait()
-                    p = g.decision_for("face", model_id)
-                    # below its own (older) requirement the point estimate is not used: no row
-                    if p.source == SELF_SOURCE:
-                        own_point[far] = ("own persons, point est", p.beta if p.rule == "margin" else 0.0,
-                                          p.threshold, run(g, model_id, lfw, known_q, stranger_q))  # fmt: skip
-                    g.decisions.refine = g.selfcal.refine
-                    point.close()
+                    try:
+                        g.identify(embedding=lfw[known_q[0][0]], modality="face", model_id=model_id)
+                        point.wait()
+                        p = g.decision_for("face", model_id)
+                        # below its own (older) requirement the point estimate is not used: no row
+                        if p.source == SELF_SOURCE:
+                            own_point[far] = ("own persons, point est", p.beta if p.rule == "margin" else 0.0,
+                                              p.threshold, run(g, model_id, lfw, known_q, stranger_q))  # fmt: skip
+                    finally:  # the gallery's own re-reading back for the rows after
+                        g.decisions.refine = g.selfcal.refine
+                        point.close()
                     r = g.selfcal.outcome(("face", model_id))
                     if r.named:
                         print(f"  leave-one-out at {far:g}, {n} photo(s): {r.mated} mated probes, named by beta: "
@@ -224,9 +227,9 @@ def main() -> None:
                 rows.append(("raw by size (CelebA)", 0.0, thr, run(g, model_id, lfw, known_q, stranger_q)))
                 t = threshold_at_far(raw_scores, far)
                 rows.append(("raw (LFW strangers)", 0.0, t, run(g, model_id, lfw, known_q, stranger_q, t)))
-                for rule, beta, thr, (right, wrong, fa, top1) in rows:
+                for rule, beta, thr, out in rows:
                     print(f"{n:>9} {len(people):>7} {len(known_q):>8} {len(stranger_q):>9} {rule:<22} {far:>10g} "
-                          f"{beta:>5.2f} {thr:>9.4f} {right:>11.2%} {wrong:>10.2%} {fa:>14.2%} {top1:>7.2%}")  # fmt: skip
+                          f"{beta:>5.2f} {thr:>9.4f} {out.columns()}")  # fmt: skip
             g.close()
         if args.folds and size is None:
             cross_fold(lfw, by_person, strangers, n, model_id, args.far)
@@ -241,8 +244,7 @@ def cross_fold(
     half = {name: int(h) for name, h in zip(names, rng.permutation(len(names)) % 2)}
     single = set(strangers)
     for far in fars:
-        tally = np.zeros(5)  # right, wrong, top1, known queries, strangers accepted
-        n_strangers = 0
+        pooled = None
         people_sizes, thresholds, betas = [], [], []
         for fold in (0, 1):
             calib = [name for name in names if half[name] != fold]
@@ -266,17 +268,14 @@ def cross_fold(
                                 by_size=card.by_size)  # fmt: skip
                 thresholds.append(g.decision_for("face", model_id).threshold_at(len(people)))
                 known_q = [(i, pid_of[name]) for name in people for i in by_person[name][n:]]
-                right, wrong, fa, top1 = run(g, model_id, emb, known_q, stranger_q)
+                out = run(g, model_id, emb, known_q, stranger_q)
                 g.close()
-            k = len(known_q)
-            tally += [right * k, wrong * k, top1 * k, k, fa * len(stranger_q)]
-            n_strangers += len(stranger_q)
+            pooled = out if pooled is None else pooled + out
             people_sizes.append(len(people))
-        right, wrong, top1, k, fa = tally
         rule = f"card: {card.rule} (LFW 2-fold)"
-        print(f"{n:>9} {'/'.join(map(str, people_sizes)):>7} {int(k):>8} {n_strangers:>9} {rule:<22} {far:>10g} "
-              f"{'/'.join(f'{b:.2f}' for b in betas):>5} {'/'.join(f'{t:.3f}' for t in thresholds):>9} {right / k:>11.2%} "
-              f"{wrong / k:>10.2%} {fa / n_strangers:>14.2%} {top1 / k:>7.2%}")  # fmt: skip
+        print(f"{n:>9} {'/'.join(map(str, people_sizes)):>7} {pooled.right.size:>8} {pooled.accepted.size:>9} "
+              f"{rule:<22} {far:>10g} {'/'.join(f'{b:.2f}' for b in betas):>5} "
+              f"{'/'.join(f'{t:.3f}' for t in thresholds):>9} {pooled.columns()}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -585,3 +585,72 @@ def test_a_correction_that_cannot_help_is_not_made() -> None:
         assert table == thresholds_by_gallery_size([few], 0.01, sizes=(20, 100))
         overshot += check["check_mean"] > 0.01
     assert overshot >= 3  # the check did overshoot: it is the correction that was refused
+
+
+def _clopper_pearson_from_the_definition(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """The rates at which seeing k or more (lower end) / k or fewer (upper end) of n has probability
+    (1 - confidence) / 2, solved on the binomial itself."""
+    from scipy.optimize import brentq
+    from scipy.stats import binom
+
+    a = (1 - confidence) / 2
+    lo = 0.0 if k == 0 else brentq(lambda p: binom.sf(k - 1, n, p) - a, 1e-12, 1 - 1e-12, xtol=1e-14)
+    hi = 1.0 if k == n else brentq(lambda p: binom.cdf(k, n, p) - a, 1e-12, 1 - 1e-12, xtol=1e-14)
+    return lo, hi
+
+
+@pytest.mark.parametrize(("k", "n", "confidence"), [(0, 50, 0.95), (1, 50, 0.95), (32, 2722, 0.95),
+                                                    (5, 416, 0.9), (416, 416, 0.95), (200, 300, 0.99)])  # fmt: skip
+def test_rate_interval_is_clopper_pearson_from_the_binomial(k: int, n: int, confidence: float) -> None:
+    from reid.metrics import rate_interval
+
+    assert rate_interval(k, n, confidence) == pytest.approx(
+        _clopper_pearson_from_the_definition(k, n, confidence), abs=1e-9
+    )
+
+
+def test_rate_interval_with_a_design_effect_is_that_of_the_effective_sample() -> None:
+    from reid.metrics import design_effect, rate_interval
+
+    assert rate_interval(10, 100, design=2.0) == pytest.approx(
+        _clopper_pearson_from_the_definition(5, 50, 0.95)
+    )
+    # 8 hits in 40 values of 20 groups of two: as hits come in pairs the count varies twice as much
+    groups = np.repeat(np.arange(20), 2)
+    paired = groups[:8]  # 4 groups, both values each
+    d = design_effect(paired, 20, 40)
+    counts = np.bincount(paired, minlength=20)
+    assert d == pytest.approx(20 * counts.var() / (8 * (1 - 8 / 40)))
+    assert d > 1.9
+    lo, hi = rate_interval(8, 40, design=d)
+    plain = rate_interval(8, 40)
+    assert lo < plain[0] and hi > plain[1]  # wider: fewer independent values than it seems
+    assert design_effect(np.arange(8), 40, 40) == pytest.approx(1.0)  # one value per group: independent
+
+
+@pytest.mark.parametrize(("k", "n", "confidence", "design"), [(3, 2, 0.95, 1), (-1, 5, 0.95, 1), (0, 0, 0.95, 1),
+                                                              (1, 5, 1.0, 1), (1, 5, 0.95, 0.5)])  # fmt: skip
+def test_rate_interval_refuses_what_is_not_a_rate(k: int, n: int, confidence: float, design: float) -> None:
+    from reid.metrics import EvaluationError, rate_interval
+
+    with pytest.raises(EvaluationError, match="rate_interval|0 <= k <= n|confidence"):
+        rate_interval(k, n, confidence, design)
+
+
+def test_benchmark_outcomes_print_each_rate_with_the_interval_of_its_effective_sample() -> None:
+    from benchmarks.outcome import Outcome
+    from reid.metrics import rate_interval
+
+    # person 0's four queries all named, person 1's four all missed: the rate rests on two persons, not eight
+    fold = Outcome.of([0] * 4 + [1] * 4, [1] * 4 + [0] * 4, [0] * 8, [1] * 8, [1, 0, 0, 0], [0, 1, 2, 3])
+    pooled = fold + fold
+    assert pooled.person.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4  # the second fold's persons apart
+    assert pooled.stranger.tolist() == list(range(8))
+    cols = pooled.columns().split()
+    assert cols[0] == "50.00%" and cols[3] == "25.00%"
+    d = 4 * np.var([4, 0, 4, 0]) / (8 * (1 - 8 / 16))  # clustered: a person's queries move together
+    assert d == 4.0
+    lo, hi = rate_interval(8, 16, design=d)
+    assert cols[1] == f"{lo:.1%}-{hi:.1%}"
+    lo, hi = rate_interval(2, 8)  # strangers one query each: independent
+    assert cols[4] == f"{lo:.2%}-{hi:.2%}"
