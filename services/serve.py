@@ -67,16 +67,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def create_key_file(path: Path) -> bool:
-    """Write a new admin key to ``path`` unless it exists: created 0600 in one step (never readable by
-    others, not even for a moment), and never overwritten. True if it was created."""
+    """Write a new admin key to ``path`` unless it exists: created 0600 (never readable by others, not even for
+    a moment), never overwritten, and never seen empty or half-written: the key is written and synced to a
+    private file beside it first, which is then linked in under ``path`` in one step (a crash in between leaves
+    no key file, so the next start makes one). True if it was created."""
     data = json.dumps([{"key": secrets.token_urlsafe(24), "name": "admin", "scopes": ["admin"]}]).encode()
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return True
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if path exists: another start made it first
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cli() -> None:

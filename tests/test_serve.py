@@ -81,3 +81,27 @@ def test_the_sqlite_file_and_its_wal_are_private_from_creation(tmp_path: Path, c
     make_engine(str(loose)).dispose()
     assert mode(loose) == 0o644  # an existing file keeps its mode: the operator chose it
     assert "loose.db is readable by other users" in caplog.text
+
+
+def test_concurrent_starts_make_one_whole_key_file_and_leave_nothing_else(tmp_path: Path) -> None:
+    """Eight starts at once: one makes the file, the others read it; it is never seen empty or partial, and
+    no temporary file is left beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.serve import create_key_file
+
+    path = tmp_path / "g.keys.json"
+    seen: list[str] = []
+
+    def start(_: int) -> bool:
+        created = create_key_file(path)
+        seen.append(path.read_text())
+        return created
+
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(start, range(8)))
+    assert created.count(True) == 1
+    assert len(set(seen)) == 1 and json.loads(seen[0])[0]["scopes"] == ["admin"]
+    assert mode(path) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.keys.json"]
+    assert create_key_file(path) is False and path.read_text() == seen[0]  # never overwritten
