@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from gallery.errors import EmbeddingError, GalleryError, IndexMismatchError
@@ -165,9 +166,11 @@ class IndexCache:
             index.save(self.index_dir, key_name(key))
 
     def check_consistency(self) -> dict[str, dict[str, int]]:
-        """Database vs index template counts per key (they must agree)."""
+        """Database vs index template counts per key (they must agree). Asks the database even when no index
+        exists yet, so a database that cannot be reached raises (what readiness reports)."""
         out = {}
         with self.store.Session() as s:
+            s.execute(text("SELECT 1"))
             for key, index in list(self.indexes.items()):
                 out[f"{key[0]}/{key[1]}"] = {
                     "database": self.store.db_state(s, key).count,

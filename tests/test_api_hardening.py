@@ -294,3 +294,48 @@ def test_beyond_its_bound_the_server_sheds_load_with_retry_after(tmp_path) -> No
         shed = next(r for r in answers if r.status_code == 503)
         assert shed.headers["retry-after"] == "1" and "at most 2" in shed.json()["detail"]
         assert ask(0).status_code == 200  # once the load has passed
+
+
+def test_a_database_outage_is_answered_503_and_the_server_recovers_with_it(pg_database: str, caplog) -> None:
+    """PostgreSQL refusing this database's connections (its sessions ended) stands for a database outage: every
+    route that needs it answers 503 with Retry-After and a message, readiness tells the load balancer, health
+    still answers; once the database is back the same server answers again, nothing lost."""
+    from sqlalchemy import create_engine, text
+
+    name = pg_database.rsplit("/", 1)[1]
+    admin = create_engine(pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+
+    def allow(yes: bool) -> None:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(yes).lower()}'))
+            if not yes:
+                c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+
+    settings = Settings(
+        database_url=pg_database,
+        api_keys=[ApiKey("admin-key-123", "admin", frozenset({"admin"}))],
+        body_threshold=0.99,
+    )
+    try:
+        with running(create_app(settings, embedders={"body": ColourEmbedder()})) as url:
+            person = httpx.post(f"{url}/persons", headers=ADMIN, json={"display_name": "Ann"}).json()["id"]
+            assert httpx.get(f"{url}/ready").status_code == 200
+            allow(False)
+            for r in (
+                httpx.get(f"{url}/ready", timeout=10),
+                httpx.get(f"{url}/persons/{person}", headers=ADMIN, timeout=10),
+                httpx.post(f"{url}/persons", headers=ADMIN, json={"display_name": "Bo"}, timeout=10),
+            ):
+                assert r.status_code == 503, (r.status_code, r.text)
+                assert "database" in r.json()["detail"] and r.headers["retry-after"]
+            assert httpx.get(f"{url}/health").status_code == 200
+            allow(True)
+            assert httpx.get(f"{url}/ready").status_code == 200
+            assert httpx.get(f"{url}/persons/{person}", headers=ADMIN).json()["display_name"] == "Ann"
+            cy = httpx.post(f"{url}/persons", headers=ADMIN, json={"display_name": "Cy"}).json()["id"]
+            assert cy > person  # Bo was never made
+            audit = httpx.get(f"{url}/audit?action=create-person", headers=ADMIN).json()
+            assert [r["subject"] for r in audit if r["outcome"] == "ok"][0] == f"person:{cy}"  # still audited
+    finally:
+        allow(True)
+        admin.dispose()

@@ -23,6 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import Scope
 
 from gallery import DuplicatePersonError, Gallery, GalleryError, IndexMismatchError, UnknownPersonError
@@ -55,6 +57,7 @@ STATUS = [
     (GalleryError, 400),
     (ReidError, 422),  # FaceNotFoundError, MultipleFacesError, ...
 ]
+DB_RETRY_AFTER = 5  # seconds: a restarting database or a failover
 WEB = Path(__file__).resolve().parents[1] / "web"
 
 
@@ -148,6 +151,11 @@ async def lifespan(app: FastAPI):
     gc.unfreeze()  # what was frozen may now be garbage (an app closed in a process that goes on)
 
 
+def _cause(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    return f"{type(exc).__name__}" + (f" from {type(orig).__module__}.{type(orig).__name__}" if orig else "")
+
+
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ReidError)
     async def reid_error(_: Request, exc: ReidError) -> JSONResponse:
@@ -174,6 +182,20 @@ def add_error_handlers(app: FastAPI) -> None:
                 "send photos to POST /persons/{person_id}/enroll"
             )
         return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """The database cannot be reached, or is busy (SQLite's lock, a full pool): not a fault of the request,
+        and it passes, so 503 with Retry-After (a load balancer's readiness probe sees the same). Only the error's
+        class is logged: its message can hold the statement's parameters (names, embeddings)."""
+        logger.error("%s %s: database unavailable (%s)", request.method, request.url.path, _cause(exc))
+        return JSONResponse(
+            {"detail": "the database is unavailable or busy; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": str(DB_RETRY_AFTER)},
+        )
 
     @app.exception_handler(Exception)
     async def server_fault(request: Request, exc: Exception) -> JSONResponse:
