@@ -84,7 +84,10 @@ BATCH = 32
 def embedder_for(path: str, cores: int, ort_threads: int = 1):
     """The face embedder of a path. ``before``: the code before issue 16 item 4 (dlib's own network, one call
     at a time, photos one after another); ``after``: the network on ONNX Runtime, ``embed`` spread over
-    ``cores`` threads; ``after-mtcnn``: the same with facenet-pytorch's MTCNN detector instead of dlib's HOG."""
+    ``cores`` threads; ``after-mtcnn``: the same with facenet-pytorch's MTCNN detector instead of dlib's HOG;
+    ``after-flip``: ``after`` with each chip and its mirror embedded (the service's default);
+    ``insightface``, ``insightface-flip``: InsightFace's w600k_mbf (the opt-in model, ``[insightface]`` extra)
+    behind the same detection, on ONNX Runtime the same way."""
     from reid.face import DlibFaceEmbedder, FaceDetector
 
     if path == "before":
@@ -93,10 +96,16 @@ def embedder_for(path: str, cores: int, ort_threads: int = 1):
         return DlibFaceEmbedder(runtime="onnx", threads=ort_threads, workers=cores)
     if path == "after-mtcnn":
         return DlibFaceEmbedder(FaceDetector("mtcnn"), runtime="onnx", threads=ort_threads, workers=cores)
+    if path == "after-flip":
+        return DlibFaceEmbedder(runtime="onnx", flip=True, threads=ort_threads, workers=cores)
+    if path.startswith("insightface"):
+        from reid.face.insightface_mbf import InsightFaceMbfEmbedder
+
+        return InsightFaceMbfEmbedder(flip=path.endswith("-flip"), threads=ort_threads, workers=cores)
     raise SystemExit(f"unknown path {path!r}")
 
 
-PATHS = ("before", "after", "after-mtcnn")
+PATHS = ("before", "after", "after-mtcnn", "after-flip", "insightface", "insightface-flip")
 DEFAULT_PATHS = ("before", "after")
 MODES = ("requests", "batch", "processes")
 
@@ -207,7 +216,6 @@ def stages(emb, datas: list[bytes]) -> dict[str, float]:
     """Mean ms per photo of each stage, one thread."""
     import dlib
 
-    from reid.face import align
     from reid.images import decode_image_bytes
 
     det = emb.detector
@@ -233,7 +241,7 @@ def stages(emb, datas: list[bytes]) -> dict[str, float]:
         t = time.perf_counter()
         det.landmarks(img, rect)
         t1 = time.perf_counter()
-        chip = align(img, f)
+        chip = emb.align_chip(img, f)  # each model's own alignment (dlib's 150x150, ArcFace's 112x112)
         t2 = time.perf_counter()
         emb.embed_chips([chip])
         t3 = time.perf_counter()
@@ -278,9 +286,13 @@ def worker(args: argparse.Namespace) -> None:
     result.update(seconds=seconds, photos=len(datas), misses=misses, cpu=cpu)
     if vecs:
         np.save(Path(args.photos_dir) / f"vecs-{path}-{mode}-{cores}.npy", np.array(
-            [v if v is not None else np.full(128, np.nan, np.float32) for v in vecs]
+            [v if v is not None else np.full(emb_dim(path), np.nan, np.float32) for v in vecs]
         ))  # fmt: skip
     print(json.dumps(result), flush=True)
+
+
+def emb_dim(path: str) -> int:
+    return 512 if path.startswith("insightface") else 128
 
 
 # ------------------------------------------------------------------------------------------------- parent
@@ -365,8 +377,8 @@ def compare(folder: Path, paths: list[str]) -> None:
     for f in sorted(folder.glob("vecs-*.npy")):
         path, mode, cores = f.stem.removeprefix("vecs-").rsplit("-", 2)
         ref_file = folder / f"vecs-{paths[0]}-{mode}-1.npy"
-        if f == ref_file or not ref_file.exists():
-            continue
+        if f == ref_file or not ref_file.exists() or emb_dim(path) != emb_dim(paths[0]):
+            continue  # another model's vectors are not comparable
         ref, v = np.load(ref_file), np.load(f)
         both = ~np.isnan(ref[:, 0]) & ~np.isnan(v[:, 0])
         same = (np.isnan(ref[:, 0]) == np.isnan(v[:, 0])).mean()
