@@ -342,7 +342,7 @@ def main() -> None:
         )
         rows, stage_rows = [], {}
         print(
-            f"{'path':<12} {'mode':<10} {'cores':>5} {'photos/s':>9} {'ms/photo':>9} {'cores used':>10} "
+            f"{'path':<16} {'mode':<10} {'cores':>5} {'photos/s':>9} {'ms/photo':>9} {'cores used':>10} "
             f"{'photos/CPU-s':>12} {'no single face':>15}"
         )
         for path in args.paths:
@@ -357,16 +357,16 @@ def main() -> None:
                         stage_rows[path] = r["stages"]
                     rate = r["photos"] / r["seconds"]
                     print(
-                        f"{path:<12} {mode:<10} {cores:>5} {rate:>9.1f} {1000 / rate:>9.1f} "
+                        f"{path:<16} {mode:<10} {cores:>5} {rate:>9.1f} {1000 / rate:>9.1f} "
                         f"{r['cpu'] / r['seconds']:>10.2f} {r['photos'] / r['cpu']:>12.1f} {r['misses']:>15}",
                         flush=True,
                     )
         if stage_rows:
             keys = list(next(iter(stage_rows.values())))
             print("stages, one thread on one core, mean ms per photo (network: per chip)")
-            print(f"{'path':<12}" + "".join(f"{k:>10}" for k in keys))
+            print(f"{'path':<16}" + "".join(f"{k:>10}" for k in keys))
             for path, st in stage_rows.items():
-                print(f"{path:<12}" + "".join(f"{st[k]:>10.2f}" for k in keys))
+                print(f"{path:<16}" + "".join(f"{st[k]:>10.2f}" for k in keys))
         compare(folder, args.paths)
     print(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
