@@ -20,7 +20,8 @@ HEADER = (f"{'named right':>11} {'(95 % int.)':>13} {'wrong name':>10} {'strange
 
 def _interval(hits: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
     _, g = np.unique(groups, return_inverse=True)
-    d = design_effect(g[hits], int(g.max()) + 1, hits.size)
+    sizes = np.bincount(g)  # persons have different numbers of probes (LFW: 1 to over 500)
+    d = design_effect(g[hits], sizes.size, hits.size, sizes=sizes)
     return rate_interval(int(hits.sum()), hits.size, design=d)
 
 

@@ -628,6 +628,28 @@ def test_rate_interval_with_a_design_effect_is_that_of_the_effective_sample() ->
     assert design_effect(np.arange(8), 40, 40) == pytest.approx(1.0)  # one value per group: independent
 
 
+def test_the_design_effect_of_unequal_groups_is_the_variance_of_resampling_them() -> None:
+    """Persons with 1 to 30 probes each, each person named with their own probability: the rate's variance when
+    whole persons are drawn again (the definition, by bootstrap) over the binomial's is the design effect."""
+    from reid.metrics import design_effect
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 31, 300)
+    hits = rng.binomial(sizes, rng.beta(2, 1, sizes.size))  # alike within a person
+    n, k = int(sizes.sum()), int(hits.sum())
+    hit_groups = np.repeat(np.arange(sizes.size), hits)
+    d = design_effect(hit_groups, sizes.size, n, sizes=sizes)
+    draws = rng.integers(0, sizes.size, (20_000, sizes.size))
+    rates = hits[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    p = k / n
+    assert d == pytest.approx(rates.var() / (p * (1 - p) / n), rel=0.05)
+    assert d > 3  # far from independent
+    # the evenly spread default ignores the sizes: here it would count the big persons' hits as clustering
+    assert design_effect(hit_groups, sizes.size, n) != pytest.approx(d, rel=0.05)
+    with pytest.raises(EvaluationError, match="group sizes"):
+        design_effect(hit_groups, sizes.size, n + 1, sizes=sizes)
+
+
 @pytest.mark.parametrize(("k", "n", "confidence", "design"), [(3, 2, 0.95, 1), (-1, 5, 0.95, 1), (0, 0, 0.95, 1),
                                                               (1, 5, 1.0, 1), (1, 5, 0.95, 0.5)])  # fmt: skip
 def test_rate_interval_refuses_what_is_not_a_rate(k: int, n: int, confidence: float, design: float) -> None:

@@ -26,17 +26,28 @@ def threshold_at_far(impostor_scores, far: float) -> float:
     return float(np.nextafter(imp[allowed], np.inf)) if allowed < imp.size else float("-inf")
 
 
-def design_effect(hit_groups, n_groups: int, n: int) -> float:
-    """How much more a count of ``len(hit_groups)`` hits among ``n`` values varies when whole groups are
+def design_effect(hit_groups, n_groups: int, n: int, sizes=None) -> float:
+    """How much more a rate of ``len(hit_groups)`` hits among ``n`` values varies when whole groups are
     resampled than if the values were independent (at least 1). ``hit_groups`` holds the group (0 ..
-    ``n_groups - 1``; a person, whose photos are alike) of each hit. One value per group gives 1; alike values
-    of one group, up to their number. Korn and Graubard's effective sample size is ``n`` over it."""
+    ``n_groups - 1``; a person, whose photos are alike) of each hit; ``sizes`` how many values each group has
+    (default: ``n`` spread evenly). It is the ratio estimator's variance over the binomial's,
+    ``sum_i (h_i - p m_i)^2 / (k (1 - k / n))`` with ``h_i`` hits of ``m_i`` values in group ``i`` and
+    ``p = k / n``: one value per group gives 1; alike values of one group, up to their number. Korn and
+    Graubard's effective sample size is ``n`` over it."""
     top = np.asarray(hit_groups, dtype=np.int64).reshape(-1)
     k = top.size
     if k == 0 or k == n:
         return 1.0
     counts = np.bincount(top, minlength=n_groups)
-    return max(1.0, n_groups * counts.var() / (k * (1 - k / n)))
+    if sizes is None:  # evenly spread: p m_i is the mean count
+        spread = n_groups * counts.var()
+    else:
+        m = np.asarray(sizes, dtype=np.float64).reshape(-1)
+        if m.size != counts.size or m.sum() != n:
+            raise EvaluationError(f"design_effect: {m.size} group sizes summing to {m.sum():g}, expected "
+                                  f"{counts.size} summing to {n}")  # fmt: skip
+        spread = float(((counts - k / n * m) ** 2).sum())
+    return max(1.0, spread / (k * (1 - k / n)))
 
 
 def rate_interval(k: int, n: int, confidence: float = 0.95, design: float = 1.0) -> tuple[float, float]:
