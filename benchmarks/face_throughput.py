@@ -295,6 +295,13 @@ def emb_dim(path: str) -> int:
     return 512 if path.startswith("insightface") else 128
 
 
+def model_of(path: str) -> str:
+    """The vectors a path gives: paths of one model must agree; different models are not compared."""
+    return ("insightface" if path.startswith("insightface") else "dlib") + (
+        "-flip" if path.endswith("-flip") else ""
+    )
+
+
 # ------------------------------------------------------------------------------------------------- parent
 def child(path: str, mode: str, cores: int, folder: Path, stage_table: bool, ort_threads: int) -> dict:
     env = dict(os.environ, **dict.fromkeys(THREAD_VARS, str(cores)), PYTHONPATH=str(ROOT))
@@ -372,19 +379,20 @@ def main() -> None:
 
 
 def compare(folder: Path, paths: list[str]) -> None:
-    """Each row's embeddings against those of the first path's 1-core row of the same mode: the same photos
-    with a face, the same vectors."""
+    """Each row's embeddings against those of the first path of the same model, its 1-core row of the same
+    mode: the same photos with a face, the same vectors."""
     for f in sorted(folder.glob("vecs-*.npy")):
         path, mode, cores = f.stem.removeprefix("vecs-").rsplit("-", 2)
-        ref_file = folder / f"vecs-{paths[0]}-{mode}-1.npy"
-        if f == ref_file or not ref_file.exists() or emb_dim(path) != emb_dim(paths[0]):
-            continue  # another model's vectors are not comparable
+        first = next(p for p in paths if model_of(p) == model_of(path))
+        ref_file = folder / f"vecs-{first}-{mode}-1.npy"
+        if f == ref_file or not ref_file.exists():
+            continue
         ref, v = np.load(ref_file), np.load(f)
         both = ~np.isnan(ref[:, 0]) & ~np.isnan(v[:, 0])
         same = (np.isnan(ref[:, 0]) == np.isnan(v[:, 0])).mean()
         diff = np.abs(v[both] - ref[both]).max() if both.any() else float("nan")
         print(
-            f"{path} {mode} {cores} cores vs {paths[0]} {mode} 1 core: same photos with a face {same:.1%}, "
+            f"{path} {mode} {cores} cores vs {first} {mode} 1 core: same photos with a face {same:.1%}, "
             f"max |difference| of the unit vectors {diff:.2e}"
         )
 
