@@ -309,7 +309,9 @@ def test_a_database_outage_is_answered_503_and_the_server_recovers_with_it(pg_da
         with admin.connect() as c:
             c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(yes).lower()}'))
             if not yes:
-                c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+                c.execute(
+                    text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+                )
 
     settings = Settings(
         database_url=pg_database,
@@ -335,7 +337,9 @@ def test_a_database_outage_is_answered_503_and_the_server_recovers_with_it(pg_da
             cy = httpx.post(f"{url}/persons", headers=ADMIN, json={"display_name": "Cy"}).json()["id"]
             assert cy > person  # Bo was never made
             audit = httpx.get(f"{url}/audit?action=create-person", headers=ADMIN).json()
-            assert next(r["subject"] for r in audit if r["outcome"] == "ok") == f"person:{cy}"  # still audited
+            assert (
+                next(r["subject"] for r in audit if r["outcome"] == "ok") == f"person:{cy}"
+            )  # still audited
     finally:
         allow(True)
         admin.dispose()
