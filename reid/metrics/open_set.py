@@ -39,14 +39,11 @@ def design_effect(hit_groups, n_groups: int, n: int, sizes=None) -> float:
     if k == 0 or k == n:
         return 1.0
     counts = np.bincount(top, minlength=n_groups)
-    if sizes is None:  # evenly spread: p m_i is the mean count
-        spread = n_groups * counts.var()
-    else:
-        m = np.asarray(sizes, dtype=np.float64).reshape(-1)
-        if m.size != counts.size or m.sum() != n:
-            raise EvaluationError(f"design_effect: {m.size} group sizes summing to {m.sum():g}, expected "
-                                  f"{counts.size} summing to {n}")  # fmt: skip
-        spread = float(((counts - k / n * m) ** 2).sum())
+    m = np.full(counts.size, n / counts.size) if sizes is None else np.asarray(sizes, np.float64).reshape(-1)
+    if m.size != counts.size or not np.isclose(m.sum(), n):
+        raise EvaluationError(f"design_effect: {m.size} group sizes summing to {m.sum():g}, expected "
+                              f"{counts.size} summing to {n}")  # fmt: skip
+    spread = float(((counts - k / n * m) ** 2).sum())
     return max(1.0, spread / (k * (1 - k / n)))
 
 
