@@ -311,11 +311,15 @@ def test_the_design_effect_is_the_person_resampling_variance_written_out() -> No
     assert design_effect(np.arange(3), 10, 10) == 1.0  # one value each: independent
 
 
-@pytest.mark.parametrize("photos, alike", [(1, 0.0), (3, 0.7)])
-def test_a_bounded_threshold_keeps_its_rate_in_most_galleries(photos: int, alike: float) -> None:
+UNEVEN = (1, 1, 1, 2, 3, 5, 10, 20)  # photos a person: most have one, a few many
+
+
+@pytest.mark.parametrize("photos, alike, misses", [((1,), 0.0, 0.13), ((3,), 0.7, 0.13), (UNEVEN, 0.7, 0.11)])
+def test_a_bounded_threshold_keeps_its_rate_in_most_galleries(photos: tuple, alike: float, misses: float) -> None:
     """Galleries of 800 persons' leave-one-out scores drawn from a known normal (each threshold's true stranger
     rate is its survival function): the plain 1 % quantile accepts more than 1 % in about half of them, the
-    0.9 bound in at most about a tenth, whether a person's photos are alike (correlation ``alike``) or not."""
+    0.9 bound in at most about a tenth, whether a person's photos are alike (correlation ``alike``) or not, and
+    when a few persons have many alike photos (read over the top 1 % alone, that bound missed in 16 %)."""
     from scipy.stats import norm
 
     from gallery.selfcal import far_threshold
@@ -323,14 +327,14 @@ def test_a_bounded_threshold_keeps_its_rate_in_most_galleries(photos: int, alike
     rng = np.random.default_rng(11)
     plain, bounded = [], []
     for _ in range(300):
-        person = rng.normal(size=(800, 1))
-        values = (np.sqrt(alike) * person + np.sqrt(1 - alike) * rng.normal(size=(800, photos))).ravel()
-        groups = np.repeat(np.arange(800), photos)
+        groups = np.repeat(np.arange(800), rng.choice(photos, size=800))
+        person = rng.normal(size=800)[groups]
+        values = np.sqrt(alike) * person + np.sqrt(1 - alike) * rng.normal(size=groups.size)
         plain.append(norm.sf(far_threshold(values, 0.01, 1, groups, None)[0]))
         bounded.append(norm.sf(far_threshold(values, 0.01, 1, groups, 0.9)[0]))
     plain, bounded = np.array(plain), np.array(bounded)
     assert np.mean(plain > 0.01) > 0.35, np.mean(plain > 0.01)
-    assert np.mean(bounded > 0.01) < 0.16, np.mean(bounded > 0.01)
+    assert np.mean(bounded > 0.01) < misses, np.mean(bounded > 0.01)
     assert 0.003 < bounded.mean() < 0.01 < plain.mean() * 1.2, (bounded.mean(), plain.mean())
 
 
