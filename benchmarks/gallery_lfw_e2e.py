@@ -55,7 +55,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.lfw_verification import embed_all
 from benchmarks.machine import describe
-from benchmarks.outcome import HEADER, Outcome
+from benchmarks.outcome import HEADER, Outcome, ask
 from gallery import Gallery
 from gallery.selfcal import SOURCE as SELF_SOURCE
 from gallery.selfcal import SelfCalibration
@@ -69,21 +69,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 
 
 def run(g: Gallery, model_id: str, emb: np.ndarray, known_q, stranger_q, threshold=None) -> Outcome:
-    """Every known query and stranger through the gallery's decision."""
-    person, right, wrong, top1 = [], [], [], []
-    for i, pid in known_q:
-        r = g.identify(embedding=emb[i], modality="face", model_id=model_id, k=2, threshold=threshold)
-        hit = r.best.person_id == pid
-        person.append(pid)
-        top1.append(hit)
-        right.append(hit and r.known)
-        wrong.append((not hit) and r.known)
-    accepted = [
-        bool(g.identify(embedding=emb[i], modality="face", model_id=model_id, k=2, threshold=threshold).known)
-        for i in stranger_q
-    ]
-    # LFW's strangers are one photo each of different people: each its own group
-    return Outcome.of(person, right, wrong, top1, accepted, np.arange(len(accepted)))
+    """Every known query and stranger through the gallery's decision. LFW's strangers are one photo each of
+    different people: each its own group."""
+    known = [(emb[i], pid) for i, pid in known_q]
+    return ask(g, "face", model_id, known, [(emb[i], j) for j, i in enumerate(stranger_q)], threshold)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import describe
-from benchmarks.outcome import HEADER, Outcome
+from benchmarks.outcome import HEADER, Outcome, ask
 from gallery import Gallery
 from reid.cli.calibrate import validation_records
 from reid.data import build_dataset
@@ -60,18 +60,8 @@ def protocol(ds, seed: int):
 
 def run(g: Gallery, model_id: str, vec: dict, pid_of: dict, known, strangers, threshold=None) -> Outcome:
     """Every known query and stranger query through the gallery's decision (a stranger's two queries alike)."""
-    right, wrong, top1 = [], [], []
-    for r in known:
-        res = g.identify(embedding=vec[r.path], modality="body", model_id=model_id, k=2, threshold=threshold)
-        hit = res.best.person_id == pid_of[r.pid]
-        top1.append(hit)
-        right.append(hit and res.known)
-        wrong.append((not hit) and res.known)
-    accepted = [
-        g.identify(embedding=vec[r.path], modality="body", model_id=model_id, k=2, threshold=threshold).known
-        for r in strangers
-    ]
-    return Outcome.of([r.pid for r in known], right, wrong, top1, accepted, [r.pid for r in strangers])
+    asked = [(vec[r.path], pid_of[r.pid]) for r in known]
+    return ask(g, "body", model_id, asked, [(vec[r.path], r.pid) for r in strangers], threshold)
 
 
 def main() -> None:

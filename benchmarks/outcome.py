@@ -59,3 +59,23 @@ class Outcome:
         fl, fh = _interval(self.accepted, self.stranger)
         return (f"{self.right.mean():>11.2%} {f'{nl:.1%}-{nh:.1%}':>13} {self.wrong.mean():>10.2%} "
                 f"{self.accepted.mean():>14.2%} {f'{fl:.2%}-{fh:.2%}':>13} {self.top1.mean():>7.2%}")  # fmt: skip
+
+
+def ask(g, modality: str, model_id: str, known, strangers, threshold: float | None = None) -> Outcome:
+    """Every known query and stranger through the gallery's decision (``Gallery.identify``, the best two
+    persons). ``known``: (vector, enrolled person id) pairs; ``strangers``: (vector, group) pairs, a group's
+    queries alike (one stranger's several photos). ``threshold``: an explicit one instead of the gallery's."""
+
+    def identify(vector: np.ndarray):
+        return g.identify(embedding=vector, modality=modality, model_id=model_id, k=2, threshold=threshold)
+
+    person, right, wrong, top1 = [], [], [], []
+    for vector, pid in known:
+        r = identify(vector)
+        hit = r.best.person_id == pid
+        person.append(pid)
+        top1.append(hit)
+        right.append(hit and r.known)
+        wrong.append((not hit) and r.known)
+    accepted = [bool(identify(vector).known) for vector, _ in strangers]
+    return Outcome.of(person, right, wrong, top1, accepted, [group for _, group in strangers])

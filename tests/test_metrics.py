@@ -676,3 +676,30 @@ def test_benchmark_outcomes_print_each_rate_with_the_interval_of_its_effective_s
     assert cols[1] == f"{lo:.1%}-{hi:.1%}"
     lo, hi = rate_interval(2, 8)  # strangers one query each: independent
     assert cols[4] == f"{lo:.2%}-{hi:.2%}"
+
+
+def test_benchmark_queries_go_through_the_gallerys_decision(tmp_path) -> None:
+    """``benchmarks.outcome.ask`` on a real gallery: a known query is named right only when its own person is
+    first and clears the threshold, named wrong when another person is, and a stranger is accepted when its
+    best score clears it."""
+    from benchmarks.outcome import ask
+    from gallery import Gallery
+
+    eye = np.eye(8, dtype=np.float32)
+    g = Gallery(f"{tmp_path}/g.db", index_dir=None)
+    try:
+        a, b = (g.enroll(embeddings=eye[i][None], modality="body", model_id="m").person_id for i in (0, 1))
+
+        def near(i: int, j: int, cos: float) -> np.ndarray:  # unit vector at cosine ``cos`` to axis i, toward j
+            return (cos * eye[i] + np.sqrt(1 - cos**2) * eye[j]).astype(np.float32)
+
+        known = [(near(0, 5, 0.9), a), (near(1, 5, 0.6), b), (near(1, 6, 0.9), a)]  # right, too far, wrong
+        strangers = [(near(0, 7, 0.8), 0), (eye[4], 1), (near(1, 7, 0.2), 1)]
+        out = ask(g, "body", "m", known, strangers, threshold=0.7)
+    finally:
+        g.close()
+    assert out.right.tolist() == [True, False, False]
+    assert out.wrong.tolist() == [False, False, True]
+    assert out.top1.tolist() == [True, True, False]
+    assert out.accepted.tolist() == [True, False, False]
+    assert out.person.tolist() == [a, b, a] and out.stranger.tolist() == [0, 1, 1]
