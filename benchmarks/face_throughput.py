@@ -285,14 +285,12 @@ def worker(args: argparse.Namespace) -> None:
             result["stages"] = stages(emb, datas)
     result.update(seconds=seconds, photos=len(datas), misses=misses, cpu=cpu)
     if vecs:
+        # a missed photo's row: NaNs of the model's size
+        dim = next((v.size for v in vecs if v is not None), 1)
         np.save(Path(args.photos_dir) / f"vecs-{path}-{mode}-{cores}.npy", np.array(
-            [v if v is not None else np.full(emb_dim(path), np.nan, np.float32) for v in vecs]
+            [v if v is not None else np.full(dim, np.nan, np.float32) for v in vecs]
         ))  # fmt: skip
     print(json.dumps(result), flush=True)
-
-
-def emb_dim(path: str) -> int:
-    return 512 if path.startswith("insightface") else 128
 
 
 def model_of(path: str) -> str:

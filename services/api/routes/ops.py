@@ -27,7 +27,9 @@ def health() -> dict:
 def ready(state: State, x_api_key: Annotated[str | None, Header()] = None) -> dict:
     """Readiness for a probe (no key needed); the index counts and model ids only for a valid key, unless the
     operator made them public (``REID_PUBLIC_READINESS_DETAIL``)."""
-    counts = state.gallery.check_consistency()  # raises when database and index disagree: not ready
+    # asks the database (an outage answers 503); the counts are reported, not compared: a replica's index
+    # trails the database by its change feed, and a writer's between its commit and its index update
+    counts = state.gallery.check_consistency()
     if not (state.settings.public_readiness_detail or (x_api_key and state.keys.find(x_api_key))):
         return {"status": "ready"}
     return {"status": "ready", "indexes": counts, "modalities": sorted(state.embedders)}
