@@ -39,7 +39,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 BETAS = (0.0, 0.25, 0.5, 0.75)
 
 
-def study(emb: np.ndarray, labels: np.ndarray, n_enroll: int, far: float, seed: int = 0) -> dict:
+def study(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    n_enroll: int,
+    far: float,
+    seed: int = 0,
+    enroll_emb: np.ndarray | None = None,
+) -> dict:
+    """The protocol above at every aggregation and beta. ``enroll_emb`` (default ``emb``): the vectors the
+    enrolled photos are stored as, when enrolment embeds differently from a query (row for row with ``emb``)."""
+    enroll_emb = emb if enroll_emb is None else enroll_emb
     ids = np.unique(labels)
     ids = ids[np.random.default_rng(seed).permutation(len(ids))]
     halves = (ids[: len(ids) // 2], ids[len(ids) // 2 :])
@@ -51,7 +61,7 @@ def study(emb: np.ndarray, labels: np.ndarray, n_enroll: int, far: float, seed: 
             templates, owner, asked, truth = [], [], [], []
             for j, p in enumerate(enrolled):
                 ix = np.flatnonzero(labels == p)
-                templates.append(emb[ix[:n_enroll]])
+                templates.append(enroll_emb[ix[:n_enroll]])
                 owner += [j] * n_enroll
                 asked.append(emb[ix[n_enroll:]])
                 truth += [j] * (len(ix) - n_enroll)
