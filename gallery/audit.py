@@ -2,10 +2,16 @@
 
 Rows are only ever inserted; the migration installs a trigger that refuses UPDATE and DELETE, so even an
 erasure request leaves the record that it happened (the subject is an id, never a face or a name).
+
+While the database cannot be reached, ``write_or_hold`` keeps the rows it cannot write (with the time of the
+event, up to ``HOLD_AT_MOST`` of them) and writes them first, in order, at the next write that gets through:
+an outage does not erase the record of what was asked during it.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +19,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gallery.db import UNAVAILABLE
 from gallery.models import AuditEntry, utcnow
+
+logger = logging.getLogger(__name__)
+
+# rows kept through an outage (a few hundred bytes each); beyond it they are counted lost
+HOLD_AT_MOST = 100_000
 
 
 @dataclass
@@ -33,6 +45,9 @@ class AuditLog:
     def __init__(self, session_factory: sessionmaker, clock=utcnow) -> None:
         self.Session = session_factory
         self.clock = clock
+        self._held: list[dict[str, Any]] = []  # rows an outage kept from the database, oldest first
+        self._lost = 0
+        self._hold_lock = threading.Lock()
 
     def write(
         self,
@@ -54,13 +69,38 @@ class AuditLog:
             s.add(row)
 
     def write_many(self, entries: list[dict[str, Any]]) -> list[int]:
-        """Append several entries (each the keyword arguments of :meth:`write` but ``session``) in one
-        transaction, one commit; their row ids, in order."""
-        rows = [AuditEntry(at=self.clock(), **e) for e in entries]
+        """Append several entries (each the keyword arguments of :meth:`write` but ``session``; ``at``
+        defaults to now) in one transaction, one commit; their row ids, in order."""
+        rows = [AuditEntry(**{"at": self.clock(), **e}) for e in entries]
         with self.Session.begin() as s:
             s.add_all(rows)
             s.flush()
             return [r.id for r in rows]
+
+    @property
+    def held(self) -> int:
+        """Rows waiting for the database (what an outage kept back)."""
+        return len(self._held)
+
+    def write_or_hold(self, entries: list[dict[str, Any]]) -> list[int | None]:
+        """:meth:`write_many`, after the rows held back by an earlier outage (in one transaction, held rows
+        first). When the database is unavailable the new rows are held too, stamped now, and their ids are
+        None; any other failure raises, and nothing is held for it."""
+        stamped = [{"at": self.clock(), **e} for e in entries]
+        with self._hold_lock:  # one writer at a time: held rows are written once, in order
+            try:
+                ids = self.write_many(self._held + stamped)
+            except UNAVAILABLE as e:
+                room = max(0, HOLD_AT_MOST - len(self._held))
+                self._held += stamped[:room]
+                self._lost += len(stamped) - room
+                logger.error("audit log: database unavailable (%s); %d rows held, %d lost",
+                             type(e).__name__, len(self._held), self._lost)  # fmt: skip
+                return [None] * len(entries)
+            if self._held:
+                logger.warning("audit log: the database is back; %d held rows written", len(self._held))
+                self._held = []
+            return ids[len(ids) - len(entries) :]
 
     def read(
         self,

@@ -8,12 +8,16 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import sessionmaker
 
 from gallery.errors import GalleryError
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
+# the database cannot be reached, or is busy (SQLite's lock, a full pool): not a fault of the request, and it passes
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def normalize_url(url: str) -> str:

@@ -10,6 +10,7 @@ import socket
 import struct
 import time
 import zlib
+from datetime import UTC, datetime
 
 import httpx
 import numpy as np
@@ -299,7 +300,8 @@ def test_beyond_its_bound_the_server_sheds_load_with_retry_after(tmp_path) -> No
 def test_a_database_outage_is_answered_503_and_the_server_recovers_with_it(pg_database: str, caplog) -> None:
     """PostgreSQL refusing this database's connections (its sessions ended) stands for a database outage: every
     route that needs it answers 503 with Retry-After and a message, readiness tells the load balancer, health
-    still answers; once the database is back the same server answers again, nothing lost."""
+    still answers; once the database is back the same server answers again, nothing lost, and the audit rows
+    of what was refused meanwhile are written then, at their own time."""
     from sqlalchemy import create_engine, text
 
     name = pg_database.rsplit("/", 1)[1]
@@ -331,15 +333,23 @@ def test_a_database_outage_is_answered_503_and_the_server_recovers_with_it(pg_da
                 assert r.status_code == 503, (r.status_code, r.text)
                 assert "database" in r.json()["detail"] and r.headers["retry-after"]
             assert httpx.get(f"{url}/health").status_code == 200
+            # the refused create is in no database, but its audit row is held for when the database returns
+            metrics = httpx.get(f"{url}/metrics", headers=ADMIN).text
+            assert "reid_audit_held 1.0" in metrics, [m for m in metrics.splitlines() if "audit" in m]
+            back = datetime.now(UTC)
             allow(True)
             assert httpx.get(f"{url}/ready").status_code == 200
             assert httpx.get(f"{url}/persons/{person}", headers=ADMIN).json()["display_name"] == "Ann"
             cy = httpx.post(f"{url}/persons", headers=ADMIN, json={"display_name": "Cy"}).json()["id"]
             assert cy > person  # Bo was never made
             audit = httpx.get(f"{url}/audit?action=create-person", headers=ADMIN).json()
-            assert (
-                next(r["subject"] for r in audit if r["outcome"] == "ok") == f"person:{cy}"
-            )  # still audited
+            # newest first: Cy's, then the held row of Bo's refused create (written first, at its own time)
+            assert [(r["outcome"], r["subject"]) for r in audit] == [
+                ("ok", f"person:{cy}"), ("error 503", None), ("ok", f"person:{person}"),
+            ]  # fmt: skip
+            assert datetime.fromisoformat(audit[1]["at"]).astimezone(UTC) < back
+            assert audit[1]["id"] < audit[0]["id"]
+            assert "reid_audit_held 0.0" in httpx.get(f"{url}/metrics", headers=ADMIN).text
     finally:
         allow(True)
         admin.dispose()

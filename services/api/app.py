@@ -23,11 +23,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import Scope
 
 from gallery import DuplicatePersonError, Gallery, GalleryError, IndexMismatchError, UnknownPersonError
+from gallery.db import UNAVAILABLE
 from gallery.privacy import sweep_expired
 from gallery.review import ReviewDecidedError, UnknownReviewError
 from reid.embedder import BaseEmbedder
@@ -147,6 +146,10 @@ async def lifespan(app: FastAPI):
         if isinstance(e, BatchingEmbedder):
             e.close()
     state.audit_writer.close()
+    if state.audit.held:  # a last try for rows an outage held back; what still cannot be written is logged
+        state.audit.write_or_hold([])
+    if state.audit.held:
+        logger.error("audit log: %d held rows lost at shutdown (database unavailable)", state.audit.held)
     gallery.close()
     gc.unfreeze()  # what was frozen may now be garbage (an app closed in a process that goes on)
 
@@ -183,9 +186,6 @@ def add_error_handlers(app: FastAPI) -> None:
             )
         return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    @app.exception_handler(PoolTimeout)
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         """The database cannot be reached, or is busy (SQLite's lock, a full pool): not a fault of the request,
         and it passes, so 503 with Retry-After (a load balancer's readiness probe sees the same). Only the error's
@@ -196,6 +196,9 @@ def add_error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": str(DB_RETRY_AFTER)},
         )
+
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, database_unavailable)
 
     @app.exception_handler(Exception)
     async def server_fault(request: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gallery import Gallery
 from gallery.audit import AuditLog
@@ -42,7 +42,8 @@ class ServiceState:
         self.keys = KeyRing(settings.api_keys)
         self.audit = AuditLog(gallery.Session)
         # every request's audit row, group-committed: one transaction for all rows queued meanwhile
-        self.audit_writer = MicroBatcher(self.audit.write_many, max_batch=256, name="audit-writer")
+        # (held through a database outage and written when it returns: gallery.audit)
+        self.audit_writer = MicroBatcher(self.audit.write_or_hold, max_batch=256, name="audit-writer")
         self.review = ReviewQueue(gallery.Session)
         self.retention = RetentionPolicy(settings.retention_days, dict(settings.retention_per_store))
         self.registry = CollectorRegistry()
@@ -50,6 +51,8 @@ class ServiceState:
             "reid_requests_total", "HTTP requests", ["route", "status"], registry=self.registry
         )
         self.latency = Histogram("reid_request_seconds", "request latency", ["route"], registry=self.registry)
+        held = Gauge("reid_audit_held", "audit rows held back by a database outage", registry=self.registry)
+        held.set_function(lambda: self.audit.held)
         self.batch_sizes = Histogram(
             "reid_embed_batch_size",
             "images per model call of the micro-batcher (services.batching)",
