@@ -315,7 +315,9 @@ UNEVEN = (1, 1, 1, 2, 3, 5, 10, 20)  # photos a person: most have one, a few man
 
 
 @pytest.mark.parametrize("photos, alike, misses", [((1,), 0.0, 0.13), ((3,), 0.7, 0.13), (UNEVEN, 0.7, 0.11)])
-def test_a_bounded_threshold_keeps_its_rate_in_most_galleries(photos: tuple, alike: float, misses: float) -> None:
+def test_a_bounded_threshold_keeps_its_rate_in_most_galleries(
+    photos: tuple, alike: float, misses: float
+) -> None:
     """Galleries of 800 persons' leave-one-out scores drawn from a known normal (each threshold's true stranger
     rate is its survival function): the plain 1 % quantile accepts more than 1 % in about half of them, the
     0.9 bound in at most about a tenth, whether a person's photos are alike (correlation ``alike``) or not, and

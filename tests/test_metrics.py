@@ -690,7 +690,8 @@ def test_benchmark_queries_go_through_the_gallerys_decision(tmp_path) -> None:
     try:
         a, b = (g.enroll(embeddings=eye[i][None], modality="body", model_id="m").person_id for i in (0, 1))
 
-        def near(i: int, j: int, cos: float) -> np.ndarray:  # unit vector at cosine ``cos`` to axis i, toward j
+        # a unit vector at cosine ``cos`` to axis i, toward axis j
+        def near(i: int, j: int, cos: float) -> np.ndarray:
             return (cos * eye[i] + np.sqrt(1 - cos**2) * eye[j]).astype(np.float32)
 
         known = [(near(0, 5, 0.9), a), (near(1, 5, 0.6), b), (near(1, 6, 0.9), a)]  # right, too far, wrong
