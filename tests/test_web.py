@@ -78,7 +78,7 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
         page.select_option("#enroll-modality", "body")
         page.click("#enroll-form button[type=submit]")
         expect(page.locator("#status")).to_contain_text("enrolled Red Shirt with 1 template")
-        row = page.locator("#persons tbody tr").first
+        row = page.locator("#persons tbody tr").filter(has_text="Red Shirt")
         expect(row.locator(".name")).to_have_text("Red Shirt")
         expect(row.locator("img.thumb")).to_have_attribute("src", re.compile(r"^blob:"))
         page.set_input_files("#identify-file", str(red))
@@ -92,6 +92,16 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
         page.set_input_files("#identify-file", str(blue))
         page.click("#identify-form button[type=submit]")
         expect(page.locator("#identify-result .unknown")).to_have_text("Nobody we know")
+        # with a second person the raw rule's answer shows the runner-up too (not weighed, but evidence)
+        page.fill("#enroll-name", "Blue Shirt")
+        page.set_input_files("#enroll-files", [str(blue)])
+        page.click("#enroll-form button[type=submit]")
+        expect(page.locator("#status")).to_contain_text("enrolled Blue Shirt with 1 template")
+        page.set_input_files("#identify-file", str(red))
+        page.click("#identify-form button[type=submit]")
+        expect(page.locator("#identify-result .evidence")).to_have_text(
+            re.compile(r"^score 1\.000 >= threshold 0\.\d{3} \(setting\); runner-up 0\.\d{3}$")
+        )
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "people.png"), full_page=True)
         with page.expect_download() as dl:  # subject access export, downloaded as a zip
@@ -103,7 +113,8 @@ def test_enroll_identify_delete_in_the_browser(server: str, tmp_path: Path) -> N
         expect(page.locator("#status")).to_contain_text("exported person")
         row.locator("button.delete").click()
         expect(page.locator("#status")).to_contain_text("deleted person")
-        expect(page.locator("#persons tbody tr")).to_have_count(0)
+        expect(page.locator("#persons tbody tr")).to_have_count(1)
+        expect(page.locator("#persons tbody tr .name")).to_have_text("Blue Shirt")
         page.click("#show-audit")  # the audit log shows what was just done, newest first
         expect(page.locator("#audit tbody tr").first).to_contain_text("delete")
         expect(page.locator("#audit tbody")).to_contain_text("export")

@@ -374,7 +374,9 @@ function decisionLine(r) {
   return d.rule === "margin"
     ? `score ${r.score.toFixed(3)} - ${d.beta} x runner-up ${r.runner_up.toFixed(3)} = ` +
       `${r.normalised_score.toFixed(3)} ${cmp} threshold ${d.threshold.toFixed(3)} (${d.source}${size})`
-    : `score ${r.score.toFixed(3)} ${cmp} threshold ${d.threshold.toFixed(3)} (${d.source}${size})`;
+    : `score ${r.score.toFixed(3)} ${cmp} threshold ${d.threshold.toFixed(3)} (${d.source}${size})` +
+      // the raw rule does not weigh the runner-up, but an operator judges a close second by it all the same
+      (r.runner_up == null ? "" : `; runner-up ${r.runner_up.toFixed(3)}`);
 }
 
 $("#identify-form").onsubmit = async (ev) => {
