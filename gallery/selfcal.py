@@ -66,7 +66,7 @@ TAIL_FROM = 0.1  # below this target rate, a gallery too small for the empirical
 CONFIDENCE = 0.9
 DESIGN_FROM = 20  # the design effect is read over at least this many top values
 # ... and over at least this share of them (simulated galleries of 1 to 20 photos a person: 0.9 bounds at
-# 1 % missed in 11 to 16 % of them when read over the top 1 %, 5 to 8 % over the top 3 %)
+# 1 % missed in 10 to 16 % of them when read over the top 1 %, 5 to 9 % over the top 3 %)
 DESIGN_SHARE = 0.03
 
 
