@@ -4,8 +4,8 @@ Rows are only ever inserted; the migration installs a trigger that refuses UPDAT
 erasure request leaves the record that it happened (the subject is an id, never a face or a name).
 
 While the database cannot be reached, ``write_or_hold`` keeps the rows it cannot write (with the time of the
-event, up to ``HOLD_AT_MOST`` of them) and writes them first, in order, at the next write that gets through:
-an outage does not erase the record of what was asked during it.
+event, up to ``HOLD_AT_MOST`` of them) and writes them first, in order, at the next write that gets through
+(``flush_held`` retries without one): an outage does not erase the record of what was asked during it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 # rows kept through an outage (a few hundred bytes each); beyond it they are counted lost
 HOLD_AT_MOST = 100_000
+DRAIN_CHUNK = 1000  # held rows written per commit once the database is back
 
 
 @dataclass
@@ -82,25 +83,65 @@ class AuditLog:
         """Rows waiting for the database (what an outage kept back)."""
         return len(self._held)
 
+    @property
+    def lost(self) -> int:
+        """Rows given up: beyond ``HOLD_AT_MOST`` during an outage, or refused by the database once it was back."""
+        return self._lost
+
     def write_or_hold(self, entries: list[dict[str, Any]]) -> list[int | None]:
-        """:meth:`write_many`, after the rows held back by an earlier outage (in one transaction, held rows
-        first). When the database is unavailable the new rows are held too, stamped now, and their ids are
-        None; any other failure raises, and nothing is held for it."""
+        """:meth:`write_many`, after the rows held back by an earlier outage (written first, in order). While
+        the database is unavailable the new rows are held too, stamped now, and their ids are None; any other
+        failure of the new rows raises, and nothing is held for it. Rows can be written twice if the connection
+        drops during a commit that went through (at least once, never silently none)."""
         stamped = [{"at": self.clock(), **e} for e in entries]
         with self._hold_lock:  # one writer at a time: held rows are written once, in order
             try:
-                ids = self.write_many(self._held + stamped)
+                self._drain()
+                return list(self.write_many(stamped)) if stamped else []
             except UNAVAILABLE as e:
-                room = max(0, HOLD_AT_MOST - len(self._held))
-                self._held += stamped[:room]
-                self._lost += len(stamped) - room
-                logger.error("audit log: database unavailable (%s); %d rows held, %d lost",
-                             type(e).__name__, len(self._held), self._lost)  # fmt: skip
+                kept = stamped[: max(0, HOLD_AT_MOST - len(self._held))]
+                self._held += kept
+                self._lost += len(stamped) - len(kept)
+                if stamped:  # a retry of the held rows alone says nothing new
+                    logger.error("audit log: database unavailable (%s); %d rows held, %d lost in all",
+                                 type(e).__name__, len(self._held), self._lost)  # fmt: skip
                 return [None] * len(entries)
-            if self._held:
-                logger.warning("audit log: the database is back; %d held rows written", len(self._held))
-                self._held = []
-            return ids[len(ids) - len(entries) :]
+
+    def flush_held(self) -> int:
+        """Try to write the held rows now (a periodic retry, and the last one at shutdown); how many are still
+        held."""
+        if self._held:
+            self.write_or_hold([])
+        return len(self._held)
+
+    def _drain(self) -> None:
+        """Write the held rows, oldest first, ``DRAIN_CHUNK`` per commit (a long outage's backlog is not one
+        statement). A chunk the database refuses for another reason than availability is written row by row,
+        and a row it refuses is logged and dropped: one bad row must not block the log behind it."""
+        if not self._held:
+            return
+        backlog = len(self._held)
+        while self._held:
+            chunk = self._held[:DRAIN_CHUNK]
+            try:
+                self.write_many(chunk)
+                del self._held[: len(chunk)]
+                continue
+            except UNAVAILABLE:
+                raise
+            except Exception:
+                pass
+            for row in chunk:
+                try:
+                    self.write_many([row])
+                except UNAVAILABLE:
+                    raise
+                except Exception as e:
+                    self._lost += 1
+                    logger.error("audit log: a held row (%s, %s) refused by the database (%s); dropped",
+                                 row.get("action"), row.get("subject"), type(e).__name__)  # fmt: skip
+                del self._held[0]
+        logger.warning("audit log: the database is back; %d held rows handled", backlog)
 
     def read(
         self,

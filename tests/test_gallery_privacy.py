@@ -322,3 +322,52 @@ def test_review_queue_offers_once_counts_and_outlives_erasure(db_url: str, tmp_p
         kept = q.get(first)
         assert kept.person_id is None and kept.candidate_id == a and kept.status == "rejected"
         assert q.counts() == {"open": 0, "confirmed": 1, "rejected": 1}
+
+
+def test_audit_rows_held_through_an_outage_are_written_in_order_and_one_refused_row_blocks_none(
+    db_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    """The database goes away (its sessions raise OperationalError, as a refused connection does): rows are
+    held, with their own time, up to the cap (the rest counted lost). Once it is back the held rows are
+    written first, in order, in chunks, and a held row the database refuses (no action: NOT NULL) is dropped
+    and counted without keeping the rows behind it out."""
+    from sqlalchemy.exc import OperationalError
+
+    import gallery.audit as audit
+
+    monkeypatch.setattr(audit, "HOLD_AT_MOST", 4)
+    monkeypatch.setattr(audit, "DRAIN_CHUNK", 2)
+
+    class Flaky:  # the gallery's session factory, unavailable while ``down``
+        down = False
+
+        def __init__(self, real) -> None:
+            self.real = real
+
+        def begin(self):
+            if self.down:
+                raise OperationalError("connect", {}, ConnectionRefusedError("refused"))
+            return self.real.begin()
+
+        def __call__(self):
+            return self.real()
+
+    with Gallery(db_url, aggregation="max", index_dir=tmp_path / "a") as g:
+        sessions = Flaky(g.Session)
+        log = AuditLog(sessions)
+        assert log.write_or_hold([{"action": "enroll", "outcome": "ok"}]) == [1]
+        sessions.down = True
+        assert log.write_or_hold([{"action": "a1", "outcome": "error 503"}, {"action": None, "outcome": "x"}]) == [
+            None, None,
+        ]  # fmt: skip
+        assert log.write_or_hold([{"action": "a3", "outcome": "ok"}]) == [None]
+        assert log.flush_held() == 3  # still down: nothing written, nothing new held
+        assert log.write_or_hold([{"action": f"b{i}", "outcome": "ok"} for i in range(3)]) == [None] * 3
+        assert (log.held, log.lost) == (4, 2)  # the cap: b1 and b2 are lost
+        sessions.down = False
+        ids = log.write_or_hold([{"action": "c", "outcome": "ok"}])
+        assert (log.held, log.lost) == (0, 3)  # the row without an action refused and counted
+        rows = log.read(limit=100)[::-1]  # oldest first
+        assert [r.action for r in rows] == ["enroll", "a1", "a3", "b0", "c"]
+        assert ids == [rows[-1].id]
+        assert [r.at for r in rows] == sorted(r.at for r in rows)  # each row keeps the time of its event

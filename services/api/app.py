@@ -140,16 +140,26 @@ async def lifespan(app: FastAPI):
                     logger.exception("retention sweep failed; retrying at the next interval")
 
         threading.Thread(target=sweeper, name="retention-sweeper", daemon=True).start()
+
+    def audit_flusher() -> None:  # rows an outage held back reach the database without waiting for a request
+        while not stop.wait(DB_RETRY_AFTER):
+            try:
+                state.audit.flush_held()
+            except Exception:
+                logger.exception("audit log: writing held rows failed; retrying")
+
+    threading.Thread(target=audit_flusher, name="audit-flusher", daemon=True).start()
     yield
     stop.set()
     for e in state.embedders.values():
         if isinstance(e, BatchingEmbedder):
             e.close()
     state.audit_writer.close()
-    if state.audit.held:  # a last try for rows an outage held back; what still cannot be written is logged
-        state.audit.write_or_hold([])
-    if state.audit.held:
-        logger.error("audit log: %d held rows lost at shutdown (database unavailable)", state.audit.held)
+    try:  # a last try for rows an outage held back; what still cannot be written is logged
+        if state.audit.flush_held():
+            logger.error("audit log: %d held rows lost at shutdown (database unavailable)", state.audit.held)
+    except Exception:
+        logger.exception("audit log: %d held rows lost at shutdown", state.audit.held)
     gallery.close()
     gc.unfreeze()  # what was frozen may now be garbage (an app closed in a process that goes on)
 

@@ -53,6 +53,10 @@ class ServiceState:
         self.latency = Histogram("reid_request_seconds", "request latency", ["route"], registry=self.registry)
         held = Gauge("reid_audit_held", "audit rows held back by a database outage", registry=self.registry)
         held.set_function(lambda: self.audit.held)
+        lost = Gauge(
+            "reid_audit_lost", "audit rows given up (beyond the hold, or refused)", registry=self.registry
+        )
+        lost.set_function(lambda: self.audit.lost)
         self.batch_sizes = Histogram(
             "reid_embed_batch_size",
             "images per model call of the micro-batcher (services.batching)",
