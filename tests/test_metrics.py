@@ -648,6 +648,8 @@ def test_the_design_effect_of_unequal_groups_is_the_variance_of_resampling_them(
     assert design_effect(hit_groups, sizes.size, n) != pytest.approx(d, rel=0.05)
     with pytest.raises(EvaluationError, match="group sizes"):
         design_effect(hit_groups, sizes.size, n + 1, sizes=sizes)
+    with pytest.raises(EvaluationError, match="group ids must be in 0 .. 2"):
+        design_effect([0, 3], 3, 10)
 
 
 @pytest.mark.parametrize(("k", "n", "confidence", "design"), [(3, 2, 0.95, 1), (-1, 5, 0.95, 1), (0, 0, 0.95, 1),

@@ -38,6 +38,10 @@ def design_effect(hit_groups, n_groups: int, n: int, sizes=None) -> float:
     k = top.size
     if k == 0 or k == n:
         return 1.0
+    if top.min() < 0 or top.max() >= n_groups:
+        raise EvaluationError(
+            f"design_effect: group ids must be in 0 .. {n_groups - 1}, got {top.min()} .. {top.max()}"
+        )
     counts = np.bincount(top, minlength=n_groups)
     m = np.full(counts.size, n / counts.size) if sizes is None else np.asarray(sizes, np.float64).reshape(-1)
     if m.size != counts.size or not np.isclose(m.sum(), n):
