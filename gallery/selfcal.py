@@ -99,7 +99,8 @@ def far_threshold(
       For independent values that is exact (the rate above the ``k+1``-th largest of ``n`` is
       Beta(k+1, n-k)). Values of one group (a person's photos; two persons who are each other's best match)
       are alike, so ``k`` and ``n`` are divided by the largest design effect among the top ``far x n`` (at
-      least ``DESIGN_FROM``) values (``design_effect``). None when not even the largest value bounds the
+      least ``DESIGN_FROM`` and at least ``DESIGN_SHARE`` of all) values (``design_effect``, each group's
+      size counted). None when not even the largest value bounds the
       rate (fewer than ``certifiable(far, confidence)`` values, times that design effect);
     - tail: the exponential's scale and the rate above ``u`` each at its upper bound, missing half as often
       (the mean excess over ``k`` values is Gamma(k) / k times the scale; the rate above the ``k+1``-th largest

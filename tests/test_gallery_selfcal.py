@@ -321,7 +321,7 @@ def test_a_bounded_threshold_keeps_its_rate_in_most_galleries(
     """Galleries of 800 persons' leave-one-out scores drawn from a known normal (each threshold's true stranger
     rate is its survival function): the plain 1 % quantile accepts more than 1 % in about half of them, the
     0.9 bound in at most about a tenth, whether a person's photos are alike (correlation ``alike``) or not, and
-    when a few persons have many alike photos (read over the top 1 % alone, that bound missed in 16 %)."""
+    when a few persons have many alike photos (read over the top 1 % alone, that bound missed in 15 %)."""
     from scipy.stats import norm
 
     from gallery.selfcal import far_threshold
