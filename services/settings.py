@@ -27,6 +27,8 @@ class ApiKey:
     scopes: frozenset[str]
 
 
+KEY_NAME_MAX = 100  # gallery.models.AuditEntry.key_id
+
 # The body model this project trains and ships (see models/body/README.md); used when none is configured.
 DEFAULT_BODY_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "body" / "mobilenetv2_cuhk03.pt"
 
@@ -239,6 +241,8 @@ def parse_api_keys(text: str, source: str = "REID_API_KEYS") -> list[ApiKey]:
             raise ConfigError(f"{source}[{i}]: 'key' must be a non-empty string")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{source}[{i}]: 'name' must be a non-empty string")
+        if len(name) > KEY_NAME_MAX:  # the audit log's key_id column: a longer name could never be recorded
+            raise ConfigError(f"{source}[{i}]: 'name' is {len(name)} characters; at most {KEY_NAME_MAX}")
         if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
             raise ConfigError(f"{source}[{i}]: 'scopes' must be a list among {SCOPES}")
         unknown = set(scopes) - set(SCOPES)

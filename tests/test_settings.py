@@ -63,6 +63,11 @@ SECRET = "s3cret-" + "k" * 40
         (json.dumps([SECRET]), r"REID_API_KEYS\[0\]: expected an object"),
         (json.dumps([{"key": SECRET, "scopes": "admin"}]), r"REID_API_KEYS\[0\]: 'scopes' must be a list"),
         (json.dumps([{"key": SECRET, "name": "a"}, {"key": SECRET + "2", "name": "a"}]), "used twice"),
+        # the audit log records the name (100 characters): a longer one could never be audited
+        (
+            json.dumps([{"key": SECRET, "name": "n" * 101}]),
+            r"REID_API_KEYS\[0\]: 'name' is 101 characters; at most 100",
+        ),
         ("[" + SECRET, "not valid JSON"),
         ("x" * 300 + SECRET, "neither inline JSON"),  # too long for a file name: no OSError traceback
         ("/nonexistent/" + SECRET, "neither inline JSON"),
