@@ -29,6 +29,9 @@ through a real ``Gallery`` (SQLite + FAISS) and its decision path. Decisions com
   in LFW's own 10-fold protocol, but the calibration data are LFW photos (the same domain), unlike the shipped
   card's CelebA; the gap between the two rows is the cost of the domain shift.
 - ``--people``: store-sized galleries, that many of the persons drawn (seeded by the size), the same strangers.
+- ``--uneven``: a store's gallery, where most people gave one photo and a few gave several: every person with
+  two or more images is enrolled with ``min(len - 1, d)`` photos, ``d`` drawn (seeded) from ``UNEVEN``; the
+  leave-one-out threshold then holds groups of alike photos of different sizes (``gallery.selfcal``).
 LFW only reports; nothing shipped is chosen on it.
 
 Embeddings are cached (``benchmarks/lfw_verification.py``'s cache for LFW; the same format for CelebA).
@@ -38,6 +41,7 @@ Examples:
     python benchmarks/gallery_lfw_e2e.py --enroll 1 --far 0.01 --flip
     python benchmarks/gallery_lfw_e2e.py --enroll 1 3 --far 0.01 --flip --people 100 250 400 800
     python benchmarks/gallery_lfw_e2e.py --folds        # also: calibrated on the other half of LFW's people
+    python benchmarks/gallery_lfw_e2e.py --flip --enroll --uneven   # only the uneven gallery
     python benchmarks/gallery_lfw_e2e.py --face-model insightface-w600k-mbf --folds --flip
 """
 
@@ -65,6 +69,7 @@ from reid.metrics.aggregation import DEFAULT_AGGREGATION
 from reid.metrics.open_set import threshold_at_far
 from reid.metrics.open_set_decision import calibrate_with_cohort
 
+UNEVEN = (1, 1, 1, 2, 3, 5)  # photos a person gives at enrolment, drawn for --uneven
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 
 
@@ -83,7 +88,8 @@ def main() -> None:
     ap.add_argument("--celeba", default=str(SHARED / "celeba-faces"))
     ap.add_argument("--celeba-cache", default=None, help="default /tmp/celeba_<face model>_embeddings.npz")
     ap.add_argument("--far", type=float, nargs="+", default=[0.01, 0.001])
-    ap.add_argument("--enroll", type=int, nargs="+", default=[1, 3])
+    ap.add_argument("--enroll", type=int, nargs="*", default=[1, 3])
+    ap.add_argument("--uneven", action="store_true", help="also a gallery of 1 to 5 photos a person (UNEVEN)")
     ap.add_argument(
         "--flip", action="store_true", help="flip-averaged embeddings (model id <face model>-flip)"
     )
@@ -126,24 +132,38 @@ def main() -> None:
           f"({len(cohort)} as cohort), LFW only reports")  # fmt: skip
     print(f"{'enrolled':>9} {'people':>7} {'known q.':>8} {'strangers':>9} {'rule':<22} {'target FAR':>10} "
           f"{'beta':>5} {'threshold':>9} {HEADER}")  # fmt: skip
-    runs = [(n, size) for n in args.enroll for size in (args.people or [None])]
+    runs: list[tuple[int | str, int | None]] = [
+        (n, size) for n in args.enroll for size in (args.people or [None])
+    ]
+    runs += [("uneven", None)] if args.uneven else []
     for n, size in runs:
-        people = sorted(name for name, ix in by_person.items() if len(ix) > n)
+        if n == "uneven":
+            people = sorted(name for name, ix in by_person.items() if len(ix) > 1)
+            draw = np.random.default_rng(0).choice(UNEVEN, len(people))
+            n_of = {name: int(min(len(by_person[name]) - 1, d)) for name, d in zip(people, draw)}
+        else:
+            people = sorted(name for name, ix in by_person.items() if len(ix) > n)
         if size is not None:  # a store-sized gallery: that many of them, drawn seeded
             if size > len(people):
                 print(f"  --people {size} skipped for {n} photo(s): only {len(people)} LFW persons have more")
                 continue
             people = sorted(np.random.default_rng(size).choice(people, size, replace=False).tolist())
+        if n != "uneven":
+            n_of = dict.fromkeys(people, n)
         with tempfile.TemporaryDirectory() as d:
             g = Gallery(args.db or f"{d}/lfw.db", index_dir=None)
             pid_of = {}
             for name in people:
-                ix = by_person[name][:n]
+                ix = by_person[name][: n_of[name]]
                 pid_of[name] = g.enroll(
                     embeddings=lfw[ix], modality="face", model_id=model_id, display_name=name
                 ).person_id
-            known_q = [(i, pid_of[name]) for name in people for i in by_person[name][n:]]
+            known_q = [(i, pid_of[name]) for name in people for i in by_person[name][n_of[name] :]]
             stranger_q = [by_person[name][0] for name in strangers]
+            if n == "uneven":
+                counts = np.bincount(list(n_of.values()))
+                print("  uneven: persons by photos enrolled: " + ", ".join(
+                    f"{k}: {c}" for k, c in enumerate(counts) if c))  # fmt: skip
 
             raw_scores = np.array(
                 [
@@ -220,7 +240,7 @@ def main() -> None:
                     print(f"{n:>9} {len(people):>7} {len(known_q):>8} {len(stranger_q):>9} {rule:<22} {far:>10g} "
                           f"{beta:>5.2f} {thr:>9.4f} {out.columns()}")  # fmt: skip
             g.close()
-        if args.folds and size is None:
+        if args.folds and size is None and n != "uneven":
             cross_fold(lfw, by_person, strangers, n, model_id, args.far)
 
 
