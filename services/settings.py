@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gallery.models import AuditEntry
 from reid.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class ApiKey:
     scopes: frozenset[str]
 
 
-KEY_NAME_MAX = 100  # gallery.models.AuditEntry.key_id
+KEY_NAME_MAX: int = AuditEntry.__table__.c.key_id.type.length  # the audit log records a key's name
 
 # The body model this project trains and ships (see models/body/README.md); used when none is configured.
 DEFAULT_BODY_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "body" / "mobilenetv2_cuhk03.pt"
