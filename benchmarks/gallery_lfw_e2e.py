@@ -137,18 +137,19 @@ def main() -> None:
     ]
     runs += [("uneven", None)] if args.uneven else []
     for n, size in runs:
-        if n == "uneven":
+        if n == "uneven":  # each person's own count, at most all but one of their images
             people = sorted(name for name, ix in by_person.items() if len(ix) > 1)
             draw = np.random.default_rng(0).choice(UNEVEN, len(people))
             n_of = {name: int(min(len(by_person[name]) - 1, d)) for name, d in zip(people, draw)}
         else:
             people = sorted(name for name, ix in by_person.items() if len(ix) > n)
-        if size is not None:  # a store-sized gallery: that many of them, drawn seeded
-            if size > len(people):
-                print(f"  --people {size} skipped for {n} photo(s): only {len(people)} LFW persons have more")
-                continue
-            people = sorted(np.random.default_rng(size).choice(people, size, replace=False).tolist())
-        if n != "uneven":
+            if size is not None:  # a store-sized gallery: that many of them, drawn seeded
+                if size > len(people):
+                    print(
+                        f"  --people {size} skipped for {n} photo(s): only {len(people)} LFW persons have more"
+                    )
+                    continue
+                people = sorted(np.random.default_rng(size).choice(people, size, replace=False).tolist())
             n_of = dict.fromkeys(people, n)
         with tempfile.TemporaryDirectory() as d:
             g = Gallery(args.db or f"{d}/lfw.db", index_dir=None)
