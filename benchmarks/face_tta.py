@@ -12,7 +12,7 @@ Issue 12 (2026-11-30, AMD EPYC, 2 cores): no shifted variant named more than the
 noise of 297 identities, for five times the descriptors. A one-off 3x3 grid gave no more (66.32 % / 87.36 %).
 So the embedder keeps the mirror only. dlib's own ``num_jitters=10`` on the enrolled photos alone (2026-12-01;
 queries centre + mirror) gave 67.85 % and 87.16 % against 67.73 % and 87.36 %, for 0.58 s an enrolled photo
-(dlib's network, beside another benchmark; the default's network takes about 16 ms): no gain worth some 35
+(dlib's network, alone or beside another benchmark; the default's takes about 16 ms): no gain worth some 35
 times the enrolment time, so enrolment keeps the default too.
 
 Examples:
