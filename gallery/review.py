@@ -142,7 +142,7 @@ class ReviewQueue:
             if row is None:
                 raise UnknownReviewError(f"review pair {pair_id} does not exist")
             if row.status != "open":
-                raise ReviewDecidedError(f"review pair {pair_id} is already {row.status}")
+                raise ReviewDecidedError(already_decided(_record(row)))
             # a confirmation merges first (its created person is gone by now); a rejection needs both persons,
             # or it would count as "the system was right" about a pair nobody can judge any more
             if status == "rejected" and (row.person_id is None or row.candidate_id is None):
@@ -169,6 +169,13 @@ def _judgeable():
         ReviewPair.status != "open",
         and_(ReviewPair.person_id.is_not(None), ReviewPair.candidate_id.is_not(None)),
     )
+
+
+def already_decided(r: ReviewRecord) -> str:
+    """Why a decided pair cannot be decided again: who decided it and when (another operator, usually)."""
+    when = f" at {r.decided_at:%Y-%m-%d %H:%M:%S} UTC" if r.decided_at else ""
+    who = f" by {r.decided_by}" if r.decided_by else ""
+    return f"review pair {r.id} is already {r.status}{who}{when}; nothing was changed"
 
 
 def _record(r: ReviewPair) -> ReviewRecord:

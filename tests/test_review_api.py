@@ -128,10 +128,12 @@ def test_confirm_merges_reject_keeps_apart_audited_and_counted(server: str) -> N
         assert httpx.get(f"{url}/persons/{pid}", headers=READ).status_code == 200
     assert identify(url, NEAR_BLUE)["person"]["person_id"] == new["blue"]
 
-    # decided once: a second decision is refused, an unknown pair is 404
-    for pid, verdict in ((by[red], "reject"), (by[blue], "confirm"), (by[blue], "reject")):
+    # decided once: a second decision is refused, saying by whom and when; an unknown pair is 404
+    for pid, verdict, was in ((by[red], "reject", "confirmed"), (by[blue], "confirm", "rejected"),
+                              (by[blue], "reject", "rejected")):  # fmt: skip
         r = httpx.post(f"{url}/review/{pid}/{verdict}", headers=ADMIN)
-        assert r.status_code == 409 and "already" in r.json()["detail"], r.text
+        detail = r.json()["detail"]
+        assert r.status_code == 409 and f"review pair {pid} is already {was} by admin at 20" in detail, r.text
     assert httpx.post(f"{url}/review/999999/confirm", headers=ADMIN).status_code == 404
 
     # the same photos again: named now, nothing new to judge (the rejected pair is not offered again)
@@ -153,3 +155,66 @@ def test_confirm_merges_reject_keeps_apart_audited_and_counted(server: str) -> N
     assert ("review-confirm", f"person:{red}", "admin", "ok") in decisions
     assert ("review-reject", f"person:{new['blue']}", "admin", "ok") in decisions
     assert sum(d[3] == "error 409" for d in decisions) == 3  # refused decisions are audited too
+
+
+def test_two_operators_confirming_one_pair_at_once_one_merges_the_other_is_told_who_did(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Both requests read the pair open before either merges (held at a barrier inside the real merge): one
+    merges, the other gets 409 naming who confirmed it and when, not a 404 about the person merged away."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings(
+        database_url=db_url,
+        media_dir=str(tmp_path / "media"),
+        api_keys=[
+            ApiKey("admin-key", "ann", frozenset({"admin"})),
+            ApiKey("other-admin-key", "bob", frozenset({"admin"})),
+        ],
+        body_threshold=0.99,
+        review_band=0.05,
+        retention_sweep_every=None,
+    )
+    app = create_app(settings, embedders={"body": ColourEmbedder()})
+    with running(app) as url:
+        red = enroll(url, "Red", photo(RED))
+        created = identify_or_enroll(url, NEAR_RED)["person_id"]
+        (pair,) = httpx.get(f"{url}/review", headers=ADMIN).json()
+        gallery = app.state.svc.gallery
+        merge, both_read = gallery.merge, threading.Barrier(2, timeout=10)
+
+        def held_merge(keep: int, remove: int):
+            both_read.wait()  # both confirmations have read the pair open
+            with lock:
+                return merge(keep, remove)
+
+        lock = threading.Lock()
+        gallery.merge = held_merge
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                answers = list(
+                    pool.map(
+                        lambda key: httpx.post(
+                            f"{url}/review/{pair['id']}/confirm", headers={"X-API-Key": key}, timeout=20
+                        ),
+                        ("admin-key", "other-admin-key"),
+                    )
+                )
+        finally:
+            gallery.merge = merge
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [200, 409], [r.text for r in answers]
+        won = next(r for r in answers if r.status_code == 200).json()
+        lost = next(r for r in answers if r.status_code == 409).json()["detail"]
+        assert won["status"] == "confirmed" and won["decided_by"] in ("ann", "bob")
+        # who decided, once the winner has written it; until then, that a person went meanwhile
+        assert (
+            f"review pair {pair['id']} is already confirmed by {won['decided_by']} at " in lost
+            or f"review pair {pair['id']}: one of its persons was merged away or erased meanwhile" in lost
+        ), lost
+        assert lost.endswith("; nothing was changed"), lost
+        assert httpx.get(f"{url}/persons/{created}", headers=ADMIN).status_code == 404  # merged once
+        assert httpx.get(f"{url}/persons/{red}", headers=ADMIN).json()["templates"] == {
+            "body/colour-hist-8": 2
+        }

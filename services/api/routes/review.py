@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as FastPath
 
-from gallery.review import ReviewDecidedError
+from gallery import UnknownPersonError
+from gallery.review import ReviewDecidedError, already_decided
 from services.api.deps import Delete, Read, State, audited
 from services.api.schemas import ErrorOut, ReviewCounts, ReviewOut
 
@@ -45,7 +46,18 @@ def confirm(pair_id: ReviewId, request: Request, key: Delete, state: State) -> R
     if pair.status == "open":
         if pair.person_id is None or pair.candidate_id is None:
             raise ReviewDecidedError(f"review pair {pair_id}: one of its persons was erased or merged away")
-        state.gallery.merge(pair.candidate_id, pair.person_id)
+        try:
+            state.gallery.merge(pair.candidate_id, pair.person_id)
+        except UnknownPersonError:
+            # read open, then a person went: another operator's confirmation (or an erasure) got there first.
+            # A conflict over the pair, not a missing resource: 409 saying who decided, once that is written
+            now = state.review.get(pair_id)
+            if now.status != "open":
+                raise ReviewDecidedError(already_decided(now)) from None
+            raise ReviewDecidedError(
+                f"review pair {pair_id}: one of its persons was merged away or erased meanwhile (another "
+                "operator is confirming it, usually); nothing was changed"
+            ) from None
     return ReviewOut.model_validate(state.review.close(pair_id, "confirmed", key.name))
 
 
