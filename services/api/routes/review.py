@@ -40,7 +40,8 @@ def counts(_: Read, state: State) -> ReviewCounts:
 @router.post("/{pair_id}/confirm", responses=NOT_FOUND)
 @audited("review-confirm")
 def confirm(pair_id: ReviewId, request: Request, key: Delete, state: State) -> ReviewOut:
-    """The same person: the created person is merged into the candidate."""
+    """The same person: the created person is merged into the candidate. 409 when the pair is decided already
+    (by whom and when) or one of its persons went meanwhile: two operators confirming at once merge once."""
     pair = state.review.get(pair_id)
     request.state.audit_subject = f"person:{pair.candidate_id}"
     if pair.status == "open":
@@ -64,7 +65,7 @@ def confirm(pair_id: ReviewId, request: Request, key: Delete, state: State) -> R
 @router.post("/{pair_id}/reject", responses=NOT_FOUND)
 @audited("review-reject")
 def reject(pair_id: ReviewId, request: Request, key: Delete, state: State) -> ReviewOut:
-    """Different people: both stay, and this pair is not offered again."""
+    """Different people: both stay, and this pair is not offered again. 409 when it is decided already."""
     pair = state.review.get(pair_id)
     request.state.audit_subject = f"person:{pair.person_id}"
     return ReviewOut.model_validate(state.review.close(pair_id, "rejected", key.name))
