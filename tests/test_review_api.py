@@ -36,20 +36,26 @@ NEAR_RED = photo(RED, (100, 30, 30), 0.7)  # only the red channel differs, in 30
 NEAR_BLUE = photo(BLUE, (30, 30, 100), 0.7)
 
 
-@pytest.fixture
-def server(db_url: str, tmp_path: Path):
+def review_app(db_url: str, tmp_path: Path, *keys: ApiKey):
+    """The API with colour-histogram bodies, a 0.99 threshold and a 0.05 review band below it."""
     settings = Settings(
         database_url=db_url,
         media_dir=str(tmp_path / "media"),  # on PostgreSQL there is no SQLite file to keep crops beside
-        api_keys=[
-            ApiKey("admin-key", "admin", frozenset({"admin"})),
-            ApiKey("read-key", "reader", frozenset({"read"})),
-        ],
+        api_keys=list(keys),
         body_threshold=0.99,
         review_band=0.05,
         retention_sweep_every=None,
     )
-    with running(create_app(settings, embedders={"body": ColourEmbedder()})) as url:
+    return create_app(settings, embedders={"body": ColourEmbedder()})
+
+
+@pytest.fixture
+def server(db_url: str, tmp_path: Path):
+    admin, reader = (
+        ApiKey("admin-key", "admin", frozenset({"admin"})),
+        ApiKey("read-key", "reader", frozenset({"read"})),
+    )
+    with running(review_app(db_url, tmp_path, admin, reader)) as url:
         yield url
 
 
@@ -165,18 +171,12 @@ def test_two_operators_confirming_one_pair_at_once_one_merges_the_other_is_told_
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    settings = Settings(
-        database_url=db_url,
-        media_dir=str(tmp_path / "media"),
-        api_keys=[
-            ApiKey("admin-key", "ann", frozenset({"admin"})),
-            ApiKey("other-admin-key", "bob", frozenset({"admin"})),
-        ],
-        body_threshold=0.99,
-        review_band=0.05,
-        retention_sweep_every=None,
+    app = review_app(
+        db_url,
+        tmp_path,
+        ApiKey("admin-key", "ann", frozenset({"admin"})),
+        ApiKey("other-admin-key", "bob", frozenset({"admin"})),
     )
-    app = create_app(settings, embedders={"body": ColourEmbedder()})
     with running(app) as url:
         red = enroll(url, "Red", photo(RED))
         created = identify_or_enroll(url, NEAR_RED)["person_id"]
