@@ -138,7 +138,10 @@ def rules() -> list[tuple[str, float]]:
 
 def label(rule: tuple[str, float]) -> str:
     kind, p = rule
-    return {"margin": f"margin {p:g}", "whitened": f"whitened + margin {p:g}"}.get(kind, f"{kind} {int(p)}")
+    if kind in ("margin", "whitened"):
+        name = "raw (margin 0)" if p == 0 else f"margin {p:g}"
+        return name if kind == "margin" else f"whitened + {name}"
+    return f"{kind} {int(p)}"
 
 
 def choice_split(emb: np.ndarray, labels: np.ndarray, seed: int) -> dict:
