@@ -262,13 +262,13 @@ def main() -> None:
     print(describe())
     print(f"{what} ({'flip' if args.flip else 'plain'}); {len(np.unique(labels))} choice identities in "
           f"{args.splits} splits of thirds; the card's rule: {label(shipped) if shipped else 'none'}")  # fmt: skip
-    head = f"{'rule':<24} {'FAR':>6} {'choice: named (sd)':>19} {'vs card (SE)':>16}"
+    head = f"{'rule':<26} {'FAR':>6} {'choice: named (sd)':>19} {'vs card (SE)':>16}"
     print(head + "".join(f" {name:>15}" for name in reports))
     for far in args.far:
         base = np.array([named_at(shipped, far, **s) for s in splits]) if shipped else None
         for rule in rules():
             got = np.array([named_at(rule, far, **s) for s in splits])
-            row = f"{label(rule):<24} {far:>6.2%} {got.mean():>10.2%} ({got.std():.2%})"
+            row = f"{label(rule):<26} {far:>6.2%} {got.mean():>10.2%} ({got.std():.2%})"
             if base is not None:
                 d = got - base
                 row += f" {d.mean():>+8.2%} ({d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0:.2%})"
