@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from gallery.errors import GalleryError
 
@@ -107,5 +109,26 @@ def migrate(engine: Engine, revision: str = "head") -> None:
                 conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
+class WriteSessions(sessionmaker):
+    """``Session()`` reads; ``Session.begin()`` writes, and on SQLite takes the write lock at BEGIN
+    (``BEGIN IMMEDIATE``). A deferred transaction that reads and then writes fails at its first write, at once
+    and whatever the busy timeout, when another connection has committed since its read (WAL's
+    ``SQLITE_BUSY_SNAPSHOT``): under concurrent requests a merge or a review decision then answered 503 after
+    half of it was done. Taken up front, the lock is waited for instead. PostgreSQL is unchanged."""
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:  # type: ignore[override]
+        engine = self.kw["bind"]
+        if engine.dialect.name != "sqlite":
+            with super().begin() as s:
+                yield s
+            return
+        with engine.connect() as conn:
+            conn.info["begin_statement"] = "BEGIN IMMEDIATE"
+            with conn.begin(), Session(bind=conn, expire_on_commit=False) as s:
+                yield s
+                s.flush()
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker:
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    return WriteSessions(bind=engine, expire_on_commit=False)

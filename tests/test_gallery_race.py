@@ -94,3 +94,37 @@ def test_identify_while_templates_change_does_not_race(tmp_path: Path, via: str)
         reader_g.close()
         if writer_g is not reader_g:
             writer_g.close()
+
+
+def test_a_write_transaction_that_reads_first_waits_for_a_concurrent_writer_on_sqlite(tmp_path: Path) -> None:
+    """A ``Session.begin()`` block reads, another connection writes meanwhile, then the block writes. On SQLite
+    a deferred transaction fails at that write, at once (WAL's stale snapshot; the busy timeout does not
+    apply): before ``gallery.db.WriteSessions`` that was a merge or a review decision answered 503 after
+    another request's audit row, half done. Now the block holds the write lock from BEGIN, the other writer
+    waits, and both land."""
+    from gallery.models import Person
+
+    g = Gallery(str(tmp_path / "g.db"), index_dir=None)
+    try:
+        pid = g.create_person(display_name="Ann")
+        read, errors = threading.Event(), []
+
+        def other_writer() -> None:
+            read.wait(10)
+            try:
+                g.create_person(display_name="Bob")  # its own write transaction, committed as soon as it may
+            except BaseException as e:  # reported by the assertion below
+                errors.append(e)
+
+        t = threading.Thread(target=other_writer)
+        t.start()
+        with g.store.Session.begin() as s:
+            person = s.get(Person, pid)  # the read that fixes a deferred transaction's snapshot
+            read.set()
+            time.sleep(0.5)  # the other writer commits here unless this block holds the write lock
+            person.display_name = "Ann B."
+        t.join(10)
+        assert not errors, errors
+        assert sorted(p.display_name for p in g.list_persons()) == ["Ann B.", "Bob"]
+    finally:
+        g.close()
