@@ -261,15 +261,10 @@ class GalleryStore:
     def key_transaction(self, key: Key, thread_lock) -> Iterator[Session]:
         """A write transaction that holds the (modality, model_id) lock across threads (``thread_lock``) and
         processes (SQLite's write lock, a PostgreSQL advisory lock)."""
-        with thread_lock, self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn.info["begin_statement"] = "BEGIN IMMEDIATE"  # take SQLite's write lock up front
-            with conn.begin():
-                if self.engine.dialect.name == "postgresql":
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_key(key),))
-                with Session(bind=conn, expire_on_commit=False) as s:
-                    yield s
-                    s.flush()
+        with thread_lock, self.Session.begin() as s:  # SQLite's write lock is taken at BEGIN (WriteSessions)
+            if self.engine.dialect.name == "postgresql":
+                s.connection().exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_key(key),))
+            yield s
 
     # ------------------------------------------------------------------------------------- merge, delete
     def merge(self, keep: int, remove: int) -> list[int]:
