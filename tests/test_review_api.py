@@ -167,7 +167,8 @@ def test_two_operators_confirming_one_pair_at_once_one_merges_the_other_is_told_
     db_url: str, tmp_path: Path
 ) -> None:
     """Both requests read the pair open before either merges (held at a barrier inside the real merge): one
-    merges, the other gets 409 naming who confirmed it and when, not a 404 about the person merged away."""
+    merges, the other gets 409 (who confirmed it and when, or, before that is written, that a person went
+    meanwhile), not a 404 about the person merged away."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -183,13 +184,13 @@ def test_two_operators_confirming_one_pair_at_once_one_merges_the_other_is_told_
         (pair,) = httpx.get(f"{url}/review", headers=ADMIN).json()
         gallery = app.state.svc.gallery
         merge, both_read = gallery.merge, threading.Barrier(2, timeout=10)
+        one_at_a_time = threading.Lock()  # the loser's merge starts after the winner's has removed the person
 
         def held_merge(keep: int, remove: int):
             both_read.wait()  # both confirmations have read the pair open
-            with lock:
+            with one_at_a_time:
                 return merge(keep, remove)
 
-        lock = threading.Lock()
         gallery.merge = held_merge
         try:
             with ThreadPoolExecutor(2) as pool:
