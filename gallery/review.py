@@ -146,9 +146,7 @@ class ReviewQueue:
             # a confirmation merges first (its created person is gone by now); a rejection needs both persons,
             # or it would count as "the system was right" about a pair nobody can judge any more
             if status == "rejected" and (row.person_id is None or row.candidate_id is None):
-                raise ReviewDecidedError(
-                    f"review pair {pair_id}: one of its persons was erased or merged away"
-                )
+                raise ReviewDecidedError(persons_gone(pair_id))
             row.status, row.decided_at, row.decided_by = status, self.clock(), by
             s.flush()
             return _record(row)
@@ -169,6 +167,11 @@ def _judgeable():
         ReviewPair.status != "open",
         and_(ReviewPair.person_id.is_not(None), ReviewPair.candidate_id.is_not(None)),
     )
+
+
+def persons_gone(pair_id: int) -> str:
+    """Why a pair that lost one of its persons (erased, or merged away) can no longer be decided."""
+    return f"review pair {pair_id}: one of its persons was erased or merged away"
 
 
 def already_decided(r: ReviewRecord) -> str:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as FastPath
 
 from gallery import UnknownPersonError
-from gallery.review import ReviewDecidedError, already_decided
+from gallery.review import ReviewDecidedError, already_decided, persons_gone
 from services.api.deps import Delete, Read, State, audited
 from services.api.schemas import ErrorOut, ReviewCounts, ReviewOut
 
@@ -46,7 +46,7 @@ def confirm(pair_id: ReviewId, request: Request, key: Delete, state: State) -> R
     request.state.audit_subject = f"person:{pair.candidate_id}"
     if pair.status == "open":
         if pair.person_id is None or pair.candidate_id is None:
-            raise ReviewDecidedError(f"review pair {pair_id}: one of its persons was erased or merged away")
+            raise ReviewDecidedError(persons_gone(pair_id))
         try:
             state.gallery.merge(pair.candidate_id, pair.person_id)
         except UnknownPersonError:
